@@ -1,0 +1,1 @@
+"""Conductor: the REST service that keeps projects and runs and drives Dagster."""

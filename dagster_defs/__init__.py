@@ -1,0 +1,1 @@
+"""The Dagster asset graph over StarryNight: partitioned assets, resources, sensors, checks."""

@@ -1,0 +1,107 @@
+"""Reading and writing microscope images through :mod:`starrynight.storage`.
+
+An image file holds all channels of one site: one page (frame) per channel, in the
+order its file name lists them. Arrays are ``(channels, height, width)``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import tifffile
+
+from starrynight import storage
+from starrynight.errors import InputFileError
+
+
+def read_image(uri: str, expected_channels: int | None = None) -> np.ndarray:
+    """Read a (multi-page) TIFF as a ``(channels, height, width)`` array.
+
+    Parameters
+    ----------
+    uri : str
+        Local path or ``s3://`` URI of a ``.tif``/``.tiff``/``.ome.tiff`` file.
+    expected_channels : int, optional
+        When given, the file must hold exactly this many frames.
+
+    Returns
+    -------
+    numpy.ndarray
+        3-D array in the file's dtype.
+
+    Raises
+    ------
+    InputFileError
+        When the file is truncated, corrupt, not 2-D per frame, or has the wrong
+        number of frames.
+    """
+    try:
+        if storage.is_s3(uri):
+            data = storage.read_bytes(uri)
+            arr = tifffile.imread(io.BytesIO(data), is_ome=False)
+        else:
+            arr = tifffile.imread(uri, is_ome=False)
+    except FileNotFoundError as exc:
+        raise InputFileError(uri, "file not found") from exc
+    except InputFileError:
+        raise
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise InputFileError(uri, f"not a readable TIFF ({_reason(exc)})") from exc
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3:
+        raise InputFileError(uri, f"expected frames of 2-D images, got array of shape {arr.shape}")
+    if expected_channels is not None and arr.shape[0] != expected_channels:
+        raise InputFileError(
+            uri, f"expected {expected_channels} channel frames, found {arr.shape[0]}"
+        )
+    return arr
+
+
+def write_tiff(
+    uri: str,
+    image: np.ndarray,
+    channel_names: Sequence[str] | None = None,
+    ome: bool = False,
+    compression: str | None = None,
+    ome_uuid: str | None = None,
+) -> None:
+    """Write a 2-D image or a ``(channels, H, W)`` stack atomically.
+
+    Parameters
+    ----------
+    uri : str
+        Destination (local or ``s3://``).
+    image : numpy.ndarray
+        2-D image or 3-D stack, one page per channel.
+    channel_names : sequence of str, optional
+        Channel names recorded in OME metadata when ``ome`` is True.
+    ome : bool
+        Write OME-TIFF metadata (axes ``CYX``).
+    compression : str, optional
+        tifffile compression name (e.g. ``"zlib"``); uncompressed by default, as
+        microscopes write them.
+    ome_uuid : str, optional
+        The OME document UUID; random when not given. Fixing it makes the file's
+        bytes reproducible.
+    """
+    kwargs: dict[str, object] = {"compression": compression, "photometric": "minisblack"}
+    if ome:
+        meta: dict[str, object] = {"axes": "CYX" if image.ndim == 3 else "YX"}
+        if channel_names is not None:
+            meta["Channel"] = {"Name": list(channel_names)}
+        if ome_uuid is not None:
+            meta["UUID"] = ome_uuid
+        kwargs["metadata"] = meta
+        kwargs["ome"] = True
+    else:
+        kwargs["metadata"] = None
+    with storage.atomic_local_path(uri, suffix=".tiff") as tmp:
+        tifffile.imwrite(tmp, image, **kwargs)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,422 @@
+"""The one place where starrynight touches files: local folders and ``s3://`` alike.
+
+Everything is addressed by a URI string: a local path (``/data/ds``, ``data/ds``) or
+``s3://bucket/prefix``. pyarrow's filesystems do the work; S3 honours the usual AWS
+environment (credentials, ``AWS_REGION``) and an endpoint override from
+``STARRYNIGHT_S3_ENDPOINT`` or ``AWS_ENDPOINT_URL`` (MinIO, moto, ...).
+
+Writes are atomic: data goes to a temporary name next to the target and is renamed
+into place (local), or is uploaded in one PUT / completed multipart upload (S3), so a
+killed run never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from stat import S_ISREG as stat_is_file
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from starrynight.errors import UserError
+
+S3_PREFIX = "s3://"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file found by :func:`list_files`.
+
+    Attributes
+    ----------
+    key : str
+        Path relative to the listed root, ``/``-separated.
+    size : int
+        Size in bytes.
+    mtime_ns : int
+        Modification time, nanoseconds since the epoch (0 when unknown).
+    """
+
+    key: str
+    size: int
+    mtime_ns: int
+
+
+def is_s3(uri: str) -> bool:
+    """Return True when ``uri`` names an S3 location."""
+    return str(uri).startswith(S3_PREFIX)
+
+
+def _s3_filesystem(region: str | None = None) -> pafs.S3FileSystem:
+    endpoint = os.environ.get("STARRYNIGHT_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, object] = {}
+    if endpoint:
+        scheme, _, rest = endpoint.partition("://")
+        kwargs["endpoint_override"] = rest or endpoint
+        kwargs["scheme"] = scheme if rest else "https"
+    kwargs["region"] = (
+        region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    )
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Resolve ``uri`` to a pyarrow filesystem and the path inside it.
+
+    Parameters
+    ----------
+    uri : str
+        Local path or ``s3://bucket/key``.
+
+    Returns
+    -------
+    tuple of (pyarrow.fs.FileSystem, str)
+        The filesystem and the path to pass to it (``bucket/key`` for S3, an
+        absolute path for local files).
+    """
+    uri = str(uri)
+    if is_s3(uri):
+        return _s3_filesystem(), uri[len(S3_PREFIX) :].rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path components onto a local path or S3 URI with ``/``."""
+    uri = str(uri)
+    if is_s3(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return str(Path(uri, *parts))
+
+
+def exists(uri: str) -> bool:
+    """Return True when a file or directory exists at ``uri``."""
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    """Return True when ``uri`` is a directory (or a non-empty S3 prefix)."""
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def read_bytes(uri: str) -> bytes:
+    """Read a whole file.
+
+    Raises
+    ------
+    UserError
+        When the file does not exist or cannot be read.
+    """
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise UserError(f"{uri}: file not found") from exc
+    except OSError as exc:
+        raise UserError(f"{uri}: cannot read ({_short(exc)})") from exc
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` atomically (temporary name, then rename)."""
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        # A single S3 PUT (or a completed multipart upload) is atomic: readers see
+        # the old object or the new one, never a partial one.
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    with atomic_local_path(uri) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_local_path(uri: str, suffix: str = "") -> Iterator[str]:
+    """Yield a local temporary path; on success its content is moved to ``uri``.
+
+    For libraries that insist on writing to a path themselves (tifffile, numpy,
+    parquet). Local targets are renamed into place (same folder, so the rename is
+    atomic); S3 targets are uploaded after the block succeeds. On error the temporary
+    file is removed and ``uri`` is untouched.
+
+    Parameters
+    ----------
+    uri : str
+        Final destination.
+    suffix : str, optional
+        Suffix for the temporary name (some writers pick a format by extension).
+    """
+    if is_s3(uri):
+        fd, tmp = tempfile.mkstemp(suffix=suffix or Path(uri).suffix)
+        os.close(fd)
+        try:
+            yield tmp
+            fs, path = filesystem(uri)
+            with open(tmp, "rb") as src, fs.open_output_stream(path) as dst:
+                shutil.copyfileobj(src, dst, length=8 << 20)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return
+    target = Path(uri).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    try:
+        yield str(tmp)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def makedirs(uri: str) -> None:
+    """Create a directory and its parents (no-op on S3, where prefixes are implicit)."""
+    if not is_s3(uri):
+        Path(uri).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a directory tree (or S3 prefix) if it exists."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+@dataclass
+class ListingBatch:
+    """A batch of files found by :func:`list_batches`, as parallel columns.
+
+    Attributes
+    ----------
+    folders, names : list of str
+        Each file's folder (relative to the listed root, ``/``-separated, ``""`` for
+        the root itself) and name; the key is ``folder/name``.
+    sizes : list of int
+        Sizes in bytes.
+    mtimes_ns : list of int
+        Modification times, nanoseconds since the epoch (0 when unknown).
+    """
+
+    folders: list[str]
+    names: list[str]
+    sizes: list[int]
+    mtimes_ns: list[int]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def keys(self) -> list[str]:
+        """Keys relative to the listed root."""
+        return [f"{f}/{n}" if f else n for f, n in zip(self.folders, self.names, strict=True)]
+
+
+def list_files(uri: str) -> Iterator[FileEntry]:
+    """Stream every file below ``uri``, recursively.
+
+    Temporary files left by an interrupted atomic write (``.*.tmp*``) are skipped.
+
+    Parameters
+    ----------
+    uri : str
+        Root directory or S3 prefix.
+
+    Yields
+    ------
+    FileEntry
+        One entry per file, key relative to ``uri``.
+
+    Raises
+    ------
+    UserError
+        When ``uri`` does not exist or is not a directory (S3: the bucket does not
+        exist or cannot be listed).
+    """
+    for batch in list_batches(uri):
+        for key, size, mtime in zip(batch.keys(), batch.sizes, batch.mtimes_ns, strict=True):
+            yield FileEntry(key, size, mtime)
+
+
+def list_batches(uri: str, batch_size: int = 65536, prefix: str = "") -> Iterator[ListingBatch]:
+    """Stream the files below ``uri`` in batches of about ``batch_size``.
+
+    The fast path for big listings: no per-file object, and each file's folder and
+    name come separately (the inventory stores both).
+
+    Parameters
+    ----------
+    uri : str
+        Root directory or S3 prefix; keys are relative to it.
+    batch_size : int
+        Files per batch (the last one may be smaller).
+    prefix : str, optional
+        Only list below this sub-folder of ``uri`` (``a/b``); keys stay relative to
+        ``uri``.
+
+    Raises
+    ------
+    UserError
+        When ``uri`` (or ``uri/prefix``) does not exist, is a file, cannot be read,
+        or (S3) the bucket does not exist.
+    """
+    prefix = prefix.strip("/")
+    if is_s3(uri):
+        yield from _list_s3(uri, batch_size, prefix)
+    else:
+        yield from _list_local(Path(uri).expanduser(), batch_size, prefix)
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the immediate sub-folders of ``uri`` (S3: common prefixes), sorted.
+
+    Returns an empty list when ``uri`` does not exist.
+    """
+    if not is_s3(uri):
+        root = Path(uri).expanduser()
+        try:
+            with os.scandir(root) as it:
+                return sorted(e.name for e in it if e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except PermissionError as exc:
+            raise UserError(f"{root}: permission denied") from exc
+    bucket, key = _split_s3(uri)
+    client = s3_client()
+    prefix = f"{key}/" if key else ""
+    names: list[str] = []
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/"
+        )
+        for page in pages:
+            for cp in page.get("CommonPrefixes", []):
+                names.append(cp["Prefix"][len(prefix) :].rstrip("/"))
+    except Exception as exc:
+        raise _s3_error(uri, exc) from exc
+    return sorted(names)
+
+
+def _list_local(root: Path, batch_size: int, prefix: str) -> Iterator[ListingBatch]:
+    if not root.exists():
+        raise UserError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise UserError(f"{root}: is a file, expected a folder")
+    start = root / prefix if prefix else root
+    if prefix and not start.is_dir():
+        raise UserError(f"{start}: no such folder")
+    folders: list[str] = []
+    names: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    # os.scandir hands back each directory's entries with their type, so only files
+    # need a stat (for size and mtime); far cheaper than Path.rglob.
+    stack = [(str(start), prefix)]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            it = os.scandir(folder)
+        except PermissionError as exc:
+            raise UserError(f"{folder}: permission denied, cannot list it") from exc
+        with it:
+            for entry in it:
+                name = entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, f"{rel}/{name}" if rel else name))
+                    continue
+                if name[0] == "." and ".tmp" in name:
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue  # vanished between listing and stat, or a dangling link
+                if not stat_is_file(st.st_mode):
+                    continue
+                folders.append(rel)
+                names.append(name)
+                sizes.append(st.st_size)
+                mtimes.append(st.st_mtime_ns)
+        if len(names) >= batch_size:
+            yield ListingBatch(folders, names, sizes, mtimes)
+            folders, names, sizes, mtimes = [], [], [], []
+    if names:
+        yield ListingBatch(folders, names, sizes, mtimes)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len(S3_PREFIX) :].partition("/")
+    return bucket, key.strip("/")
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client honouring ``STARRYNIGHT_S3_ENDPOINT`` / ``AWS_ENDPOINT_URL``."""
+    import boto3
+
+    endpoint = os.environ.get("STARRYNIGHT_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region)
+
+
+def _s3_error(uri: str, exc: BaseException) -> UserError:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    if code == "NoSuchBucket":
+        return UserError(f"{uri}: S3 bucket {_split_s3(uri)[0]!r} does not exist")
+    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return UserError(f"{uri}: access denied ({code}); check the AWS credentials")
+    return UserError(f"{uri}: cannot list ({_short(exc)})")
+
+
+def _list_s3(uri: str, batch_size: int, prefix: str) -> Iterator[ListingBatch]:
+    bucket, key = _split_s3(uri)
+    if not bucket:
+        raise UserError(f"{uri}: expected s3://bucket/prefix")
+    root = f"{key}/" if key else ""
+    start = f"{root}{prefix}/" if prefix else root
+    client = s3_client()
+    folders: list[str] = []
+    names: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    seen = False
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(root) :]
+                if not rel or rel.endswith("/"):
+                    continue  # folder placeholder objects
+                seen = True
+                folder, _, name = rel.rpartition("/")
+                if name.startswith(".") and ".tmp" in name:
+                    continue
+                folders.append(folder)
+                names.append(name)
+                sizes.append(int(obj.get("Size", 0)))
+                modified = obj.get("LastModified")
+                mtimes.append(int(modified.timestamp() * 1e9) if modified else 0)
+            if len(names) >= batch_size:
+                yield ListingBatch(folders, names, sizes, mtimes)
+                folders, names, sizes, mtimes = [], [], [], []
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _s3_error(uri, exc) from exc
+    if not seen:
+        raise UserError(f"{S3_PREFIX}{bucket}/{start}: no such S3 prefix (no objects below it)")
+    if names:
+        yield ListingBatch(folders, names, sizes, mtimes)
+
+
+def _is_temporary(key: str) -> bool:
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith(".") and ".tmp" in name
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,159 @@
+"""Where every product lives inside a workspace (local folder or ``s3://`` prefix).
+
+The names follow PCPIP's conventions so Cell Painting Gallery users recognise them.
+This module is the only place that spells them; everything else asks it.
+"""
+
+from __future__ import annotations
+
+from starrynight import storage
+
+
+def inventory_path(workspace: str) -> str:
+    """``inventory/inventory.parquet``."""
+    return storage.join(workspace, "inventory", "inventory.parquet")
+
+
+def index_path(workspace: str) -> str:
+    """``index/index.parquet``."""
+    return storage.join(workspace, "index", "index.parquet")
+
+
+def rejects_path(workspace: str) -> str:
+    """``index/rejects.parquet``: paths that are not images of the layout, with reasons."""
+    return storage.join(workspace, "index", "rejects.parquet")
+
+
+def experiment_path(workspace: str) -> str:
+    """``experiment/experiment.json``."""
+    return storage.join(workspace, "experiment", "experiment.json")
+
+
+def illum_dir(workspace: str, plate: str) -> str:
+    """``illum/<plate>``."""
+    return storage.join(workspace, "illum", plate)
+
+
+def illum_path(workspace: str, plate: str, channel: str, cycle: int | None = None) -> str:
+    """CP ``illum/<plate>/<plate>_Illum<Ch>.npy``; SBS ``..._Cycle<k>_Illum<Ch>.npy``.
+
+    ``channel`` is the normalised channel name (no spaces or hyphens).
+    """
+    stem = f"{plate}_Illum{channel}" if cycle is None else f"{plate}_Cycle{cycle}_Illum{channel}"
+    return storage.join(illum_dir(workspace, plate), f"{stem}.npy")
+
+
+def corrected_dir(workspace: str, plate: str, well: str) -> str:
+    """``images_corrected/painting/<plate>-<well>``."""
+    return storage.join(workspace, "images_corrected", "painting", f"{plate}-{well}")
+
+
+def corrected_path(workspace: str, plate: str, well: str, site: int, channel: str) -> str:
+    """``.../Plate_<plate>_Well_<well>_Site_<site>_Corr<Ch>.tiff``."""
+    name = f"Plate_{plate}_Well_{well}_Site_{site}_Corr{channel}.tiff"
+    return storage.join(corrected_dir(workspace, plate, well), name)
+
+
+def aligned_dir(workspace: str, plate: str, well: str, site: int) -> str:
+    """``images_aligned/barcoding/<plate>-Well<well>-<site>``."""
+    return storage.join(workspace, "images_aligned", "barcoding", f"{plate}-Well{well}-{site}")
+
+
+def aligned_path(workspace: str, plate: str, well: str, site: int, cycle: int, channel: str) -> str:
+    """``.../Plate_<plate>_Well_<well>_Site_<site>_Cycle<kk>_<Ch>.tiff``."""
+    name = f"Plate_{plate}_Well_{well}_Site_{site}_Cycle{cycle:02d}_{channel}.tiff"
+    return storage.join(aligned_dir(workspace, plate, well, site), name)
+
+
+def well_product_dir(workspace: str, product: str, plate: str, well: str) -> str:
+    """Per plate-well tables and masks: ``<product>/<plate>-<well>``.
+
+    ``product`` is one of ``alignment``, ``segmentation``, ``barcodes``, ``features``.
+    """
+    return storage.join(workspace, product, f"{plate}-{well}")
+
+
+def illum_stats_path(workspace: str, plate: str, cycle: int | None = None) -> str:
+    """Statistics of one ``illum calc`` group (written last: marks the group complete).
+
+    CP ``illum/<plate>/<plate>_IllumStats.json``; SBS ``..._Cycle<k>_IllumStats.json``.
+    """
+    stem = f"{plate}_IllumStats" if cycle is None else f"{plate}_Cycle{cycle}_IllumStats"
+    return storage.join(illum_dir(workspace, plate), f"{stem}.json")
+
+
+def illum_png_path(workspace: str, plate: str, channel: str, cycle: int | None = None) -> str:
+    """Heat-map of an illumination function: :func:`illum_path` with ``.png``."""
+    return illum_path(workspace, plate, channel, cycle)[: -len(".npy")] + ".png"
+
+
+def alignment_site_path(workspace: str, plate: str, well: str, site: int) -> str:
+    """Per-site shifts and QC: ``alignment/<plate>-<well>/Site_<site>_alignment.parquet``."""
+    folder = well_product_dir(workspace, "alignment", plate, well)
+    return storage.join(folder, f"Site_{site}_alignment.parquet")
+
+
+def alignment_table_path(workspace: str, plate: str, well: str) -> str:
+    """All sites of a well: ``alignment/<plate>-<well>/Plate_<p>_Well_<w>_alignment.parquet``."""
+    folder = well_product_dir(workspace, "alignment", plate, well)
+    return storage.join(folder, f"Plate_{plate}_Well_{well}_alignment.parquet")
+
+
+def _site_stem(plate: str, well: str, site: int) -> str:
+    return f"Plate_{plate}_Well_{well}_Site_{site}"
+
+
+def segmentation_mask_path(workspace: str, plate: str, well: str, site: int, obj: str) -> str:
+    """CP-frame label mask ``segmentation/<plate>-<well>/Plate_.._Site_<s>_<Obj>.tiff``.
+
+    ``obj`` is ``Nuclei`` or ``Cells``.
+    """
+    name = f"{_site_stem(plate, well, site)}_{obj}.tiff"
+    return storage.join(well_product_dir(workspace, "segmentation", plate, well), name)
+
+
+def segmentation_objects_path(workspace: str, plate: str, well: str) -> str:
+    """Per-object table (area, centroid, bbox) of a well: ``.../objects.parquet``."""
+    return storage.join(well_product_dir(workspace, "segmentation", plate, well), "objects.parquet")
+
+
+def segmentation_counts_path(workspace: str, plate: str, well: str) -> str:
+    """Per-site object counts and flags of a well: ``.../counts.parquet``."""
+    return storage.join(well_product_dir(workspace, "segmentation", plate, well), "counts.parquet")
+
+
+def segcheck_overlay_path(workspace: str, plate: str, well: str, site: int) -> str:
+    """Outline overlay for review: ``segcheck/<plate>-<well>/Plate_.._Site_<s>_overlay.png``."""
+    name = f"{_site_stem(plate, well, site)}_overlay.png"
+    return storage.join(well_product_dir(workspace, "segcheck", plate, well), name)
+
+
+def segcheck_counts_path(workspace: str, plate: str, well: str) -> str:
+    """Counts and flags of the checked sites: ``segcheck/<plate>-<well>/counts.parquet``."""
+    return storage.join(well_product_dir(workspace, "segcheck", plate, well), "counts.parquet")
+
+
+def sbs_mask_path(workspace: str, plate: str, well: str, site: int, obj: str) -> str:
+    """SBS-frame label mask ``barcodes/<plate>-<well>/Plate_.._Site_<s>_SBS<Obj>.tiff``."""
+    name = f"{_site_stem(plate, well, site)}_SBS{obj}.tiff"
+    return storage.join(well_product_dir(workspace, "barcodes", plate, well), name)
+
+
+def spots_path(workspace: str, plate: str, well: str) -> str:
+    """Every SBS spot of a well with its read: ``barcodes/<plate>-<well>/spots.parquet``."""
+    return storage.join(well_product_dir(workspace, "barcodes", plate, well), "spots.parquet")
+
+
+def cell_barcodes_path(workspace: str, plate: str, well: str) -> str:
+    """Barcode call of every SBS cell: ``barcodes/<plate>-<well>/cells.parquet``."""
+    return storage.join(well_product_dir(workspace, "barcodes", plate, well), "cells.parquet")
+
+
+def cell_features_path(workspace: str, plate: str, well: str) -> str:
+    """CP cells with barcode, gene, features: ``features/<plate>-<well>/cells.parquet``."""
+    return storage.join(well_product_dir(workspace, "features", plate, well), "cells.parquet")
+
+
+def gene_summary_path(workspace: str, plate: str) -> str:
+    """Per-gene summary of a plate: ``features/<plate>_gene_summary.parquet``."""
+    return storage.join(workspace, "features", f"{plate}_gene_summary.parquet")
