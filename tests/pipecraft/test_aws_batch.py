@@ -1,0 +1,352 @@
+"""The AWS Batch backend against moto's Batch (no Docker: jobs finish at submission).
+
+Moto's simple Batch marks every job succeeded, or failed when MOTO_SIMPLE_BATCH_FAIL_AFTER
+is set. ``Recorder`` wraps the real (moto) client to record every call and, where a test
+asks, to emulate what moto does not: a chosen job failing, a job failing because a job it
+depends on failed (as Batch does), or jobs still queued when the run is cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from pipecraft import (
+    BackendConfigError,
+    Command,
+    NodeState,
+    Parallel,
+    Pipeline,
+    PyFunction,
+    Resources,
+    RunStatus,
+    Scatter,
+    Seq,
+)
+from pipecraft.backends.aws_batch import CANCEL_REASON, AwsBatchBackend
+from pipecraft.testing import DEMO_EXPECTED, demo_pipeline, write_text
+
+REGION = "us-east-1"
+
+
+class Recorder:
+    """A boto3 Batch client wrapper that records calls (and can emulate failures/queues)."""
+
+    def __init__(self, client: Any, fail: tuple[str, ...] = (), queued: bool = False) -> None:
+        self._client = client
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail = fail
+        self.queued = queued
+        self.terminated: dict[str, str] = {}
+
+    def calls_to(self, op: str) -> list[dict[str, Any]]:
+        return [kw for name, kw in self.calls if name == op]
+
+    def __getattr__(self, op: str) -> Any:
+        method = getattr(self._client, op)
+
+        def call(**kw: Any) -> Any:
+            self.calls.append((op, kw))
+            if op == "submit_job":
+                return self._submit(method, kw)
+            if op == "terminate_job":
+                self.terminated[kw["jobId"]] = kw["reason"]
+            resp = method(**kw)
+            if op == "describe_jobs" and self.queued:
+                for job in resp["jobs"]:
+                    parent = job["jobId"].split(":")[0]
+                    if parent in self.terminated:
+                        job["status"], job["statusReason"] = "FAILED", self.terminated[parent]
+                    else:
+                        job["status"] = "RUNNABLE"
+            return resp
+
+        return call
+
+    def _submit(self, method: Any, kw: dict[str, Any]) -> Any:
+        deps = [d["jobId"] for d in kw.get("dependsOn", [])]
+        dep_failed = bool(deps) and any(
+            j["status"] == "FAILED" for j in self._client.describe_jobs(jobs=deps)["jobs"]
+        )
+        if any(kw["jobName"].endswith(f"-{n}") for n in self.fail) or dep_failed:
+            os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"] = "0"
+            try:
+                return method(**kw)
+            finally:
+                del os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"]
+        return method(**kw)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch):
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", raising=False)
+    with mock_aws(config={"batch": {"use_docker": False}}):
+        iam = boto3.client("iam", region_name=REGION)
+        role = iam.create_role(RoleName="batch-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        batch = boto3.client("batch", region_name=REGION)
+        ce = batch.create_compute_environment(
+            computeEnvironmentName="pipecraft-ce", type="UNMANAGED", serviceRole=role
+        )["computeEnvironmentArn"]
+        batch.create_job_queue(
+            jobQueueName="pipecraft-q",
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}],
+        )
+        yield batch
+
+
+def backend(client: Any, **kw: Any) -> AwsBatchBackend:
+    kw.setdefault("image", "repo/starrynight:1")
+    return AwsBatchBackend(
+        "pipecraft-q", client=client, region=REGION, poll_first=0.01, poll_max=0.05, **kw
+    )
+
+
+def states(handle) -> dict[str, str]:
+    return {n: s.value for n, s in handle.node_states().items()}
+
+
+def test_demo_pipeline_exact_submissions_and_results(aws, tmp_path: Path) -> None:
+    rec = Recorder(aws, fail=("doomed",))
+    p = demo_pipeline(tmp_path, python="python")
+    h = backend(rec).run(p)
+    assert h.wait(10) is RunStatus.FAILED
+    assert states(h) == DEMO_EXPECTED
+
+    subs = rec.calls_to("submit_job")
+    prefix = f"demo-{h.run_id}-"
+    names = [s["jobName"] for s in subs]
+    assert names == [prefix + n for n in ("prepare", "work-0", "gather", "doomed", "after-doomed")]
+    id_to_name = {s.job_id: s.name for s in h.submissions}
+    deps = {s["jobName"]: [id_to_name[d["jobId"]] for d in s.get("dependsOn", [])] for s in subs}
+    assert deps == {
+        prefix + "prepare": [],
+        prefix + "work-0": [prefix + "prepare"],
+        prefix + "gather": [prefix + "work-0"],
+        prefix + "doomed": [],
+        prefix + "after-doomed": [prefix + "doomed"],
+    }
+    arrays = {s["jobName"]: s["arrayProperties"]["size"] for s in subs if "arrayProperties" in s}
+    assert arrays == {prefix + "work-0": 3}
+    nodes = p.compile().nodes
+    by_name = {s["jobName"]: s for s in subs}
+    assert by_name[prefix + "prepare"]["containerOverrides"]["command"] == list(
+        nodes["prepare"].argv
+    )
+    array_cmd = by_name[prefix + "work-0"]["containerOverrides"]["command"]
+    assert array_cmd[:4] == ["python", "-m", "pipecraft.run_node", "--array"]
+    assert [n["name"] for n in json.loads(array_cmd[4])] == ["work-a", "work-b", "work-c"]
+    for s in subs:
+        assert s["jobQueue"] == "pipecraft-q"
+        assert s["retryStrategy"] == {"attempts": 1}
+        assert s["containerOverrides"]["resourceRequirements"] == [
+            {"type": "VCPU", "value": "1"},
+            {"type": "MEMORY", "value": "1024"},
+        ]
+
+    # what Batch itself recorded
+    work = aws.describe_jobs(jobs=[by_name_id(h, prefix + "work-0")])["jobs"][0]
+    assert work["arrayProperties"]["size"] == 3
+    assert work["dependsOn"] == [{"jobId": by_name_id(h, prefix + "prepare")}]
+    assert work["container"]["command"] == array_cmd
+    doomed_id = by_name_id(h, prefix + "doomed")
+    assert h.failures() == {"doomed": f"job {doomed_id} failed: no reason given by AWS Batch"}
+
+
+def by_name_id(handle, name: str) -> str:
+    return next(s.job_id for s in handle.submissions if s.name == name)
+
+
+def test_every_job_failing_maps_to_failed_and_upstream_failed(
+    aws, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")
+    h = backend(aws).run(demo_pipeline(tmp_path))
+    assert h.wait(10) is RunStatus.FAILED
+    assert states(h) == {
+        "prepare": "failed",
+        "work-a": "upstream_failed",
+        "work-b": "upstream_failed",
+        "work-c": "upstream_failed",
+        "gather": "upstream_failed",
+        "doomed": "failed",
+        "after-doomed": "upstream_failed",
+    }
+    assert sorted(h.failures()) == ["doomed", "prepare"]
+
+
+def test_success_and_job_definition_is_registered_once(aws, tmp_path: Path) -> None:
+    rec = Recorder(aws)
+    p = Pipeline(
+        "ok",
+        Seq(
+            Command(
+                name="a",
+                argv=["echo", "a b,c"],
+                env={"K": "v"},
+                resources=Resources(cpus=4, memory_mb=8000),
+                retries=2,
+            ),
+            Command(name="b", argv=["true"], image="other:2"),
+        ),
+    )
+    h = backend(rec).run(p)
+    assert h.wait(10) is RunStatus.SUCCEEDED
+    assert states(h) == {"a": "succeeded", "b": "succeeded"}
+    a = rec.calls_to("submit_job")[0]
+    assert a["containerOverrides"] == {
+        "command": ["echo", "a b,c"],
+        "environment": [{"name": "K", "value": "v"}],
+        "resourceRequirements": [
+            {"type": "VCPU", "value": "4"},
+            {"type": "MEMORY", "value": "8000"},
+        ],
+    }
+    assert a["retryStrategy"] == {"attempts": 3}
+    assert backend(rec).run(p).wait(10) is RunStatus.SUCCEEDED
+    images = sorted(
+        c["containerProperties"]["image"] for c in rec.calls_to("register_job_definition")
+    )
+    assert images == ["other:2", "repo/starrynight:1"]  # one each, reused by the second run
+    defs = {s["jobName"].split("-")[-1]: s["jobDefinition"] for s in rec.calls_to("submit_job")}
+    assert defs["a"] != defs["b"]
+
+
+def test_cancel_terminates_queued_jobs(aws, tmp_path: Path) -> None:
+    rec = Recorder(aws, queued=True)
+    h = backend(rec).run(demo_pipeline(tmp_path))
+    assert h.status() is RunStatus.PENDING
+    assert h.wait(0.05) is RunStatus.PENDING  # still queued: the wait times out
+    h.cancel()
+    terminated = [c["jobId"] for c in rec.calls_to("terminate_job")]
+    assert sorted(terminated) == sorted(s.job_id for s in h.submissions)
+    assert {c["reason"] for c in rec.calls_to("terminate_job")} == {CANCEL_REASON}
+    # moto keeps the reason on the job, as Batch does
+    for job in aws.describe_jobs(jobs=terminated)["jobs"]:
+        assert job["statusReason"] == CANCEL_REASON
+    assert h.wait(5) is RunStatus.CANCELLED
+    assert set(h.node_states().values()) == {NodeState.CANCELLED}
+    assert h.failures() == {}
+
+
+def test_wide_fan_in_uses_barrier_jobs(aws, tmp_path: Path) -> None:
+    rec = Recorder(aws)
+    p = Pipeline(
+        "wide",
+        Seq(
+            Parallel(*[Command(name=f"p{i}", argv=["true"], image="x:1") for i in range(25)]),
+            Command(name="end", argv=["true"]),
+        ),
+    )
+    h = backend(rec).run(p)
+    assert h.wait(10) is RunStatus.SUCCEEDED
+    subs = rec.calls_to("submit_job")
+    assert len(subs) == 25 + 2 + 1
+    assert all(len(s.get("dependsOn", [])) <= 20 for s in subs)
+    end = subs[-1]
+    assert end["jobName"].endswith("-end") and len(end["dependsOn"]) == 2
+    barriers = [s for s in subs if "barrier" in s["jobName"]]
+    assert sorted(len(b["dependsOn"]) for b in barriers) == [5, 20]
+
+
+def test_large_scatter_is_staged_to_s3_and_runs_by_array_index(aws, tmp_path: Path) -> None:
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket="stage")
+    p = Pipeline(
+        "big",
+        Scatter(
+            "site",
+            range(40),
+            lambda i: PyFunction(
+                name=f"site-{i}",
+                func=write_text,
+                kwargs={"path": str(tmp_path / f"site {i}, out.txt"), "text": f"site {i}"},
+            ),
+        ),
+    )
+    with pytest.raises(BackendConfigError, match="set staging_uri"):
+        backend(aws, max_inline_bytes=1000).run(p)
+    assert aws.list_jobs(jobQueue="pipecraft-q")["jobSummaryList"] == []
+    rec = Recorder(aws)
+    be = backend(rec, max_inline_bytes=1000, staging_uri="s3://stage/runs", python=sys.executable)
+    h = be.run(p)
+    assert h.wait(10) is RunStatus.SUCCEEDED
+    (sub,) = rec.calls_to("submit_job")
+    assert sub["arrayProperties"] == {"size": 40}
+    cmd = sub["containerOverrides"]["command"]
+    assert cmd[-1] == f"s3://stage/runs/{h.run_id}/{sub['jobName']}.json"
+    # run child 7 exactly as the container would, reading the staged spec from (moto) S3
+    from pipecraft.run_node import main as run_node_main
+
+    os.environ["AWS_BATCH_JOB_ARRAY_INDEX"] = "7"
+    try:
+        assert run_node_main(cmd[3:]) == 0
+    finally:
+        del os.environ["AWS_BATCH_JOB_ARRAY_INDEX"]
+    assert (tmp_path / "site 7, out.txt").read_text() == "site 7"
+    assert not (tmp_path / "site 6, out.txt").exists()
+
+
+def test_inline_array_command_runs_the_indexed_node(tmp_path: Path) -> None:
+    p = demo_pipeline(tmp_path, python=sys.executable)
+    subs = AwsBatchBackend("q", image="img", python=sys.executable).plan(p)
+    (array,) = [s for s in subs if s.array_size]
+    (tmp_path / "prepared.txt").write_text("prepared\n")
+    env = {**os.environ, "AWS_BATCH_JOB_ARRAY_INDEX": "1"}
+    subprocess.run(array.command, env=env, check=True)
+    assert (tmp_path / "work" / "b.txt").read_text() == "prepared+b\n"
+    assert not (tmp_path / "work" / "a.txt").exists()
+
+
+def test_logs_come_from_cloudwatch(aws, tmp_path: Path) -> None:
+    h = backend(aws).run(Pipeline("l", Command(name="a", argv=["true"])))
+    assert h.wait(10) is RunStatus.SUCCEEDED
+    assert h.logs("a") == ""  # no events written yet
+    stream = aws.describe_jobs(jobs=[h.submissions[0].job_id])["jobs"][0]["container"][
+        "logStreamName"
+    ]
+    logs = boto3.client("logs", region_name=REGION)
+    now = int(time.time() * 1000)  # CloudWatch drops events older than 14 days
+    logs.create_log_group(logGroupName="/aws/batch/job")
+    logs.create_log_stream(logGroupName="/aws/batch/job", logStreamName=stream)
+    logs.put_log_events(
+        logGroupName="/aws/batch/job",
+        logStreamName=stream,
+        logEvents=[
+            {"timestamp": now, "message": "line one"},
+            {"timestamp": now + 1, "message": "line two"},
+        ],
+    )
+    assert h.log_lines("a") == ["line one", "line two"]
+
+
+def test_bad_configuration_fails_before_submitting(aws, tmp_path: Path) -> None:
+    rec = Recorder(aws)
+    no_image = Pipeline("n", Command(name="a", argv=["true"]))
+    with pytest.raises(BackendConfigError, match="node 'a' has no container image"):
+        AwsBatchBackend("pipecraft-q", client=rec).run(no_image)
+    with pytest.raises(BackendConfigError, match="job queue 'missing-q' does not exist"):
+        AwsBatchBackend("missing-q", image="i", client=rec).run(no_image)
+    too_many = Pipeline("r", Command(name="a", argv=["true"], retries=10))
+    with pytest.raises(BackendConfigError, match="retries=10, AWS Batch allows at most 9"):
+        backend(rec).run(too_many)
+    assert rec.calls_to("submit_job") == []
+    with pytest.raises(BackendConfigError, match="staging_uri='/tmp/x'"):
+        AwsBatchBackend("q", staging_uri="/tmp/x")
+    with pytest.raises(BackendConfigError, match="job_queue=''"):
+        AwsBatchBackend("")
