@@ -18,9 +18,12 @@ def cli() -> None:
 def _register() -> None:
     # Sub-command modules are imported here, not at module top, so that
     # ``starrynight --help`` stays fast and each noun lives in its own module.
-    from starrynight.cli import sample
+    from starrynight.cli import exp, index, inventory, sample
 
     cli.add_command(sample.sample)
+    cli.add_command(inventory.inventory)
+    cli.add_command(index.index)
+    cli.add_command(exp.exp)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,419 @@
+"""The index: one row per image of the dataset, and the checks that it is complete.
+
+``WORKSPACE/index/index.parquet`` has the columns of
+:data:`starrynight.pathgrammar.INDEX_SCHEMA` (dataset, source, batch, plate, arm, cycle,
+magnification, plate_folder, well, site, channels, key, extension); the dataset root
+URI is in the schema metadata under ``b"starrynight.dataset_root"``. Every inventory
+row that is not an image goes to ``WORKSPACE/index/rejects.parquet`` with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from starrynight import inventory, storage, workspace
+from starrynight.errors import UserError
+from starrynight.pathgrammar import INDEX_SCHEMA, REJECTS_SCHEMA, load_grammar, parse_paths
+
+ROOT_KEY = inventory.ROOT_KEY
+GRAMMAR_KEY = b"starrynight.grammar"
+
+_NOT_WORD = re.compile(r"[^A-Za-z0-9_]")
+
+
+def normalise_channel(name: str) -> str:
+    """A channel name fit for file names and CellProfiler-style columns.
+
+    Drops every character outside ``[A-Za-z0-9_]``: ``"405 nm"`` -> ``"405nm"``,
+    ``"ZO1-AF488"`` -> ``"ZO1AF488"``.
+    """
+    return _NOT_WORD.sub("", name)
+
+
+def image_uri(root: str, key: str) -> str:
+    """The URI of an image from the dataset root and its index ``key``."""
+    return storage.join(root, *key.split("/"))
+
+
+@dataclass
+class IndexSummary:
+    """What :func:`generate` wrote, for the one-line report."""
+
+    images: int
+    rejects: int
+    per_arm: dict[str, int] = field(default_factory=dict)
+    plates: int = 0
+    wells: int = 0
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    missing: int = 0
+
+    def line(self) -> str:
+        """One line: images per arm, plates, wells; rejects by reason; missing images."""
+        arms = ", ".join(f"{arm} {n}" for arm, n in sorted(self.per_arm.items())) or "none"
+        text = f"indexed {self.images} images ({arms}) in {self.plates} plate(s), "
+        text += f"{self.wells} well(s); rejected {self.rejects}"
+        if self.reject_reasons:
+            text += " (" + ", ".join(f"{n} {r}" for r, n in self.reject_reasons.items()) + ")"
+        return text + f"; missing {self.missing} image(s)"
+
+
+def generate(inventory_uri: str, ws: str, grammar_path: str | None = None) -> IndexSummary:
+    """Parse an inventory into ``index/index.parquet`` and ``index/rejects.parquet``.
+
+    Parameters
+    ----------
+    inventory_uri : str
+        Inventory parquet, or a workspace holding ``inventory/inventory.parquet``.
+    ws : str
+        Workspace to write to.
+    grammar_path : str, optional
+        A pattern file for another naming scheme (see :mod:`starrynight.pathgrammar`).
+
+    Returns
+    -------
+    IndexSummary
+
+    Raises
+    ------
+    UserError
+        When the inventory is missing or of another schema, or the pattern file is bad.
+    """
+    grammar = load_grammar(grammar_path)
+    table = inventory.load_inventory(inventory_uri, columns=["key", "folder", "name"])
+    root = inventory.dataset_root_of(table)
+    parsed = parse_paths(
+        table.column("key"),
+        grammar=grammar,
+        default_dataset=_basename(root),
+        folder=table.column("folder"),
+        name=table.column("name"),
+    )
+    meta = {ROOT_KEY: root.encode(), GRAMMAR_KEY: grammar.name.encode()}
+    rejects = parsed.rejects.replace_schema_metadata(meta)
+    _write(parsed.index.replace_schema_metadata(meta), workspace.index_path(ws))
+    _write(rejects, workspace.rejects_path(ws))
+    return _summary(parsed.encoded, rejects, ws)
+
+
+def _basename(root: str) -> str:
+    return root.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _write(table: pa.Table, uri: str) -> None:
+    with storage.atomic_local_path(uri, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp, compression="snappy", row_group_size=1 << 20)
+
+
+def _summary(encoded: pa.Table, rejects: pa.Table, ws: str) -> IndexSummary:
+    arm, arms = _codes(encoded.column("arm")) if encoded.num_rows else (np.zeros(0, int), [])
+    counts = np.bincount(arm, minlength=len(arms)).tolist()
+    per_arm = {a: n for a, n in zip(arms, counts, strict=True) if n}
+    plates = wells = 0
+    if encoded.num_rows:
+        plate_key = np.zeros(encoded.num_rows, np.int64)
+        for name in ("dataset", "source", "batch", "plate"):
+            codes, values = _codes(encoded.column(name))
+            plate_key = plate_key * max(len(values), 1) + codes
+        well, well_values = _codes(encoded.column("well"))
+        plates = len(_unique(plate_key))
+        wells = len(_unique(plate_key * max(len(well_values), 1) + well))
+    reasons = Counter(rejects.column("reason").to_pylist())
+    missing = completeness(encoded, _experiment_or_none(ws)).num_rows
+    return IndexSummary(
+        images=encoded.num_rows,
+        rejects=rejects.num_rows,
+        per_arm=per_arm,
+        plates=plates,
+        wells=wells,
+        reject_reasons=dict(reasons.most_common()),
+        missing=missing,
+    )
+
+
+def _experiment_or_none(ws: str):
+    from starrynight.experiment import load_experiment
+
+    if not storage.exists(workspace.experiment_path(ws)):
+        return None
+    return load_experiment(ws)
+
+
+def _connect(index_table: pa.Table, rejects: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.register("idx", index_table)
+    con.execute('create view "index" as select * from idx')
+    con.execute("create view images as select * from idx")
+    con.register("rejects", rejects if rejects is not None else REJECTS_SCHEMA.empty_table())
+    return con
+
+
+def load_index(ws: str) -> pa.Table:
+    """Read ``WORKSPACE/index/index.parquet``.
+
+    Raises
+    ------
+    UserError
+        When it is missing, unreadable or not of the index schema.
+    """
+    path = workspace.index_path(ws)
+    if not storage.exists(path):
+        raise UserError(f"{path}: no index; run 'starrynight index gen' first")
+    table = inventory._read_parquet(path)
+    for f in INDEX_SCHEMA:
+        if f.name not in table.schema.names:
+            raise UserError(f"{path}: not a starrynight index (no column {f.name!r})")
+        if table.schema.field(f.name).type != f.type:
+            got = table.schema.field(f.name).type
+            raise UserError(f"{path}: column {f.name!r} is {got}, expected {f.type}")
+    if ROOT_KEY not in (table.schema.metadata or {}):
+        raise UserError(f"{path}: not a starrynight index (no dataset root in its metadata)")
+    return table
+
+
+def load_rejects(ws: str) -> pa.Table:
+    """Read ``WORKSPACE/index/rejects.parquet`` (empty table when absent)."""
+    path = workspace.rejects_path(ws)
+    if not storage.exists(path):
+        return REJECTS_SCHEMA.empty_table()
+    return inventory._read_parquet(path)
+
+
+def dataset_root(ws: str) -> str:
+    """The dataset root URI the workspace's index was built from."""
+    path = workspace.index_path(ws)
+    if not storage.exists(path):
+        raise UserError(f"{path}: no index; run 'starrynight index gen' first")
+    fs, inner = storage.filesystem(path)
+    meta = pq.read_schema(inner, filesystem=fs).metadata or {}
+    if ROOT_KEY not in meta:
+        raise UserError(f"{path}: not a starrynight index (no dataset root in its metadata)")
+    return meta[ROOT_KEY].decode()
+
+
+MISSING_SCHEMA = pa.schema(
+    [
+        ("plate", pa.string()),
+        ("well", pa.string()),
+        ("site", pa.int32()),
+        ("arm", pa.string()),
+        ("cycle", pa.int32()),
+        ("missing", pa.list_(pa.string())),
+    ]
+)
+
+
+def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list]:
+    """Integer codes and the distinct values they stand for."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    elif len(pc.unique(column.dictionary)) != len(column.dictionary):
+        column = pc.dictionary_encode(column.dictionary_decode())
+    codes = column.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, column.dictionary.to_pylist()
+
+
+def _channel_codes(channels: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[list[str]]]:
+    joined = pc.binary_join(channels, "\x1f")
+    codes, values = _codes(joined)
+    return codes, [v.split("\x1f") if v else [] for v in values]
+
+
+def _unique(values: np.ndarray, return_counts: bool = False):
+    """Sorted distinct non-negative integers (and counts), by counting when the range is small.
+
+    numpy's hash-based ``np.unique`` is several times slower on a million codes.
+    """
+    top = int(values.max()) + 1 if len(values) else 0
+    if top <= max(1 << 22, 8 * len(values)):
+        counts = np.bincount(values, minlength=top)
+        distinct = np.flatnonzero(counts)
+        return (distinct, counts[distinct]) if return_counts else distinct
+    ordered = np.sort(values)
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    distinct = ordered[starts]
+    if return_counts:
+        return distinct, np.diff(np.r_[starts, len(ordered)])
+    return distinct
+
+
+def completeness(index_table: pa.Table, experiment=None) -> pa.Table:
+    """Every image or channel that should exist but does not.
+
+    Expected, per plate and arm: sites = every site seen in that well for that arm (any
+    cycle); cycles = the experiment's cycles of the arm (CP: 0), or every cycle seen on
+    the plate for that arm; channels = the experiment's channels of the arm, or every
+    channel seen on the plate for that arm and cycle. Vectorised: rows are grouped by
+    integer codes, and only incomplete groups are looked at one by one.
+
+    Parameters
+    ----------
+    index_table : pyarrow.Table
+        The index (plain or dictionary-encoded string columns).
+    experiment : starrynight.experiment.Experiment, optional
+        When given, its cycles and channels are what is expected.
+
+    Returns
+    -------
+    pyarrow.Table
+        Schema :data:`MISSING_SCHEMA`: one row per incomplete plate/well/site/arm/cycle;
+        ``missing`` is ``["image"]`` when the file is absent, else the absent channels.
+    """
+    if index_table.num_rows == 0:
+        return MISSING_SCHEMA.empty_table()
+    plate, plates = _codes(index_table.column("plate"))
+    well, wells = _codes(index_table.column("well"))
+    arm, arms = _codes(index_table.column("arm"))
+    chan, chan_lists = _channel_codes(index_table.column("channels"))
+    site = index_table.column("site").to_numpy().astype(np.int64)
+    cycle = index_table.column("cycle").to_numpy().astype(np.int64)
+    n_arm, n_site = len(arms), int(site.max()) + 1
+    cyc_values = _unique(cycle - cycle.min()) + cycle.min()
+    cyc = np.searchsorted(cyc_values, cycle)
+    n_cyc = len(cyc_values)
+    plate_arm = plate * n_arm + arm
+
+    # Expected cycles and channels per (plate, arm, cycle).
+    exp_cycles: dict[int, list[int]] = {}
+    exp_chans: dict[tuple[int, int], list[str]] = {}
+    for pac in _unique(plate_arm * n_cyc + cyc).tolist():
+        pa_code, c = divmod(pac, n_cyc)
+        exp_cycles.setdefault(pa_code, []).append(int(cyc_values[c]))
+    combos = _unique((plate_arm * n_cyc + cyc) * len(chan_lists) + chan)
+    for combo in combos.tolist():
+        pac, ch = divmod(combo, len(chan_lists))
+        merged = exp_chans.setdefault(divmod(pac, n_cyc), [])
+        merged += [c for c in chan_lists[ch] if c not in merged]
+    if experiment is not None:
+        wanted = {}
+        if experiment.cp is not None:
+            wanted["cp"] = ([0], list(experiment.cp.channels))
+        if experiment.sbs is not None:
+            wanted["sbs"] = (list(experiment.sbs.cycles), list(experiment.sbs.channels))
+        for pa_code in list(exp_cycles):
+            arm_name = arms[pa_code % n_arm]
+            if arm_name in wanted:
+                exp_cycles[pa_code] = wanted[arm_name][0]
+                for c in wanted[arm_name][0]:
+                    exp_chans[(pa_code, int(np.searchsorted(cyc_values, c)))] = wanted[arm_name][1]
+    out: list[tuple] = []
+
+    # Missing images: (plate, arm, well, site) groups with fewer cycles than expected.
+    group = (plate_arm * len(wells) + well) * n_site + site
+    gc = _unique(group * n_cyc + cyc)
+    groups, counts = _unique(gc // n_cyc, return_counts=True)
+    per_plate_arm = np.zeros(len(plates) * n_arm, np.int64)
+    for pa_code, cycles_wanted in exp_cycles.items():
+        per_plate_arm[pa_code] = len(cycles_wanted)
+    expected_n = per_plate_arm[groups // (len(wells) * n_site)]
+    cyc_set_all = {k: set(v) for k, v in exp_cycles.items()}
+    suspicious = groups[counts != expected_n]
+    if len(suspicious):
+        have: dict[int, set[int]] = {}
+        for g_c in gc[np.isin(gc // n_cyc, suspicious)].tolist():
+            g, c = divmod(g_c, n_cyc)
+            have.setdefault(g, set()).add(int(cyc_values[c]))
+        for g, present in have.items():
+            pw, s = divmod(g, n_site)
+            pa_code, w = divmod(pw, len(wells))
+            p, a = divmod(pa_code, n_arm)
+            for c in sorted(cyc_set_all[pa_code] - present):
+                out.append((plates[p], wells[w], s, arms[a], c, ["image"]))
+
+    # Missing channels: rows whose channel list lacks an expected channel.
+    bad_combos = []
+    for combo in combos.tolist():
+        pac, ch = divmod(combo, len(chan_lists))
+        pa_code, c = divmod(pac, n_cyc)
+        want = exp_chans.get((pa_code, c))
+        if want is not None and any(x not in chan_lists[ch] for x in want):
+            bad_combos.append(combo)
+    if bad_combos:
+        rows = np.flatnonzero(
+            np.isin((plate_arm * n_cyc + cyc) * len(chan_lists) + chan, bad_combos)
+        )
+        for r in rows.tolist():
+            want = exp_chans[(int(plate_arm[r]), int(cyc[r]))]
+            absent = [x for x in want if x not in chan_lists[chan[r]]]
+            out.append(
+                (
+                    plates[plate[r]],
+                    wells[well[r]],
+                    int(site[r]),
+                    arms[arm[r]],
+                    int(cycle[r]),
+                    absent,
+                )
+            )
+    out.sort(key=lambda r: (r[0], r[1], r[2], r[3], r[4]))
+    return pa.Table.from_pylist(
+        [dict(zip(MISSING_SCHEMA.names, r, strict=True)) for r in out], schema=MISSING_SCHEMA
+    )
+
+
+def check(ws: str) -> pa.Table:
+    """The missing images and channels of the workspace's index (see :func:`completeness`)."""
+    return completeness(load_index(ws), _experiment_or_none(ws))
+
+
+def show(ws: str) -> list[dict]:
+    """Rows of the per plate/well/arm/cycle summary printed by ``index show``.
+
+    Each row: plate, well, arm, cycle, sites (images present), channels (comma
+    separated, as written), missing (images or channel sets absent, from
+    :func:`completeness`).
+    """
+    table = load_index(ws)
+    missing = completeness(table, _experiment_or_none(ws))
+    con = _connect(table)
+    con.register("missing", missing)
+    sql = """
+    with present as (
+        select plate, well, arm, cycle, count(*) as sites,
+               string_agg(distinct array_to_string(channels, ','), ' | ') as channels
+        from idx group by all
+    ), gaps as (
+        select plate, well, arm, cycle, count(*) as missing from missing group by all
+    )
+    select coalesce(p.plate, g.plate) as plate, coalesce(p.well, g.well) as well,
+           coalesce(p.arm, g.arm) as arm, coalesce(p.cycle, g.cycle) as cycle,
+           coalesce(p.sites, 0) as sites, coalesce(p.channels, '') as channels,
+           coalesce(g.missing, 0) as missing
+    from present p full join gaps g using (plate, well, arm, cycle)
+    order by plate, well, arm, cycle
+    """
+    cols = ["plate", "well", "arm", "cycle", "sites", "channels", "missing"]
+    return [dict(zip(cols, row, strict=True)) for row in con.sql(sql).fetchall()]
+
+
+def query(ws: str, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run DuckDB SQL over the index (tables ``index``/``images``) and ``rejects``.
+
+    Returns
+    -------
+    tuple of (list of str, list of tuple)
+        Column names and rows.
+
+    Raises
+    ------
+    UserError
+        When the SQL is invalid.
+    """
+    con = _connect(load_index(ws), load_rejects(ws))
+    try:
+        rel = con.sql(sql)
+        if rel is None:
+            return [], []
+        return list(rel.columns), rel.fetchall()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"query failed: {first}") from exc

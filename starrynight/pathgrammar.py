@@ -1,0 +1,680 @@
+"""The path grammar: which file paths are images, and what they say about themselves.
+
+A grammar is a small JSON pattern file (the default, ``grammar/cpg.json``, describes the
+Cell Painting Gallery layout). It holds RE2 regular expressions with named groups:
+
+``folder``
+    Applied to the folder part of a key (everything before the last ``/``). Groups:
+    ``source``, ``batch``, ``plate``, ``plate_folder`` (required), ``dataset`` (optional;
+    when absent or empty the dataset is the name of the listed root).
+``cp_folder`` / ``sbs_folder``
+    Applied to the ``plate_folder`` group; whichever matches decides the arm. Groups:
+    ``magnification`` (optional), ``cycle`` (required for SBS).
+``file``
+    Applied to the file name. Groups: ``well``, ``site``, ``channels`` (required).
+``extensions``
+    Image extensions, tried longest first (case-insensitive).
+``channel_separator``
+    Separates the channel names inside the ``channels`` group.
+``metadata``
+    Patterns (searched anywhere in the key) of files that are known non-images; they
+    are recorded in the rejects table as metadata rather than as errors.
+
+Any group named ``<g>_check`` must agree with group ``<g>`` of the same pattern
+(case-insensitive, leading zeros ignored): ``WellA1_PointB2`` or a folder
+``10X_c1_SBS-2`` is rejected as inconsistent, never guessed.
+
+Parsing is vectorised: folders are few, so they are parsed once per distinct folder;
+file names are parsed with Arrow's RE2 kernels over the whole column, with at most four
+capturing groups per pass so RE2 can use its fast one-pass matcher.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from starrynight import storage
+from starrynight.errors import UserError
+
+DEFAULT_GRAMMAR = "cpg"
+
+_GROUP_RE = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>")
+_REQUIRED = {
+    "folder": ("source", "batch", "plate", "plate_folder"),
+    "cp_folder": (),
+    "sbs_folder": ("cycle",),
+    "file": ("well", "site", "channels"),
+}
+# RE2 runs its fast one-pass matcher only with at most 4 capturing groups.
+_MAX_GROUPS_PER_PASS = 4
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("source", pa.string()),
+        ("batch", pa.string()),
+        ("plate", pa.string()),
+        ("arm", pa.string()),
+        ("cycle", pa.int32()),
+        ("magnification", pa.string()),
+        ("plate_folder", pa.string()),
+        ("well", pa.string()),
+        ("site", pa.int32()),
+        ("channels", pa.list_(pa.string())),
+        ("key", pa.string()),
+        ("extension", pa.string()),
+    ]
+)
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("kind", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+# Reason texts; a row's reason is the first check it fails, in this order.
+METADATA = "metadata file"
+LAYOUT = "folder does not fit the layout"
+NOT_AN_ARM = "plate folder is neither a CP nor an SBS folder"
+BOTH_ARMS = "plate folder matches both the CP and the SBS pattern"
+EXTENSION = "not an image extension"
+FILE = "file name does not fit the image pattern"
+SITE = "site is not a number"
+CHANNELS = "empty or repeated channel name"
+DUPLICATE = "duplicate image"
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A parsed, validated pattern file (see the module docstring for the fields)."""
+
+    name: str
+    folder: str
+    cp_folder: str
+    sbs_folder: str
+    file: str
+    extensions: tuple[str, ...]
+    channel_separator: str = ","
+    metadata: tuple[str, ...] = ()
+    description: str = ""
+    folder_help: str = ""
+    file_help: str = ""
+    source: str = field(default="", compare=False)
+
+    def groups(self, pattern: str) -> list[str]:
+        """Names of the named groups of one of the patterns, in order."""
+        return _GROUP_RE.findall(getattr(self, pattern))
+
+
+def load_grammar(path: str | None = None) -> Grammar:
+    """Load and validate a pattern file.
+
+    Parameters
+    ----------
+    path : str, optional
+        Local path or URI of a JSON pattern file; the built-in Cell Painting Gallery
+        grammar when omitted.
+
+    Returns
+    -------
+    Grammar
+
+    Raises
+    ------
+    UserError
+        When the file is missing, is not JSON, lacks a field, has a pattern RE2 cannot
+        compile or lacks a required named group.
+    """
+    if path is None:
+        text = resources.files("starrynight.grammar").joinpath(f"{DEFAULT_GRAMMAR}.json")
+        raw, where = text.read_text(), f"built-in grammar {DEFAULT_GRAMMAR}.json"
+    else:
+        raw, where = storage.read_bytes(str(path)).decode("utf-8", "replace"), str(path)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object with the grammar's fields")
+    known = {f for f in Grammar.__dataclass_fields__ if f != "source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {sorted(known)}")
+    for key in ("folder", "cp_folder", "sbs_folder", "file", "extensions"):
+        if key not in data:
+            raise UserError(f"{where}: missing field '{key}'")
+    for key in ("name", "folder", "cp_folder", "sbs_folder", "file", "channel_separator"):
+        if key in data and not isinstance(data[key], str):
+            raise UserError(f"{where}: field '{key}' must be a string")
+    for key in ("extensions", "metadata"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise UserError(f"{where}: field '{key}' must be a list of non-empty strings")
+    if not data.get("channel_separator", ","):
+        raise UserError(f"{where}: field 'channel_separator' must not be empty")
+    grammar = Grammar(
+        name=data.get("name", Path(where).stem),
+        folder=data["folder"],
+        cp_folder=data["cp_folder"],
+        sbs_folder=data["sbs_folder"],
+        file=data["file"],
+        extensions=tuple(sorted(data["extensions"], key=len, reverse=True)),
+        channel_separator=data.get("channel_separator", ","),
+        metadata=tuple(data.get("metadata", [])),
+        description=data.get("description", ""),
+        folder_help=data.get("folder_help", ""),
+        file_help=data.get("file_help", ""),
+        source=where,
+    )
+    for key, required in _REQUIRED.items():
+        pattern = getattr(grammar, key)
+        _check_compiles(where, key, pattern)
+        groups = grammar.groups(key)
+        missing = [g for g in required if g not in groups]
+        if missing:
+            raise UserError(
+                f"{where}: pattern '{key}' lacks the named group(s) "
+                + ", ".join(f"(?P<{g}>...)" for g in missing)
+            )
+        for g in groups:
+            if g.endswith("_check") and g[: -len("_check")] not in groups:
+                raise UserError(f"{where}: pattern '{key}' has {g} but no group {g[:-6]}")
+    for i, pattern in enumerate(grammar.metadata):
+        _check_compiles(where, f"metadata[{i}]", pattern)
+    return grammar
+
+
+def _check_compiles(where: str, key: str, pattern: str) -> None:
+    try:
+        pc.extract_regex(pa.array([""]), _only_groups(pattern, [])) if "(?P<" in pattern else (
+            pc.match_substring_regex(pa.array([""]), pattern)
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        msg = str(exc).splitlines()[0]
+        raise UserError(f"{where}: pattern '{key}' is not a valid RE2 expression ({msg})") from exc
+
+
+def _only_groups(pattern: str, keep: list[str]) -> str:
+    """Rewrite ``pattern`` so that only the named groups in ``keep`` capture.
+
+    Other named groups and plain ``( ... )`` become non-capturing; character classes
+    and escapes are left alone. With no group kept, a dummy empty group is added so the
+    result is still valid for ``extract_regex``.
+    """
+    out: list[str] = []
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            out.append(c)
+            # A ']' right after '[' or '[^' is a literal member of the class.
+            if pattern[i + 1 : i + 2] == "^":
+                out.append("^")
+                i += 1
+            if pattern[i + 1 : i + 2] == "]":
+                out.append("]")
+                i += 1
+        elif c == "(":
+            m = _GROUP_RE.match(pattern, i)
+            if m:
+                out.append(m.group(0) if m.group(1) in keep else "(?:")
+                i = m.end()
+                continue
+            out.append("(" if pattern[i + 1 : i + 2] == "?" else "(?:")
+        else:
+            out.append(c)
+        i += 1
+    result = "".join(out)
+    return result if keep else f"(?P<_m>){result}"
+
+
+def _extract(values: pa.Array, pattern: str, groups: list[str]) -> dict[str, pa.Array]:
+    """Run ``pattern`` over ``values``; return each group's strings and the match mask.
+
+    Groups are extracted at most four per pass, and each pass runs on two halves of
+    the column in parallel (Arrow releases the GIL).
+    """
+    passes = [
+        groups[i : i + _MAX_GROUPS_PER_PASS] for i in range(0, len(groups), _MAX_GROUPS_PER_PASS)
+    ] or [[]]
+    n = len(values)
+    halves = [values] if n < 50_000 else [values.slice(0, n // 2), values.slice(n // 2)]
+    jobs = [(p, h) for p in passes for h in halves]
+
+    def run(job: tuple[list[str], pa.Array]) -> pa.StructArray:
+        keep, part = job
+        return pc.extract_regex(part, _only_groups(pattern, keep))
+
+    if len(jobs) == 1:
+        results = [run(jobs[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(run, jobs))
+    out: dict[str, pa.Array] = {}
+    for pi, keep in enumerate(passes):
+        parts = results[pi * len(halves) : (pi + 1) * len(halves)]
+        struct = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+        if pi == 0:
+            out["_matched"] = struct.is_valid()
+        for g in keep:
+            out[g] = struct.field(g)
+    return out
+
+
+def _extension_of(tail: str, extensions: tuple[str, ...]) -> int:
+    """Position in ``extensions`` of the one ``tail`` ends with (-1 for none)."""
+    lower = tail.lower()
+    for i, ext in enumerate(extensions):
+        if lower.endswith(ext.lower()):
+            return i
+    return -1
+
+
+def _norm_token(value: str) -> str:
+    """Upper-case, without the leading zeros of the first run of digits."""
+    return re.sub(r"^([^0-9]*)0+([0-9])", r"\1\2", value.upper())
+
+
+def _norm_tokens(values: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(pc.utf8_upper(values), r"^([^0-9]*)0+([0-9])", r"\1\2")
+
+
+@dataclass
+class ParsedPaths:
+    """Result of :func:`parse_paths`: the image rows and the rejected paths.
+
+    ``encoded`` holds the index with its low-cardinality string columns
+    dictionary-encoded (cheap to build, write and group); ``index`` is the same table
+    with exactly the types of :data:`INDEX_SCHEMA`.
+    """
+
+    encoded: pa.Table
+    rejects: pa.Table
+
+    @property
+    def index(self) -> pa.Table:
+        """The index rows with the types of :data:`INDEX_SCHEMA`."""
+        return decode(self.encoded)
+
+
+def decode(table: pa.Table) -> pa.Table:
+    """Cast dictionary-encoded index columns back to :data:`INDEX_SCHEMA` (keeps metadata)."""
+    return table.cast(INDEX_SCHEMA.with_metadata(table.schema.metadata))
+
+
+@dataclass
+class _Folders:
+    """Per distinct folder: its fields, or the reason it cannot hold images."""
+
+    reason: list[str]
+    detail: list[str]
+    columns: dict[str, list]
+
+
+def split_keys(keys: pa.Array) -> tuple[pa.DictionaryArray, pa.Array]:
+    """Split keys into a dictionary-encoded folder column and a file-name column.
+
+    Listing produces both directly (see :mod:`starrynight.inventory`); this is for
+    callers holding bare keys.
+    """
+    keys = _as_string(keys)
+    folder = pc.replace_substring_regex(keys, r"/?[^/]*$", "")
+    name = pc.replace_substring_regex(keys, r"^.*/", "")
+    return pc.dictionary_encode(folder), name
+
+
+def _as_string(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if not pa.types.is_string(values.type):
+        values = values.cast(pa.string())
+    return values
+
+
+def _parse_folders(folders: pa.Array, grammar: Grammar, default_dataset: str) -> _Folders:
+    n = len(folders)
+    fgroups = grammar.groups("folder")
+    fm = _extract(folders, grammar.folder, fgroups)
+    matched = fm["_matched"].to_pylist()
+    cols = {g: fm[g].to_pylist() for g in fgroups}
+    plate_folders = fm["plate_folder"]
+    cp_groups, sbs_groups = grammar.groups("cp_folder"), grammar.groups("sbs_folder")
+    cp = _extract(plate_folders, grammar.cp_folder, cp_groups)
+    sbs = _extract(plate_folders, grammar.sbs_folder, sbs_groups)
+    cp_ok, sbs_ok = cp["_matched"].to_pylist(), sbs["_matched"].to_pylist()
+    cp_cols = {g: cp[g].to_pylist() for g in cp_groups}
+    sbs_cols = {g: sbs[g].to_pylist() for g in sbs_groups}
+    folder_list = folders.to_pylist()
+    reason, detail = [""] * n, [""] * n
+    out: dict[str, list] = {
+        k: [None] * n
+        for k in ("dataset", "source", "batch", "plate", "arm", "cycle", "magnification")
+    }
+    out["plate_folder"] = [None] * n
+    layout = f"{LAYOUT} {grammar.folder_help}".rstrip()
+    for i in range(n):
+        if not matched[i]:
+            reason[i], detail[i] = layout, folder_list[i] or "(dataset root)"
+            continue
+        pf = cols["plate_folder"][i]
+        if cp_ok[i] and sbs_ok[i]:
+            reason[i], detail[i] = BOTH_ARMS, pf
+            continue
+        if not (cp_ok[i] or sbs_ok[i]):
+            reason[i], detail[i] = NOT_AN_ARM, pf
+            continue
+        arm_cols = cp_cols if cp_ok[i] else sbs_cols
+        bad = _first_inconsistent({g: v[i] for g, v in arm_cols.items()})
+        if bad:
+            reason[i], detail[i] = f"inconsistent {bad[0]} in plate folder", f"{pf}: {bad[1]}"
+            continue
+        if sbs_ok[i]:
+            cycle_text = sbs_cols["cycle"][i]
+            if not cycle_text.isdigit() or len(cycle_text) > 6:
+                reason[i], detail[i] = "SBS cycle is not a number", pf
+                continue
+            out["cycle"][i], out["arm"][i] = int(cycle_text), "sbs"
+        else:
+            out["cycle"][i], out["arm"][i] = 0, "cp"
+        out["magnification"][i] = arm_cols.get("magnification", [""] * n)[i]
+        out["dataset"][i] = (cols.get("dataset") or [""] * n)[i] or default_dataset
+        for g in ("source", "batch", "plate", "plate_folder"):
+            out[g][i] = cols[g][i]
+    return _Folders(reason, detail, out)
+
+
+def _first_inconsistent(values: dict[str, str]) -> tuple[str, str] | None:
+    for g, v in values.items():
+        if g.endswith("_check") and v:
+            base = values.get(g[: -len("_check")], "")
+            if _norm_token(v) != _norm_token(base):
+                return g[: -len("_check")], f"{g[: -len('_check')]} {base} vs {v}"
+    return None
+
+
+def parse_paths(
+    keys: pa.Array | pa.ChunkedArray,
+    grammar: Grammar | None = None,
+    default_dataset: str = "",
+    folder: pa.DictionaryArray | pa.ChunkedArray | None = None,
+    name: pa.Array | pa.ChunkedArray | None = None,
+) -> ParsedPaths:
+    """Parse dataset keys into index rows and rejects, vectorised.
+
+    Parameters
+    ----------
+    keys : pyarrow.Array
+        Paths relative to the dataset root, ``/``-separated.
+    grammar : Grammar, optional
+        The pattern file; the built-in Cell Painting Gallery grammar by default.
+    default_dataset : str
+        Dataset name for keys whose path does not name one (the root's folder name).
+    folder, name : pyarrow.Array, optional
+        The keys already split into folder (dictionary-encoded) and file name, as the
+        inventory stores them; computed from ``keys`` when omitted.
+
+    Returns
+    -------
+    ParsedPaths
+        ``index`` (schema :data:`INDEX_SCHEMA`, one row per image) and ``rejects``
+        (:data:`REJECTS_SCHEMA`, one row per other key, with its reason). Every key
+        lands in exactly one of them.
+    """
+    grammar = grammar or load_grammar()
+    keys = _as_string(keys)
+    if folder is None or name is None:
+        folder, name = split_keys(keys)
+    if isinstance(folder, pa.ChunkedArray):
+        folder = folder.combine_chunks() if folder.num_chunks != 1 else folder.chunk(0)
+        if isinstance(folder, pa.ChunkedArray):  # pragma: no cover - defensive
+            folder = folder.chunk(0)
+    if not pa.types.is_dictionary(folder.type):
+        folder = pc.dictionary_encode(_as_string(folder))
+    name = _as_string(name)
+    n = len(keys)
+    if n == 0:
+        return ParsedPaths(INDEX_SCHEMA.empty_table(), REJECTS_SCHEMA.empty_table())
+
+    # Reason per row, as an index into `reasons`; 0 is "accepted".
+    reasons: list[str] = [""]
+    details: dict[int, object] = {}
+
+    def reason_code(text: str) -> int:
+        if text not in reasons:
+            reasons.append(text)
+        return reasons.index(text)
+
+    # --- folders: parsed once per distinct folder -----------------------------------
+    fidx = folder.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    folders = _parse_folders(_as_string(folder.dictionary), grammar, default_dataset)
+    folder_code = np.array([reason_code(r) if r else 0 for r in folders.reason], dtype=np.int32)
+    code = folder_code[fidx] if len(folder_code) else np.zeros(n, np.int32)
+
+    # --- extension ------------------------------------------------------------------
+    # Decided once per distinct tail of the name (few), not once per row.
+    tail_len = max(len(e) for e in grammar.extensions)
+    tails = pc.dictionary_encode(pc.utf8_slice_codeunits(name, -tail_len))
+    tail_ext = np.array(
+        [_extension_of(t, grammar.extensions) for t in tails.dictionary.to_pylist()] or [-1],
+        dtype=np.int32,
+    )
+    ext_pos = tail_ext[tails.indices.to_numpy(zero_copy_only=False)]
+    code[(code == 0) & (ext_pos < 0)] = reason_code(EXTENSION)
+
+    # --- file names: the only per-row regex work ------------------------------------
+    file_groups = grammar.groups("file")
+    fm = _extract(name, grammar.file, file_groups)
+    matched = fm["_matched"].to_numpy(zero_copy_only=False)
+    file_reason = f"{FILE} {grammar.file_help}".rstrip()
+    code[(code == 0) & ~matched] = reason_code(file_reason)
+
+    for g in file_groups:
+        if not g.endswith("_check"):
+            continue
+        base = g[: -len("_check")]
+        check, ref = fm[g], fm[base]
+        differ = pc.and_(pc.not_equal(check, ref), pc.not_equal(check, ""))
+        differ = pc.fill_null(differ, False).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(differ & (code == 0))
+        if len(rows):
+            sel = pa.array(rows)
+            a, b = pc.take(ref, sel), pc.take(check, sel)
+            bad = pc.not_equal(_norm_tokens(a), _norm_tokens(b)).to_numpy(zero_copy_only=False)
+            bad_rows = rows[bad]
+            c = reason_code(f"inconsistent {base}")
+            code[bad_rows] = c
+            for r, x, y in zip(
+                bad_rows,
+                pc.take(a, pa.array(np.flatnonzero(bad))).to_pylist(),
+                pc.take(b, pa.array(np.flatnonzero(bad))).to_pylist(),
+                strict=True,
+            ):
+                details[int(r)] = f"{base} {x} vs {y}"
+
+    # --- site -----------------------------------------------------------------------
+    site_text = fm["site"]
+    try:
+        site = pc.cast(site_text, pa.int32())
+        site_np = site.to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        ok_site = pc.match_substring_regex(site_text, r"^[0-9]{1,9}$")
+        ok_np = pc.fill_null(ok_site, False).to_numpy(zero_copy_only=False)
+        code[(code == 0) & ~ok_np & matched] = reason_code(SITE)
+        site_np = np.zeros(n, dtype=np.int32)
+        good = np.flatnonzero(ok_np)
+        site_np[good] = pc.cast(pc.take(site_text, pa.array(good)), pa.int32()).to_numpy()
+
+    # --- channels: split once per distinct channel list -----------------------------
+    chan_dict = pc.dictionary_encode(fm["channels"])
+    chan_idx = chan_dict.indices.to_numpy(zero_copy_only=False)
+    chan_lists, chan_bad = [], []
+    for text in chan_dict.dictionary.to_pylist():
+        parts = text.split(grammar.channel_separator) if text else []
+        chan_lists.append(parts)
+        chan_bad.append(
+            not parts or any(not p.strip() for p in parts) or len(set(parts)) < len(parts)
+        )
+    chan_bad_np = np.array(chan_bad, dtype=bool)
+    if chan_bad_np.any():
+        bad = chan_bad_np[chan_idx] & (code == 0)
+        code[bad] = reason_code(CHANNELS)
+
+    # --- duplicates: one image per plate/arm/cycle/well/site ------------------------
+    ok = np.flatnonzero(code == 0)
+    if len(ok):
+        plate_key = {}
+        fgroup = np.array(
+            [
+                plate_key.setdefault(
+                    (
+                        folders.columns["dataset"][i],
+                        folders.columns["source"][i],
+                        folders.columns["batch"][i],
+                        folders.columns["plate"][i],
+                        folders.columns["arm"][i],
+                        folders.columns["cycle"][i],
+                    ),
+                    len(plate_key),
+                )
+                for i in range(len(folders.reason))
+            ],
+            dtype=np.int64,
+        )
+        well_dict = pc.dictionary_encode(fm["well"])
+        well_idx = well_dict.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        nwell = max(len(well_dict.dictionary), 1)
+        site64 = site_np.astype(np.int64)
+        nsite = int(site64[ok].max()) + 1 if len(ok) else 1
+        combo = (fgroup[fidx[ok]] * nwell + well_idx[ok]) * nsite + site64[ok]
+        if int(combo.max()) < max(1 << 22, 8 * len(combo)):
+            # Counting beats sorting when the codes span a small range (the usual case).
+            per_combo = np.bincount(combo)[combo]
+        else:
+            _, inverse, counts = np.unique(combo, return_inverse=True, return_counts=True)
+            per_combo = counts[inverse]
+        dup = per_combo > 1
+        if dup.any():
+            c = reason_code(DUPLICATE)
+            code[ok[dup]] = c
+            for r, k in zip(ok[dup].tolist(), per_combo[dup].tolist(), strict=True):
+                details[r] = f"{k} files for the same plate/cycle/well/site"
+
+    # --- metadata: rejected rows that are known non-images --------------------------
+    rejected = np.flatnonzero(code != 0)
+    if len(rejected) and grammar.metadata:
+        rkeys = pc.take(keys, pa.array(rejected))
+        is_meta = np.zeros(len(rejected), dtype=bool)
+        for pattern in grammar.metadata:
+            is_meta |= pc.match_substring_regex(rkeys, pattern).to_numpy(zero_copy_only=False)
+        code[rejected[is_meta]] = reason_code(METADATA)
+
+    return ParsedPaths(
+        encoded=_index_table(
+            code, keys, fidx, folders, fm, site_np, chan_lists, chan_idx, ext_pos, grammar
+        ),
+        rejects=_rejects_table(code, reasons, details, keys, name, fidx, folders, fm, grammar),
+    )
+
+
+def _index_table(
+    code: np.ndarray,
+    keys: pa.Array,
+    fidx: np.ndarray,
+    folders: _Folders,
+    fm: dict[str, pa.Array],
+    site_np: np.ndarray,
+    chan_lists: list[list[str]],
+    chan_idx: np.ndarray,
+    ext_pos: np.ndarray,
+    grammar: Grammar,
+) -> pa.Table:
+    ok = np.flatnonzero(code == 0)
+    everything = len(ok) == len(code)
+    sel = None if everything else pa.array(ok)
+
+    def rows(arr: pa.Array) -> pa.Array:
+        return arr if sel is None else pc.take(arr, sel)
+
+    f_ok = (fidx if everything else fidx[ok]).astype(np.int32)
+    cols: dict[str, pa.Array] = {}
+    for name in ("dataset", "source", "batch", "plate", "arm", "magnification", "plate_folder"):
+        cols[name] = _expand(folders.columns[name], f_ok)
+    cycles = np.array([c if c is not None else -1 for c in folders.columns["cycle"]], np.int32)
+    cols["cycle"] = pa.array(cycles[f_ok] if len(cycles) else cycles, pa.int32())
+    cols["well"] = pc.dictionary_encode(rows(fm["well"]))
+    cols["site"] = pa.array(site_np if everything else site_np[ok], type=pa.int32())
+    chan_values = pa.array(chan_lists, type=pa.list_(pa.string()))
+    c_ok = chan_idx if everything else chan_idx[ok]
+    cols["channels"] = pc.take(chan_values, pa.array(c_ok))
+    cols["key"] = rows(keys)
+    ext_values = pa.array([e.lower() for e in grammar.extensions], pa.string())
+    e_ok = ext_pos if everything else ext_pos[ok]
+    cols["extension"] = pa.DictionaryArray.from_arrays(
+        pa.array(np.maximum(e_ok, 0), pa.int32()), ext_values
+    )
+    return pa.table([cols[f.name] for f in INDEX_SCHEMA], names=INDEX_SCHEMA.names)
+
+
+def _expand(values: list, indices: np.ndarray) -> pa.DictionaryArray:
+    """Per-folder values as a dictionary column over distinct values (no per-row copy)."""
+    distinct: dict[object, int] = {}
+    remap = np.array([distinct.setdefault(v, len(distinct)) for v in values], np.int32)
+    dictionary = pa.array(list(distinct), pa.string())
+    codes = remap[indices] if len(remap) else indices
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), dictionary)
+
+
+def _rejects_table(
+    code: np.ndarray,
+    reasons: list[str],
+    details: dict[int, object],
+    keys: pa.Array,
+    name: pa.Array,
+    fidx: np.ndarray,
+    folders: _Folders,
+    fm: dict[str, pa.Array],
+    grammar: Grammar,
+) -> pa.Table:
+    bad = np.flatnonzero(code != 0)
+    if not len(bad):
+        return REJECTS_SCHEMA.empty_table()
+    sel = pa.array(bad)
+    rkeys = pc.take(keys, sel).to_pylist()
+    rnames = pc.take(name, sel).to_pylist()
+    reason_list = [reasons[c] for c in code[bad]]
+    detail: list[str] = []
+    for row, key_name, reason, f in zip(bad, rnames, reason_list, fidx[bad], strict=True):
+        if int(row) in details:
+            detail.append(str(details[int(row)]))
+        elif folders.reason[f] == reason:
+            detail.append(folders.detail[f])
+        elif reason == METADATA:
+            detail.append("")
+        else:
+            detail.append(key_name)
+    kind = ["metadata" if r == METADATA else "error" for r in reason_list]
+    return pa.Table.from_arrays(
+        [pa.array(rkeys, pa.string()), pa.array(kind), pa.array(reason_list), pa.array(detail)],
+        schema=REJECTS_SCHEMA,
+    )
