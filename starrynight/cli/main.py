@@ -18,12 +18,16 @@ def cli() -> None:
 def _register() -> None:
     # Sub-command modules are imported here, not at module top, so that
     # ``starrynight --help`` stays fast and each noun lives in its own module.
-    from starrynight.cli import exp, index, inventory, sample
+    from starrynight.cli import analysis, barcodes, exp, index, inventory, sample, segment
 
     cli.add_command(sample.sample)
     cli.add_command(inventory.inventory)
     cli.add_command(index.index)
     cli.add_command(exp.exp)
+    cli.add_command(segment.segment)
+    cli.add_command(segment.segcheck)
+    cli.add_command(barcodes.barcodes)
+    cli.add_command(analysis.analysis)
 
 
 def main(argv: list[str] | None = None) -> None:

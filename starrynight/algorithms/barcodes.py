@@ -1,0 +1,628 @@
+"""Sequencing-by-synthesis base calling and barcode assignment.
+
+The SBS arm images each amplicon once per cycle in four base channels. Reading a
+barcode means: find the amplicons (spots), measure each base channel at each spot and
+cycle, undo the spectral crosstalk between dyes, call the brightest channel, and look
+the read up in the barcode library allowing a few mismatches. A cell's barcode is the
+read most of its spots agree on.
+
+Arrays of SBS images are ``(cycles, 4, H, W)`` with the base channels in the order of
+:data:`BASES`. All functions are pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import feature
+
+BASES = "ACGT"
+_CODE = {b: i for i, b in enumerate(BASES)}
+MAX_READ_LENGTH = 32  # two bits per base in one int64
+
+
+# --------------------------------------------------------------------------- library
+
+
+@dataclass(frozen=True)
+class Library:
+    """Barcodes as read by SBS: the first ``length`` bases of each sgRNA.
+
+    Attributes
+    ----------
+    barcodes : tuple of str
+        Prefix read by the SBS cycles, one per sgRNA, unique.
+    sgrnas, genes : tuple of str
+        Full sgRNA and gene symbol, aligned with ``barcodes``.
+    codes : numpy.ndarray
+        ``int64`` packed codes of ``barcodes`` (see :func:`encode`).
+    """
+
+    barcodes: tuple[str, ...]
+    sgrnas: tuple[str, ...]
+    genes: tuple[str, ...]
+    codes: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return len(self.barcodes[0])
+
+    def min_distance(self) -> int:
+        """Smallest Hamming distance between two barcodes (length+1 for one barcode)."""
+        if len(self.codes) < 2:
+            return self.length + 1
+        d = hamming_matrix(self.codes, self.codes)
+        np.fill_diagonal(d, self.length + 1)
+        return int(d.min())
+
+
+def build_library(sgrnas: list[str], genes: list[str], n_cycles: int) -> Library:
+    """Validate a barcode table and cut each sgRNA to the bases SBS reads.
+
+    The SBS reads the first ``n_cycles`` bases of each sgRNA. Those prefixes must be
+    unique: when two sgRNAs share a prefix, a cell carrying either cannot be told
+    apart, so more cycles are needed. Cycles beyond the sgRNA length are an error.
+
+    Parameters
+    ----------
+    sgrnas, genes : list of str
+        Columns ``sgRNA`` and ``gene_symbol`` of Barcodes.csv.
+    n_cycles : int
+        Number of SBS cycles imaged.
+
+    Returns
+    -------
+    Library
+
+    Raises
+    ------
+    ValueError
+        With a one-line reason naming the offending value.
+    """
+    if not sgrnas:
+        raise ValueError("no barcodes (the table has no rows)")
+    if len(sgrnas) != len(genes):
+        raise ValueError("sgRNA and gene_symbol columns differ in length")
+    if n_cycles < 1:
+        raise ValueError(f"need at least one SBS cycle, got {n_cycles}")
+    if n_cycles > MAX_READ_LENGTH:
+        raise ValueError(f"{n_cycles} cycles: at most {MAX_READ_LENGTH} are supported")
+    clean = []
+    for row, s in enumerate(sgrnas, start=2):  # row 1 is the header
+        s = (s or "").strip().upper()
+        if not s or set(s) - set(BASES):
+            raise ValueError(f"row {row}: sgRNA {s!r} is not a sequence of A, C, G, T")
+        clean.append(s)
+    lengths = sorted({len(s) for s in clean})
+    if len(lengths) > 1:
+        raise ValueError(f"sgRNA lengths are mixed ({', '.join(map(str, lengths))}); expected one")
+    seen: dict[str, int] = {}
+    for row, s in enumerate(clean, start=2):
+        if s in seen:
+            raise ValueError(f"row {row}: sgRNA {s} duplicates row {seen[s]}")
+        seen[s] = row
+    if n_cycles > lengths[0]:
+        raise ValueError(
+            f"{n_cycles} SBS cycles but the sgRNAs are {lengths[0]} bases long; "
+            "expected at most as many cycles as bases"
+        )
+    prefixes = [s[:n_cycles] for s in clean]
+    first: dict[str, int] = {}
+    for row, p in enumerate(prefixes, start=2):
+        if p in first:
+            raise ValueError(
+                f"rows {first[p]} and {row} share the first {n_cycles} bases {p}: "
+                f"{n_cycles} SBS cycles cannot tell these sgRNAs apart (more cycles needed)"
+            )
+        first[p] = row
+    genes_clean = tuple((g or "").strip() for g in genes)
+    return Library(tuple(prefixes), tuple(clean), genes_clean, encode(prefixes))
+
+
+def encode(reads: list[str] | np.ndarray) -> np.ndarray:
+    """Pack reads into ``int64`` codes, two bits per base (A=0, C=1, G=2, T=3).
+
+    Accepts strings or an integer array ``(n, length)`` of base indices.
+    """
+    if isinstance(reads, np.ndarray):
+        idx = reads.astype(np.int64)
+    else:
+        idx = np.array([[_CODE[b] for b in r] for r in reads], np.int64).reshape(len(reads), -1)
+    if idx.shape[1] > MAX_READ_LENGTH:
+        raise ValueError(f"reads longer than {MAX_READ_LENGTH} bases cannot be packed")
+    shifts = 2 * np.arange(idx.shape[1], dtype=np.int64)
+    return (idx << shifts).sum(axis=1).astype(np.int64)
+
+
+def decode(indices: np.ndarray) -> list[str]:
+    """Base-index array ``(n, length)`` to strings."""
+    lut = np.array(list(BASES))
+    return ["".join(row) for row in lut[indices]]
+
+
+_LOW_BITS = np.int64(0x5555555555555555)
+
+
+def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances (in bases) between packed codes ``a`` (n,) and ``b`` (m,)."""
+    x = a[:, None] ^ b[None, :]
+    # A base differs when either of its two bits differs.
+    return np.bitwise_count((x | (x >> 1)) & _LOW_BITS).astype(np.int16)
+
+
+def match_reads(
+    reads: np.ndarray, library: Library, max_distance: int = 1, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest library barcode of each read within ``max_distance`` mismatches.
+
+    Parameters
+    ----------
+    reads : numpy.ndarray
+        ``int`` base indices ``(n, length)``, ``length == library.length``.
+    library : Library
+    max_distance : int
+        Largest Hamming distance accepted.
+
+    Returns
+    -------
+    index : numpy.ndarray
+        ``int64`` index into the library; -1 when no barcode is close enough, -2 when
+        two or more are equally close (ambiguous).
+    distance : numpy.ndarray
+        ``int16`` Hamming distance to the nearest barcode.
+    """
+    if reads.ndim != 2 or reads.shape[1] != library.length:
+        raise ValueError(f"reads of shape {reads.shape}; expected (n, {library.length})")
+    codes = encode(reads)
+    index = np.full(len(codes), -1, np.int64)
+    distance = np.zeros(len(codes), np.int16)
+    for start in range(0, len(codes), chunk):
+        d = hamming_matrix(codes[start : start + chunk], library.codes)
+        best = d.argmin(axis=1)
+        dmin = d[np.arange(len(d)), best]
+        ties = (d == dmin[:, None]).sum(axis=1) > 1
+        idx = np.where(dmin <= max_distance, best, -1)
+        idx[(dmin <= max_distance) & ties] = -2
+        index[start : start + chunk] = idx
+        distance[start : start + chunk] = dmin
+    return index, distance
+
+
+# --------------------------------------------------------------------------- spots
+
+
+def spot_filter(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Negative Laplacian of Gaussian of each image: bright blobs become positive peaks.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(..., H, W)`` stack.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` filtered stack, background-free (LoG of a flat region is 0).
+    """
+    flat = images.reshape(-1, *images.shape[-2:]).astype(np.float32)
+    out = np.empty_like(flat)
+    for i, img in enumerate(flat):
+        out[i] = -ndi.gaussian_laplace(img, sigma) * sigma**2
+    return out.reshape(images.shape)
+
+
+def detect_spots(
+    filtered: np.ndarray,
+    *,
+    threshold: float | None = None,
+    threshold_sd: float = 8.0,
+    min_distance: int = 2,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Find amplicon spots on the LoG-filtered SBS stack.
+
+    The score image is the brightest base channel at each pixel, averaged over
+    cycles: a real amplicon lights one channel in every cycle.
+
+    Parameters
+    ----------
+    filtered : numpy.ndarray
+        ``(cycles, 4, H, W)`` output of :func:`spot_filter`.
+    threshold : float, optional
+        Absolute score threshold; by default ``threshold_sd`` robust standard
+        deviations (median absolute deviation) above the median score.
+    min_distance : int
+        Minimum spacing of spots in pixels.
+    mask : numpy.ndarray, optional
+        Boolean image; spots outside it are dropped.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 2)`` integer (y, x) positions.
+    """
+    score = filtered.max(axis=1).mean(axis=0)
+    if threshold is None:
+        med = float(np.median(score))
+        mad = float(np.median(np.abs(score - med))) * 1.4826
+        if mad <= 0:
+            # Noise-free background (synthetic or fully clipped): fall back to the
+            # standard deviation, which the spots themselves make non-zero.
+            mad = float(score.std()) / threshold_sd
+        if mad <= 0:
+            return np.zeros((0, 2), np.int64)
+        threshold = med + threshold_sd * mad
+    peaks = feature.peak_local_max(
+        score, min_distance=min_distance, threshold_abs=threshold, exclude_border=False
+    )
+    if mask is not None and len(peaks):
+        peaks = peaks[mask[peaks[:, 0], peaks[:, 1]]]
+    return peaks.astype(np.int64)
+
+
+def spot_intensities(filtered: np.ndarray, spots: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Brightest value within ``radius`` of each spot, per cycle and base channel.
+
+    Taking the local maximum tolerates sub-pixel residual misalignment between cycles.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` ``(n, cycles, 4)``.
+    """
+    c, b = filtered.shape[:2]
+    if len(spots) == 0:
+        return np.zeros((0, c, b), np.float32)
+    size = 2 * radius + 1
+    out = np.empty((len(spots), c, b), np.float32)
+    ys, xs = spots[:, 0], spots[:, 1]
+    for k in range(c):
+        for j in range(b):
+            local = ndi.maximum_filter(filtered[k, j], size=size) if radius else filtered[k, j]
+            out[:, k, j] = local[ys, xs]
+    return out
+
+
+# --------------------------------------------------------------------------- calling
+
+
+def estimate_crosstalk(values: np.ndarray, min_spots: int = 20) -> np.ndarray:
+    """Estimate the 4x4 base-mixing matrix from spot intensities.
+
+    Model: ``observed = M @ true`` with ``M[i, j]`` the fraction of base ``j``'s dye
+    seen in channel ``i``, ``M[j, j] = 1``. For the spots whose brightest channel is
+    ``j``, the median ratio of each channel to channel ``j`` estimates column ``j``.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(n, 4)`` intensities (any number of spots and cycles stacked).
+    min_spots : int
+        Columns with fewer dominant spots stay identity.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` ``(4, 4)`` matrix.
+    """
+    m = np.eye(4)
+    v = np.clip(values.astype(np.float64), 0, None)
+    if len(v) == 0:
+        return m
+    top = v.argmax(axis=1)
+    for j in range(4):
+        sel = (top == j) & (v[:, j] > 0)
+        if sel.sum() < min_spots:
+            continue
+        ratios = v[sel] / v[sel, j : j + 1]
+        col = np.median(ratios, axis=0)
+        col[j] = 1.0
+        # Leakage is a fraction: anything larger means the estimate is not crosstalk.
+        m[:, j] = np.clip(col, 0.0, 0.9)
+        m[j, j] = 1.0
+    return m
+
+
+def compensate(values: np.ndarray, crosstalk: np.ndarray) -> np.ndarray:
+    """Undo crosstalk: ``true = inv(M) @ observed`` for every spot.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(..., 4)`` intensities.
+    crosstalk : numpy.ndarray
+        ``(4, 4)`` matrix from :func:`estimate_crosstalk`.
+    """
+    return values @ np.linalg.inv(crosstalk).T
+
+
+def compensate_cycles(values: np.ndarray, min_spots: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cycle crosstalk compensation and channel gain equalisation.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(n, cycles, 4)`` spot intensities.
+
+    Returns
+    -------
+    compensated : numpy.ndarray
+        ``(n, cycles, 4)``.
+    matrices : numpy.ndarray
+        ``(cycles, 4, 4)`` estimated mixing matrices.
+    """
+    n, c, _ = values.shape
+    out = np.empty(values.shape, np.float64)
+    mats = np.empty((c, 4, 4))
+    for k in range(c):
+        m = estimate_crosstalk(values[:, k], min_spots)
+        comp = compensate(values[:, k].astype(np.float64), m)
+        # Dyes differ in brightness: scale each channel so its called spots share a
+        # median, or a bright dye would win every close call.
+        top = comp.argmax(axis=1) if n else np.zeros(0, int)
+        for j in range(4):
+            sel = top == j
+            if sel.sum() >= min_spots:
+                med = np.median(comp[sel, j])
+                if med > 0:
+                    comp[:, j] /= med
+        out[:, k] = comp
+        mats[k] = m
+    return out, mats
+
+
+def call_bases(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Call each cycle's base as the brightest channel.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(n, cycles, 4)`` (compensated) intensities.
+
+    Returns
+    -------
+    bases : numpy.ndarray
+        ``int8`` ``(n, cycles)`` base indices into :data:`BASES`.
+    quality : numpy.ndarray
+        ``float32`` ``(n, cycles)`` in [0, 1]: ``(top - second) / top``; 0 when the
+        brightest channel is not positive.
+    """
+    order = np.sort(values, axis=-1)
+    top, second = order[..., -1], order[..., -2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(top > 0, (top - np.maximum(second, 0)) / top, 0.0)
+    return values.argmax(axis=-1).astype(np.int8), np.clip(q, 0, 1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class CellCalls:
+    """Barcode of each cell, aligned arrays sorted by cell label.
+
+    ``barcode_index`` is -1 for unassigned cells; ``reason`` says why
+    (``""`` when assigned).
+    """
+
+    label: np.ndarray
+    n_spots: np.ndarray
+    n_matched: np.ndarray
+    barcode_index: np.ndarray
+    count: np.ndarray
+    second_count: np.ndarray
+    confidence: np.ndarray
+    reason: list[str]
+
+
+def assign_cells(
+    labels: np.ndarray,
+    spot_cell: np.ndarray,
+    spot_barcode: np.ndarray,
+    spot_quality: np.ndarray,
+    *,
+    min_count: int = 1,
+) -> CellCalls:
+    """Give each cell the barcode most of its matched spots carry.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Cell labels to report (every cell, with or without spots).
+    spot_cell : numpy.ndarray
+        Cell label of each spot (0 = outside cells).
+    spot_barcode : numpy.ndarray
+        Library index of each spot's read (negative = no match / ambiguous).
+    spot_quality : numpy.ndarray
+        Per-spot read quality (minimum over cycles); breaks ties between barcodes
+        seen equally often.
+    min_count : int
+        Spots that must agree for a call.
+
+    Returns
+    -------
+    CellCalls
+        ``confidence`` is the fraction of the cell's matched spots that carry the
+        called barcode.
+    """
+    labels = np.asarray(labels, np.int64)
+    n = len(labels)
+    pos = {int(v): i for i, v in enumerate(labels)}
+    n_spots = np.zeros(n, np.int32)
+    n_matched = np.zeros(n, np.int32)
+    best = np.full(n, -1, np.int64)
+    count = np.zeros(n, np.int32)
+    second = np.zeros(n, np.int32)
+    conf = np.zeros(n, np.float32)
+    reason = ["no spots"] * n
+    inside = spot_cell > 0
+    cells_s = spot_cell[inside].astype(np.int64)
+    bc_s = spot_barcode[inside]
+    q_s = spot_quality[inside]
+    for lab, cnt in zip(*np.unique(cells_s, return_counts=True), strict=True):
+        if int(lab) in pos:
+            n_spots[pos[int(lab)]] = cnt
+    ok = bc_s >= 0
+    order = np.lexsort((bc_s[ok], cells_s[ok]))
+    cs, bs, qs = cells_s[ok][order], bc_s[ok][order], q_s[ok][order]
+    if len(cs):
+        # Group by (cell, barcode): counts and summed quality per group.
+        key_change = np.r_[True, (cs[1:] != cs[:-1]) | (bs[1:] != bs[:-1])]
+        starts = np.flatnonzero(key_change)
+        g_cell, g_bc = cs[starts], bs[starts]
+        g_cnt = np.diff(np.r_[starts, len(cs)])
+        g_q = np.add.reduceat(qs, starts)
+        cell_starts = np.flatnonzero(np.r_[True, g_cell[1:] != g_cell[:-1]])
+        cell_ends = np.r_[cell_starts[1:], len(g_cell)]
+        for s, e in zip(cell_starts, cell_ends, strict=True):
+            i = pos.get(int(g_cell[s]))
+            if i is None:
+                continue
+            cnts, qual = g_cnt[s:e], g_q[s:e]
+            rank = np.lexsort((-qual, -cnts))
+            top = rank[0]
+            n_matched[i] = int(cnts.sum())
+            count[i] = int(cnts[top])
+            second[i] = int(cnts[rank[1]]) if len(rank) > 1 else 0
+            if count[i] < min_count:
+                reason[i] = f"only {count[i]} matching spot(s), need {min_count}"
+            elif second[i] == count[i]:
+                reason[i] = "tie between barcodes"
+            else:
+                best[i] = int(g_bc[s + top])
+                conf[i] = count[i] / n_matched[i]
+                reason[i] = ""
+    for i in range(n):
+        if n_spots[i] and not n_matched[i]:
+            reason[i] = "no spot read matched a barcode"
+    return CellCalls(labels, n_spots, n_matched, best, count, second, conf, reason)
+
+
+# --------------------------------------------------------------------------- site
+
+
+@dataclass(frozen=True)
+class SpotParams:
+    """Tuning of :func:`read_site`.
+
+    Attributes
+    ----------
+    sigma : float
+        LoG scale in pixels (about the spot's PSF sigma).
+    threshold_sd : float
+        Spot score threshold in robust standard deviations above the median.
+    min_distance : int
+        Minimum spot spacing in pixels.
+    max_distance : int
+        Mismatches allowed between a read and its barcode.
+    compensate : bool
+        Estimate and undo per-cycle crosstalk.
+    min_count : int
+        Spots that must agree on a cell's barcode.
+    """
+
+    sigma: float = 1.0
+    threshold_sd: float = 8.0
+    min_distance: int = 2
+    max_distance: int = 1
+    compensate: bool = True
+    min_count: int = 1
+
+
+@dataclass(frozen=True)
+class SiteReads:
+    """Spots of one site and the barcode of each of its cells."""
+
+    spots: dict[str, np.ndarray | list[str]]
+    cells: CellCalls
+    crosstalk: np.ndarray
+
+
+def imaged_in_all_cycles(sbs: np.ndarray, margin: int = 0) -> np.ndarray:
+    """Pixels that every cycle imaged.
+
+    Alignment shifts each cycle; pixels it could not fill are 0 in every channel. A
+    spot there has no signal in that cycle and would read as garbage, so it is
+    excluded along with a ``margin`` where the LoG filter sees the edge.
+
+    Parameters
+    ----------
+    sbs : numpy.ndarray
+        ``(cycles, channels, H, W)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean ``(H, W)``.
+    """
+    covered = np.all(np.any(sbs != 0, axis=1), axis=0)
+    if margin and not covered.all():
+        covered = ndi.binary_erosion(covered, iterations=margin, border_value=1)
+    return covered
+
+
+def read_site(
+    sbs: np.ndarray, cells: np.ndarray, library: Library, params: SpotParams | None = None
+) -> SiteReads:
+    """Detect spots, call bases, match reads and assign cells on one aligned site.
+
+    Parameters
+    ----------
+    sbs : numpy.ndarray
+        ``(cycles, 4, H, W)`` aligned base-channel images, channels in
+        :data:`BASES` order, ``cycles == library.length``.
+    cells : numpy.ndarray
+        Cell labels in the same frame.
+    library : Library
+    params : SpotParams, optional
+
+    Returns
+    -------
+    SiteReads
+        ``spots`` columns: ``y, x, cell, read, quality, barcode_index, distance``.
+    """
+    p = params or SpotParams()
+    if sbs.ndim != 4 or sbs.shape[1] != 4:
+        raise ValueError(f"expected (cycles, 4, H, W), got {sbs.shape}")
+    if sbs.shape[0] != library.length:
+        raise ValueError(f"{sbs.shape[0]} cycles but barcodes of {library.length} bases")
+    filtered = spot_filter(sbs, p.sigma)
+    covered = imaged_in_all_cycles(sbs, margin=int(np.ceil(3 * p.sigma)) + 1)
+    spots = detect_spots(
+        filtered,
+        threshold_sd=p.threshold_sd,
+        min_distance=p.min_distance,
+        mask=(cells > 0) & covered,
+    )
+    values = spot_intensities(filtered, spots)
+    if p.compensate:
+        values, mats = compensate_cycles(values)
+    else:
+        mats = np.broadcast_to(np.eye(4), (sbs.shape[0], 4, 4)).copy()
+    bases, quality = call_bases(values)
+    if len(spots):
+        idx, dist = match_reads(bases, library, p.max_distance)
+    else:
+        idx, dist = np.zeros(0, np.int64), np.zeros(0, np.int16)
+    spot_cell = cells[spots[:, 0], spots[:, 1]] if len(spots) else np.zeros(0, np.int64)
+    spot_q = quality.min(axis=1) if len(spots) else np.zeros(0, np.float32)
+    labels = np.unique(cells)
+    labels = labels[labels > 0]
+    calls = assign_cells(labels, spot_cell, idx, spot_q, min_count=p.min_count)
+    if len(labels) and not covered.all():
+        area = np.bincount(cells.ravel(), minlength=int(labels.max()) + 1)[labels]
+        inside = np.bincount(cells[covered].ravel(), minlength=int(labels.max()) + 1)[labels]
+        for i in np.flatnonzero((calls.n_spots == 0) & (inside < 0.5 * area)):
+            calls.reason[i] = "outside the area imaged in every cycle"
+    table: dict[str, np.ndarray | list[str]] = {
+        "y": spots[:, 0].astype(np.int32),
+        "x": spots[:, 1].astype(np.int32),
+        "cell": spot_cell.astype(np.int32),
+        "read": decode(bases) if len(spots) else [],
+        "quality": spot_q.astype(np.float32),
+        "barcode_index": idx,
+        "distance": dist,
+    }
+    return SiteReads(table, calls, mats)

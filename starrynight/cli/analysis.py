@@ -1,0 +1,58 @@
+"""``starrynight analysis``: per-cell table with gene and features; per-gene summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from starrynight.modules.analysis import analyse_well, summarise_plate
+
+
+@click.group()
+def analysis() -> None:
+    """Join Cell Painting and SBS cells, measure features, summarise per gene."""
+
+
+@analysis.command("run")
+@click.option("-w", "--workspace", required=True, help="Workspace folder or s3:// URI.")
+@click.option("--plate", required=True, help="Plate to process.")
+@click.option("--well", required=True, help="Well to process (as in the file names).")
+@click.option(
+    "--scale", type=float,
+    help="SBS pixels per CP pixel [try 1 and the magnification ratio of the index].",
+)  # fmt: skip
+@click.option(
+    "--max-distance", type=float, default=6.0, show_default=True,
+    help="Largest distance in pixels between matched CP and SBS nuclei after registration.",
+)  # fmt: skip
+@click.option(
+    "--workers", type=click.IntRange(1), default=2, show_default=True,
+    help="Sites processed in parallel.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Recompute when the well's table exists.")
+def run(**kw: Any) -> None:
+    """One row per CP cell: barcode, gene and features (needs segment + barcodes call)."""
+    res = analyse_well(
+        kw["workspace"], kw["plate"], kw["well"], scale=kw["scale"],
+        max_distance=kw["max_distance"], workers=kw["workers"], force=kw["force"],
+    )  # fmt: skip
+    done = " (already done)" if res.skipped else ""
+    click.echo(
+        f"{res.plate} {res.well}{done}: {res.cells} cells, {res.matched} matched to SBS, "
+        f"{res.with_barcode} with a barcode"
+    )
+    if res.cells == 0:
+        click.echo("no cells found in this well", err=True)
+    for uri in res.outputs:
+        click.echo(uri)
+
+
+@analysis.command("summary")
+@click.option("-w", "--workspace", required=True, help="Workspace folder or s3:// URI.")
+@click.option("--plate", required=True, help="Plate whose analysed wells to summarise.")
+def summary(**kw: Any) -> None:
+    """Per-gene table of a plate: cell counts and median features."""
+    uri, n = summarise_plate(kw["workspace"], kw["plate"])
+    click.echo(f"{kw['plate']}: {n} gene(s)")
+    click.echo(uri)

@@ -1,0 +1,106 @@
+"""``starrynight barcodes call``: the barcode (and gene) of every SBS cell of a plate x well."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from starrynight.algorithms.barcodes import SpotParams
+from starrynight.algorithms.segmentation import NucleiParams
+from starrynight.modules.barcodes import BarcodeParams, call_well
+
+
+@click.group()
+def barcodes() -> None:
+    """Sequencing-by-synthesis barcode calling."""
+
+
+@barcodes.command("call")
+@click.option("-w", "--workspace", required=True, help="Workspace folder or s3:// URI.")
+@click.option("--plate", required=True, help="Plate to process.")
+@click.option("--well", required=True, help="Well to process (as in the file names).")
+@click.option(
+    "--barcodes", "barcodes_csv", help="Barcodes.csv [experiment, else dataset metadata]."
+)
+@click.option(
+    "--max-mismatches",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Hamming distance allowed between a read and its barcode.",
+)
+@click.option(
+    "--spot-threshold",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="Spot score threshold in robust standard deviations above the median.",
+)
+@click.option(
+    "--spot-sigma",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Laplacian-of-Gaussian scale in pixels (about the spot radius / 1.4).",
+)
+@click.option(
+    "--no-compensation",
+    is_flag=True,
+    help="Do not estimate and undo the per-cycle crosstalk between base channels.",
+)
+@click.option(
+    "--min-count",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Spots that must agree on a cell's barcode.",
+)
+@click.option(
+    "--diameter",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Typical nucleus diameter in pixels (SBS nuclear stain).",
+)
+@click.option(
+    "--cell-expansion",
+    type=float,
+    help="Pixels a cell extends beyond its nucleus [0.75 x diameter].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Sites processed in parallel.",
+)
+@click.option("--force", is_flag=True, help="Recompute when the well's tables exist.")
+def call(**kw: Any) -> None:
+    """Detect spots, read bases, match Barcodes.csv and assign a barcode to each cell."""
+    params = BarcodeParams(
+        spots=SpotParams(
+            sigma=kw["spot_sigma"],
+            threshold_sd=kw["spot_threshold"],
+            max_distance=kw["max_mismatches"],
+            compensate=not kw["no_compensation"],
+            min_count=kw["min_count"],
+        ),
+        nuclei=NucleiParams(diameter=kw["diameter"]),
+        cell_expansion=kw["cell_expansion"],
+    )
+    res = call_well(
+        kw["workspace"], kw["plate"], kw["well"], barcodes=kw["barcodes_csv"], params=params,
+        workers=kw["workers"], force=kw["force"],
+    )  # fmt: skip
+    done = " (already done)" if res.skipped else ""
+    click.echo(
+        f"{res.plate} {res.well}{done}: {res.sites} site(s), {res.spots} spots, "
+        f"{res.cells} cells, {res.assigned} with a barcode"
+    )
+    if res.cells == 0:
+        click.echo("no cells found in this well", err=True)
+    for why, n in sorted(res.reasons.items(), key=lambda kv: -kv[1]):
+        click.echo(f"unassigned ({why}): {n}")
+    for uri in res.outputs:
+        click.echo(uri)

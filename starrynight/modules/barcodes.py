@@ -1,0 +1,287 @@
+"""Barcode calling of a plate x well: ``starrynight barcodes call``.
+
+Inputs are the aligned SBS images (:func:`starrynight.workspace.aligned_path`, every
+cycle in the frame of cycle 1, uncovered pixels 0) and Barcodes.csv. Per site: nuclei
+from the cycle-1 nuclear stain, cells as nuclei grown by a fixed distance (SBS has no
+cell stain), then spots, reads and cell calls (:func:`algorithms.barcodes.read_site`).
+Per well: ``spots.parquet`` and ``cells.parquet``; SBS masks per site (needed by the
+analysis join).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from starrynight import storage, workspace
+from starrynight.algorithms import barcodes as bc
+from starrynight.algorithms import segmentation as seg
+from starrynight.errors import UserError
+from starrynight.imageio import read_image
+from starrynight.modules.segment import (
+    NUCLEAR_NAMES,
+    _experiment_roles,
+    read_table,
+    run_sites,
+    write_mask,
+    write_table,
+)
+
+REQUIRED_COLUMNS = ("sgRNA", "gene_symbol")
+
+
+def load_barcodes(uri: str, n_cycles: int) -> bc.Library:
+    """Read and validate Barcodes.csv for ``n_cycles`` SBS cycles.
+
+    Raises
+    ------
+    UserError
+        Missing file, missing columns, no rows, bad or duplicate sgRNAs, mixed lengths,
+        more cycles than bases, or prefixes the cycles cannot tell apart.
+    """
+    if not storage.exists(uri):
+        raise UserError(f"{uri}: barcode table not found (expected a CSV with sgRNA,gene_symbol)")
+    try:
+        text = storage.read_bytes(uri).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{uri}: not a UTF-8 text CSV") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise UserError(
+            f"{uri}: missing column(s) {', '.join(missing)}; expected columns "
+            f"sgRNA,gene_symbol (found: {', '.join(header) or 'none'})"
+        )
+    rows = [{(k or "").strip(): v for k, v in r.items()} for r in reader]
+    try:
+        return bc.build_library(
+            [r["sgRNA"] or "" for r in rows], [r["gene_symbol"] or "" for r in rows], n_cycles
+        )
+    except ValueError as exc:
+        raise UserError(f"{uri}: {exc}") from exc
+
+
+def default_barcodes_uri(ws: str) -> str:
+    """Barcodes.csv from the experiment, else ``<dataset>/<source>/workspace/metadata``."""
+    if storage.exists(workspace.experiment_path(ws)):
+        from starrynight.experiment import load_experiment
+
+        exp = load_experiment(ws)
+        if exp.barcodes:
+            return exp.barcodes
+    if storage.exists(workspace.index_path(ws)):
+        from starrynight.index import dataset_root, load_index
+
+        sources = sorted(set(load_index(ws).column("source").to_pylist()))
+        if sources:
+            return storage.join(
+                dataset_root(ws), sources[0], "workspace", "metadata", "Barcodes.csv"
+            )
+    raise UserError("no barcode table known for this workspace: give --barcodes PATH")
+
+
+def aligned_inventory(ws: str, plate: str, well: str) -> dict[int, dict[int, set[str]]]:
+    """site -> cycle -> channels (normalised) of the aligned SBS images of a well."""
+    root = storage.join(ws, "images_aligned", "barcoding")
+    prefix = f"{plate}-Well{well}-"
+    pattern = re.compile(
+        rf"{re.escape(prefix)}(\d+)/Plate_{re.escape(plate)}_Well_{re.escape(well)}"
+        r"_Site_(\d+)_Cycle(\d+)_([A-Za-z0-9_]+)\.tiff"
+    )
+    found: dict[int, dict[int, set[str]]] = {}
+    if storage.exists(root):
+        for entry in storage.list_files(root):
+            m = pattern.fullmatch(entry.key)
+            if m and m.group(1) == m.group(2):
+                site, cycle = int(m.group(2)), int(m.group(3))
+                found.setdefault(site, {}).setdefault(cycle, set()).add(m.group(4))
+    if not found:
+        raise UserError(
+            f"plate {plate!r} well {well!r}: no aligned SBS images under {root} "
+            "(run the SBS alignment step first)"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class BarcodeParams:
+    """Options of :func:`call_well`."""
+
+    spots: bc.SpotParams = field(default_factory=bc.SpotParams)
+    nuclei: seg.NucleiParams = field(default_factory=seg.NucleiParams)
+    cell_expansion: float | None = None  # default: 0.75 * nucleus diameter
+
+
+@dataclass(frozen=True)
+class BarcodeResult:
+    """What ``call_well`` did."""
+
+    plate: str
+    well: str
+    sites: int
+    spots: int
+    cells: int
+    assigned: int
+    skipped: bool
+    reasons: dict[str, int]
+    outputs: list[str]
+
+
+def _sbs_roles(ws: str, channels: set[str]) -> tuple[str, list[str]]:
+    roles = _experiment_roles(ws, "sbs")
+    bases = [roles.get(b, b) for b in bc.BASES]
+    missing = [b for b in bases if b not in channels]
+    if missing:
+        raise UserError(
+            f"aligned SBS images lack base channel(s) {', '.join(missing)} "
+            f"(found: {', '.join(sorted(channels))}); expected A, C, G, T"
+        )
+    nuclei = roles.get("nuclei")
+    if nuclei is None:
+        nuclear = sorted(c for c in channels if NUCLEAR_NAMES.search(c))
+        if not nuclear:
+            raise UserError(f"no nuclear channel among SBS channels {sorted(channels)}")
+        nuclei = nuclear[0]
+    return nuclei, bases
+
+
+def _call_job(*args: Any) -> dict[str, Any]:
+    ws, plate, well, site, cycles, nuclei_ch, bases, library, params = args
+    stack = np.stack(
+        [
+            np.stack(
+                [
+                    read_image(workspace.aligned_path(ws, plate, well, site, k, ch), 1)[0]
+                    for ch in bases
+                ]
+            )
+            for k in cycles
+        ]
+    )
+    dna = read_image(workspace.aligned_path(ws, plate, well, site, cycles[0], nuclei_ch), 1)[0]
+    nuclei = seg.segment_nuclei(dna, params.nuclei)
+    expansion = params.cell_expansion
+    if expansion is None:
+        expansion = 0.75 * params.nuclei.diameter
+    cells = seg.expand_nuclei(nuclei, expansion)
+    write_mask(workspace.sbs_mask_path(ws, plate, well, site, "Cells"), cells)
+    write_mask(workspace.sbs_mask_path(ws, plate, well, site, "Nuclei"), nuclei)
+    reads = bc.read_site(stack.astype(np.float32), cells, library, params.spots)
+    props = seg.object_table(nuclei)
+    calls = reads.cells
+    n = len(calls.label)
+    idx = calls.barcode_index
+    cells_cols = {
+        "site": np.full(n, site, np.int32),
+        "sbs_cell": calls.label.astype(np.int32),
+        "nucleus_y": props["centroid_y"],
+        "nucleus_x": props["centroid_x"],
+        "barcode": [library.barcodes[i] if i >= 0 else None for i in idx],
+        "sgRNA": [library.sgrnas[i] if i >= 0 else None for i in idx],
+        "gene_symbol": [library.genes[i] if i >= 0 else None for i in idx],
+        "n_spots": calls.n_spots,
+        "n_matched": calls.n_matched,
+        "count": calls.count,
+        "second_count": calls.second_count,
+        "confidence": calls.confidence,
+        "status": ["assigned" if i >= 0 else "unassigned" for i in idx],
+        "reason": calls.reason,
+    }
+    s = reads.spots
+    m = len(s["y"])
+    spot_idx = np.asarray(s["barcode_index"])
+    spots_cols = {
+        "site": np.full(m, site, np.int32),
+        "y": s["y"],
+        "x": s["x"],
+        "sbs_cell": s["cell"],
+        "read": s["read"],
+        "quality": s["quality"],
+        "barcode": [library.barcodes[i] if i >= 0 else None for i in spot_idx],
+        "distance": s["distance"],
+        "match": np.where(spot_idx >= 0, "matched", np.where(spot_idx == -2, "ambiguous", "none")),
+    }
+    return {"cells": pa.table(cells_cols), "spots": pa.table(spots_cols)}
+
+
+def call_well(
+    ws: str,
+    plate: str,
+    well: str,
+    *,
+    barcodes: str | None = None,
+    params: BarcodeParams | None = None,
+    workers: int = 2,
+    force: bool = False,
+) -> BarcodeResult:
+    """Call the barcode of every SBS cell of a well.
+
+    Parameters
+    ----------
+    ws : str
+        Workspace URI.
+    plate, well : str
+        The unit of work.
+    barcodes : str, optional
+        Barcodes.csv URI; default from the experiment or the dataset's metadata.
+    params : BarcodeParams, optional
+    workers : int
+        Sites processed in parallel.
+    force : bool
+        Recompute when the well's tables exist.
+
+    Returns
+    -------
+    BarcodeResult
+    """
+    params = params or BarcodeParams()
+    cells_uri = workspace.cell_barcodes_path(ws, plate, well)
+    spots_uri = workspace.spots_path(ws, plate, well)
+    inventory = aligned_inventory(ws, plate, well)
+    if not force and storage.exists(cells_uri) and storage.exists(spots_uri):
+        cells = read_table(cells_uri)
+        return _summary(plate, well, len(inventory), cells, read_table(spots_uri).num_rows, True,
+                        [cells_uri, spots_uri])  # fmt: skip
+    cycle_sets = {tuple(sorted(c)) for c in inventory.values()}
+    if len(cycle_sets) != 1:
+        raise UserError(
+            f"plate {plate!r} well {well!r}: sites have different aligned cycles "
+            f"({sorted(cycle_sets)}); re-run alignment"
+        )
+    cycles = next(iter(cycle_sets))
+    channels = set.intersection(*(ch for site in inventory.values() for ch in site.values()))
+    nuclei_ch, bases = _sbs_roles(ws, channels)
+    library = load_barcodes(barcodes or default_barcodes_uri(ws), len(cycles))
+    jobs = [
+        (ws, plate, well, s, list(cycles), nuclei_ch, bases, library, params)
+        for s in sorted(inventory)
+    ]
+    results = run_sites(_call_job, jobs, workers)
+    cells = pa.concat_tables([r["cells"] for r in results], promote_options="default")
+    spots = pa.concat_tables([r["spots"] for r in results], promote_options="default")
+    write_table(spots_uri, spots)
+    write_table(cells_uri, cells)
+    return _summary(plate, well, len(inventory), cells, spots.num_rows, False,
+                    [cells_uri, spots_uri])  # fmt: skip
+
+
+def _summary(
+    plate: str, well: str, sites: int, cells: pa.Table, n_spots: int, skipped: bool,
+    outputs: list[str],
+) -> BarcodeResult:  # fmt: skip
+    status = cells.column("status").to_pylist()
+    reasons: dict[str, int] = {}
+    for st, why in zip(status, cells.column("reason").to_pylist(), strict=True):
+        if st != "assigned":
+            reasons[why] = reasons.get(why, 0) + 1
+    return BarcodeResult(
+        plate, well, sites, n_spots, cells.num_rows, status.count("assigned"), skipped,
+        reasons, outputs,
+    )  # fmt: skip

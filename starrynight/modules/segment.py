@@ -1,0 +1,414 @@
+"""Segmentation of a plate x well: ``segment`` (every site) and ``segcheck`` (a sample).
+
+Inputs are the illumination-corrected Cell Painting images
+(:func:`starrynight.workspace.corrected_path`). ``segment_well`` writes, per site, the
+nuclei and cell label masks, then per well an object table and per-site counts with
+flags. ``segcheck_well`` segments every n-th site and renders outline overlays (PNG)
+for review by eye, with the same counts and flags.
+
+Sites run on a process pool (one site per task). A site whose two masks exist is not
+recomputed; the well tables are written last, so their presence marks the well done.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from starrynight import storage, workspace
+from starrynight.algorithms import segmentation as seg
+from starrynight.errors import UserError
+from starrynight.imageio import read_image, write_tiff
+
+NUCLEAR_NAMES = re.compile(r"dapi|hoechst|dna|draq", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- shared I/O
+
+
+def write_table(uri: str, columns: dict[str, Any] | pa.Table) -> None:
+    """Write a parquet table atomically."""
+    table = columns if isinstance(columns, pa.Table) else pa.table(columns)
+    with storage.atomic_local_path(uri, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(uri: str) -> pa.Table:
+    """Read a parquet table from a local path or ``s3://`` URI."""
+    try:
+        return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    except pa.ArrowInvalid as exc:
+        raise UserError(f"{uri}: not a readable parquet file ({exc})") from exc
+
+
+def write_png(uri: str, rgb: np.ndarray) -> None:
+    """Write an ``(H, W, 3)`` uint8 image as PNG atomically."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def read_mask(uri: str) -> np.ndarray:
+    """Read a label mask written by these steps as ``int32``."""
+    return read_image(uri, expected_channels=1)[0].astype(np.int32)
+
+
+def write_mask(uri: str, labels: np.ndarray) -> None:
+    """Write labels as uint16 TIFF (uint32 beyond 65535 objects), zlib-compressed."""
+    dtype = np.uint16 if labels.max(initial=0) < 65535 else np.uint32
+    write_tiff(uri, labels.astype(dtype), compression="zlib")
+
+
+def corrected_sites(ws: str, plate: str, well: str) -> dict[int, set[str]]:
+    """Sites of a well with corrected CP images, and their (normalised) channels.
+
+    Raises
+    ------
+    UserError
+        When the well has no corrected images.
+    """
+    folder = workspace.corrected_dir(ws, plate, well)
+    pattern = re.compile(
+        rf"Plate_{re.escape(plate)}_Well_{re.escape(well)}_Site_(\d+)_Corr([A-Za-z0-9_]+)\.tiff"
+    )
+    sites: dict[int, set[str]] = {}
+    if storage.exists(folder):
+        for entry in storage.list_files(folder):
+            m = pattern.fullmatch(entry.key)
+            if m:
+                sites.setdefault(int(m.group(1)), set()).add(m.group(2))
+    if not sites:
+        raise UserError(
+            f"plate {plate!r} well {well!r}: no corrected images in {folder} "
+            "(expected Plate_<plate>_Well_<well>_Site_<n>_Corr<Channel>.tiff; "
+            "run `starrynight illum apply` first)"
+        )
+    return sites
+
+
+def _experiment_roles(ws: str, arm: str) -> dict[str, str]:
+    if not storage.exists(workspace.experiment_path(ws)):
+        return {}
+    from starrynight.experiment import load_experiment
+    from starrynight.index import normalise_channel
+
+    exp = load_experiment(ws)
+    part = exp.cp if arm == "cp" else exp.sbs
+    if part is None:
+        return {}
+    return {role: normalise_channel(ch) for role, ch in part.roles.items()}
+
+
+def cp_channel_roles(
+    ws: str, available: set[str], nuclei: str | None, cell: str | None
+) -> tuple[str, str]:
+    """Nuclei and cell channels (normalised names): options, else experiment, else guess.
+
+    The guess takes the DAPI-like channel for nuclei and the first other channel in
+    alphabetical order for cells.
+    """
+    roles = _experiment_roles(ws, "cp")
+    nuclei = nuclei or roles.get("nuclei")
+    cell = cell or roles.get("cell")
+    if nuclei is None:
+        nuclear = sorted(c for c in available if NUCLEAR_NAMES.search(c))
+        if not nuclear:
+            raise UserError(f"no nuclear channel among {sorted(available)}: give --nuclei-channel")
+        nuclei = nuclear[0]
+    if cell is None:
+        others = sorted(c for c in available if c != nuclei)
+        if not others:
+            raise UserError(f"no cell-stain channel among {sorted(available)}: give --cell-channel")
+        cell = others[0]
+    for role, ch in (("nuclei", nuclei), ("cell", cell)):
+        if ch not in available:
+            raise UserError(
+                f"{role} channel {ch!r}: no corrected images of it "
+                f"(channels found: {', '.join(sorted(available))})"
+            )
+    return nuclei, cell
+
+
+def run_sites(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> list[Any]:
+    """Run ``fn(*job)`` for every job, on a process pool when ``workers > 1``."""
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        return [fn(*job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, *zip(*jobs, strict=True)))
+
+
+# --------------------------------------------------------------------------- segment
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """Options of the segmentation steps (see :class:`seg.NucleiParams`)."""
+
+    nuclei: seg.NucleiParams = field(default_factory=seg.NucleiParams)
+    cell_threshold_factor: float = 0.7
+    cell_max_distance: float = 40.0
+    min_count: int = 1
+    max_ratio: float = 3.0
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a segmentation step did for one well."""
+
+    plate: str
+    well: str
+    sites: int
+    computed: int
+    skipped: int
+    nuclei: int
+    cells: int
+    flagged: dict[int, str]
+    outputs: list[str]
+
+
+def segment_site(
+    ws: str,
+    plate: str,
+    well: str,
+    site: int,
+    nuclei_ch: str,
+    cell_ch: str,
+    params: SegmentParams,
+    reuse: bool = True,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Segment one site (or load its masks when both exist and ``reuse``).
+
+    Returns
+    -------
+    tuple
+        ``(nuclei, cells, computed)``.
+    """
+    nuc_uri = workspace.segmentation_mask_path(ws, plate, well, site, "Nuclei")
+    cell_uri = workspace.segmentation_mask_path(ws, plate, well, site, "Cells")
+    if reuse and storage.exists(nuc_uri) and storage.exists(cell_uri):
+        return read_mask(nuc_uri), read_mask(cell_uri), False
+    dna = read_image(workspace.corrected_path(ws, plate, well, site, nuclei_ch), 1)[0]
+    stain = read_image(workspace.corrected_path(ws, plate, well, site, cell_ch), 1)[0]
+    nuclei = seg.segment_nuclei(dna, params.nuclei)
+    cells = seg.segment_cells(
+        stain,
+        nuclei,
+        threshold_factor=params.cell_threshold_factor,
+        max_distance=params.cell_max_distance,
+    )
+    # Cells first: a site counts as done only when the nuclei mask exists too.
+    write_mask(cell_uri, cells)
+    write_mask(nuc_uri, nuclei)
+    return nuclei, cells, True
+
+
+def _segment_job(*args: Any) -> dict[str, Any]:
+    ws, plate, well, site, nuclei_ch, cell_ch, params, reuse = args
+    nuclei, cells, computed = segment_site(ws, plate, well, site, nuclei_ch, cell_ch, params, reuse)
+    rows = []
+    for obj, labels in (("Nuclei", nuclei), ("Cells", cells)):
+        t = seg.object_table(labels)
+        n = len(t["label"])
+        rows.append({"site": np.full(n, site, np.int32), "object": [obj] * n, **t})
+    return {
+        "site": site,
+        "computed": computed,
+        "n_nuclei": int(len(np.unique(nuclei)) - 1),
+        "n_cells": int(len(np.unique(cells)) - 1),
+        "tables": rows,
+    }
+
+
+def _counts_table(results: Iterable[dict[str, Any]], flags: dict[int, str]) -> pa.Table:
+    res = sorted(results, key=lambda r: r["site"])
+    return pa.table(
+        {
+            "site": pa.array([r["site"] for r in res], pa.int32()),
+            "n_nuclei": pa.array([r["n_nuclei"] for r in res], pa.int64()),
+            "n_cells": pa.array([r["n_cells"] for r in res], pa.int64()),
+            "flagged": pa.array([r["site"] in flags for r in res]),
+            "reason": pa.array([flags.get(r["site"], "") for r in res], pa.string()),
+        }
+    )
+
+
+def _concat(parts: list[dict[str, Any]]) -> pa.Table:
+    if not parts:
+        return pa.table(
+            {
+                "site": pa.array([], pa.int32()),
+                "object": pa.array([], pa.string()),
+                **{k: pa.array([], pa.int64()) for k in ("label", "area")},
+                **{k: pa.array([], pa.float64()) for k in ("centroid_y", "centroid_x")},
+                **{
+                    k: pa.array([], pa.int32())
+                    for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
+                },
+            }
+        )
+    return pa.concat_tables([pa.table(p) for p in parts], promote_options="default")
+
+
+def segment_well(
+    ws: str,
+    plate: str,
+    well: str,
+    *,
+    nuclei_channel: str | None = None,
+    cell_channel: str | None = None,
+    params: SegmentParams | None = None,
+    workers: int = 2,
+    force: bool = False,
+) -> SegmentResult:
+    """Segment every site of a well and write masks, object table and counts.
+
+    Parameters
+    ----------
+    ws : str
+        Workspace URI.
+    plate, well : str
+        The unit of work.
+    nuclei_channel, cell_channel : str, optional
+        Normalised channel names; default from the experiment, else guessed.
+    params : SegmentParams, optional
+    workers : int
+        Sites processed in parallel.
+    force : bool
+        Recompute sites and tables that already exist.
+
+    Returns
+    -------
+    SegmentResult
+    """
+    params = params or SegmentParams()
+    counts_uri = workspace.segmentation_counts_path(ws, plate, well)
+    objects_uri = workspace.segmentation_objects_path(ws, plate, well)
+    sites = corrected_sites(ws, plate, well)
+    nuclei_ch, cell_ch = cp_channel_roles(
+        ws, set.intersection(*sites.values()), nuclei_channel, cell_channel
+    )
+    if not force and storage.exists(counts_uri) and storage.exists(objects_uri):
+        counts = read_table(counts_uri).to_pylist()
+        flags = {r["site"]: r["reason"] for r in counts if r["flagged"]}
+        return SegmentResult(
+            plate, well, len(counts), 0, len(counts),
+            sum(r["n_nuclei"] for r in counts), sum(r["n_cells"] for r in counts),
+            flags, [objects_uri, counts_uri],
+        )  # fmt: skip
+    jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params, not force) for s in sorted(sites)]
+    results = run_sites(_segment_job, jobs, workers)
+    flags = seg.flag_counts(
+        {r["site"]: r["n_nuclei"] for r in results},
+        min_count=params.min_count,
+        max_ratio=params.max_ratio,
+    )
+    write_table(objects_uri, _concat([t for r in results for t in r["tables"]]))
+    write_table(counts_uri, _counts_table(results, flags))
+    computed = sum(r["computed"] for r in results)
+    return SegmentResult(
+        plate, well, len(results), computed, len(results) - computed,
+        sum(r["n_nuclei"] for r in results), sum(r["n_cells"] for r in results),
+        flags, [objects_uri, counts_uri],
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- segcheck
+
+
+def overlay(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Contrast-stretched grey image with cell (green) and nucleus (magenta) outlines.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 3)`` uint8.
+    """
+    from skimage.segmentation import find_boundaries
+
+    img = image.astype(np.float32)
+    lo, hi = np.percentile(img, (0.5, 99.5))
+    grey = np.clip((img - lo) / ((hi - lo) or 1.0), 0, 1) * 255
+    rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    rgb[find_boundaries(cells, mode="inner")] = (0, 255, 0)
+    rgb[find_boundaries(nuclei, mode="inner")] = (255, 0, 255)
+    return rgb
+
+
+def _segcheck_job(*args: Any) -> dict[str, Any]:
+    ws, plate, well, site, nuclei_ch, cell_ch, params = args
+    dna = read_image(workspace.corrected_path(ws, plate, well, site, nuclei_ch), 1)[0]
+    stain = read_image(workspace.corrected_path(ws, plate, well, site, cell_ch), 1)[0]
+    nuclei = seg.segment_nuclei(dna, params.nuclei)
+    cells = seg.segment_cells(
+        stain,
+        nuclei,
+        threshold_factor=params.cell_threshold_factor,
+        max_distance=params.cell_max_distance,
+    )
+    # Nuclei outlines on the DNA image and cell outlines on the cell stain, side by side.
+    panel = np.concatenate([overlay(dna, nuclei, cells), overlay(stain, nuclei, cells)], axis=1)
+    uri = workspace.segcheck_overlay_path(ws, plate, well, site)
+    write_png(uri, panel)
+    return {
+        "site": site,
+        "n_nuclei": int(len(np.unique(nuclei)) - 1),
+        "n_cells": int(len(np.unique(cells)) - 1),
+        "png": uri,
+    }
+
+
+def segcheck_well(
+    ws: str,
+    plate: str,
+    well: str,
+    *,
+    every: int = 4,
+    nuclei_channel: str | None = None,
+    cell_channel: str | None = None,
+    params: SegmentParams | None = None,
+    workers: int = 2,
+) -> SegmentResult:
+    """Segment every ``every``-th site of a well and render outline overlays.
+
+    Writes one PNG per checked site (DNA with outlines | cell stain with outlines) and
+    ``segcheck/<plate>-<well>/counts.parquet`` with counts and flags. Always
+    recomputes: it exists to try parameters.
+
+    Returns
+    -------
+    SegmentResult
+        ``outputs`` lists the PNGs, then the counts table.
+    """
+    if every < 1:
+        raise UserError(f"--every {every}: expected a positive number of sites")
+    params = params or SegmentParams()
+    sites = corrected_sites(ws, plate, well)
+    nuclei_ch, cell_ch = cp_channel_roles(
+        ws, set.intersection(*sites.values()), nuclei_channel, cell_channel
+    )
+    chosen = sorted(sites)[::every]
+    jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params) for s in chosen]
+    results = run_sites(_segcheck_job, jobs, workers)
+    flags = seg.flag_counts(
+        {r["site"]: r["n_nuclei"] for r in results},
+        min_count=params.min_count,
+        max_ratio=params.max_ratio,
+    )
+    counts_uri = workspace.segcheck_counts_path(ws, plate, well)
+    write_table(counts_uri, _counts_table(results, flags))
+    return SegmentResult(
+        plate, well, len(results), len(results), 0,
+        sum(r["n_nuclei"] for r in results), sum(r["n_cells"] for r in results),
+        flags, [r["png"] for r in results] + [counts_uri],
+    )  # fmt: skip

@@ -1,0 +1,107 @@
+"""Base calling, crosstalk compensation, read matching and cell assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from starrynight.algorithms import barcodes as bc
+
+
+def test_library_is_the_prefix_the_cycles_read() -> None:
+    lib = bc.build_library(["ACGTAA", "CCGTAA", "ACGAAT"], ["G1", "G2", "G3"], 4)
+    assert lib.barcodes == ("ACGT", "CCGT", "ACGA") and lib.length == 4
+    assert lib.min_distance() == 1
+
+
+@pytest.mark.parametrize(
+    ("sgrnas", "cycles", "message"),
+    [
+        (["ACGT", "ACGTA"], 3, "mixed"),
+        (["ACGT", "ACGT"], 3, "duplicates row 2"),
+        (["ACGT", "ACGA"], 3, "share the first 3 bases"),
+        (["ACGT", "TTTT"], 5, "4 bases long"),
+        (["ACGN", "TTTT"], 3, "not a sequence"),
+        ([], 3, "no barcodes"),
+    ],
+)
+def test_library_rejects_bad_tables(sgrnas: list[str], cycles: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bc.build_library(sgrnas, ["g"] * len(sgrnas), cycles)
+
+
+def test_hamming_and_match_reads() -> None:
+    lib = bc.build_library(["AAAA", "CCCC", "AAGG"], ["a", "c", "g"], 4)
+    d = bc.hamming_matrix(bc.encode(["AAAA", "TTTT"]), lib.codes)
+    assert d.tolist() == [[0, 4, 2], [4, 4, 4]]
+    reads = np.array(
+        [[0, 0, 0, 0], [1, 1, 1, 3], [0, 0, 2, 0], [3, 3, 3, 3]]
+    )  # AAAA CCCT AAGA TTTT
+    idx, dist = bc.match_reads(reads, lib, max_distance=1)
+    assert idx.tolist() == [0, 1, -2, -1]  # AAGA is 1 from both AAAA and AAGG
+    assert dist.tolist() == [0, 1, 1, 4]
+
+
+def test_crosstalk_is_estimated_and_undone() -> None:
+    rng = np.random.default_rng(1)
+    mixing = np.eye(4)
+    mixing[1, 0], mixing[0, 1], mixing[3, 2], mixing[2, 3] = 0.3, 0.2, 0.25, 0.15
+    true_base = rng.integers(0, 4, 400)
+    true = np.zeros((400, 4))
+    true[np.arange(400), true_base] = rng.uniform(50, 150, 400)
+    observed = true @ mixing.T + rng.normal(0, 1, (400, 4))
+    est = bc.estimate_crosstalk(observed)
+    assert np.allclose(est, mixing, atol=0.03)
+    recovered = bc.compensate(observed, est)
+    assert np.abs(recovered - true).max() < 10
+
+
+def test_call_bases_quality() -> None:
+    values = np.array([[[10.0, 1, 0, 0], [5, 5, 0, 0], [-1, -2, -3, -4]]])
+    bases, q = bc.call_bases(values)
+    assert bases.tolist() == [[0, 0, 0]]
+    assert q[0].tolist() == pytest.approx([0.9, 0.0, 0.0])
+
+
+def test_assign_cells_majority_ties_and_reasons() -> None:
+    labels = np.array([1, 2, 3, 4, 5])
+    spot_cell = np.array([1, 1, 1, 2, 2, 3, 4, 0])
+    spot_bc = np.array([7, 7, 2, 3, 4, -1, 9, 5])
+    q = np.ones(8, np.float32)
+    calls = bc.assign_cells(labels, spot_cell, spot_bc, q)
+    assert calls.barcode_index.tolist() == [7, -1, -1, 9, -1]
+    assert calls.count.tolist()[0] == 2 and calls.confidence[0] == pytest.approx(2 / 3)
+    assert calls.reason == ["", "tie between barcodes", "no spot read matched a barcode", "",
+                            "no spots"]  # fmt: skip
+    strict = bc.assign_cells(labels, spot_cell, spot_bc, q, min_count=2)
+    assert strict.barcode_index.tolist() == [7, -1, -1, -1, -1]
+
+
+def test_read_site_on_synthetic_spots() -> None:
+    lib = bc.build_library(["ACGT", "TGCA", "GATC"], ["g1", "g2", "g3"], 4)
+    h = w = 64
+    cells = np.zeros((h, w), np.int32)
+    cells[:32, :] = 1
+    cells[32:, :] = 2
+    sbs = np.full((4, 4, h, w), 10.0, np.float32)
+    spots = {1: [(8, 8), (16, 40), (24, 20)], 2: [(40, 10), (50, 50)]}
+    carried = {1: "ACGT", 2: "GATC"}
+    for cell, positions in spots.items():
+        for y, x in positions:
+            for k, base in enumerate(carried[cell]):
+                sbs[k, bc.BASES.index(base), y - 1 : y + 2, x - 1 : x + 2] += 200
+    reads = bc.read_site(sbs, cells, lib, bc.SpotParams(compensate=False))
+    assert len(reads.spots["y"]) == 5
+    assert [lib.barcodes[i] for i in reads.cells.barcode_index] == ["ACGT", "GATC"]
+    with pytest.raises(ValueError, match="cycles"):
+        bc.read_site(sbs[:3], cells, lib)
+
+
+def test_read_site_all_zero_images_give_no_calls() -> None:
+    lib = bc.build_library(["ACGT"], ["g"], 4)
+    cells = np.zeros((32, 32), np.int32)
+    cells[4:20, 4:20] = 1
+    reads = bc.read_site(np.zeros((4, 4, 32, 32), np.float32), cells, lib)
+    assert len(reads.spots["y"]) == 0
+    assert reads.cells.barcode_index.tolist() == [-1]
+    assert reads.cells.reason[0]  # an explicit reason, not an empty call
