@@ -157,3 +157,26 @@ def cell_features_path(workspace: str, plate: str, well: str) -> str:
 def gene_summary_path(workspace: str, plate: str) -> str:
     """Per-gene summary of a plate: ``features/<plate>_gene_summary.parquet``."""
     return storage.join(workspace, "features", f"{plate}_gene_summary.parquet")
+
+
+def loaddata_dir(workspace: str, step: str) -> str:
+    """CellProfiler LoadData CSVs of one step: ``loaddata/<step>``."""
+    return storage.join(workspace, "loaddata", step)
+
+
+def loaddata_path(workspace: str, step: str, unit: str) -> str:
+    """One unit of work's LoadData CSV: ``loaddata/<step>/<unit>.csv``.
+
+    ``unit`` is the grouping values joined by ``-`` (``<plate>[-<well>[-<site>]]``).
+    """
+    return storage.join(loaddata_dir(workspace, step), f"{unit}.csv")
+
+
+def cellprofiler_dir(workspace: str, step: str) -> str:
+    """Outputs of ``cp run`` for one step: ``cellprofiler/<step>``."""
+    return storage.join(workspace, "cellprofiler", step)
+
+
+def cellprofiler_output_dir(workspace: str, step: str, unit: str) -> str:
+    """CellProfiler's output folder (``-o``) for one unit: ``cellprofiler/<step>/<unit>``."""
+    return storage.join(cellprofiler_dir(workspace, step), unit)

@@ -2,37 +2,57 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from starrynight.errors import UserError
 
+#: Every top-level command: name -> "module:attribute". Commands are imported only when
+#: used, so a light command does not pay for the image libraries a heavy one needs.
+COMMANDS: dict[str, str] = {
+    "sample": "starrynight.cli.sample:sample",
+    "inventory": "starrynight.cli.inventory:inventory",
+    "index": "starrynight.cli.index:index",
+    "exp": "starrynight.cli.exp:exp",
+    "illum": "starrynight.cli.illum:illum",
+    "align": "starrynight.cli.align:align",
+    "segment": "starrynight.cli.segment:segment",
+    "segcheck": "starrynight.cli.segment:segcheck",
+    "barcodes": "starrynight.cli.barcodes:barcodes",
+    "analysis": "starrynight.cli.analysis:analysis",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A click group that imports a sub-command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, _, attr = COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="starrynight")
 def cli() -> None:
     """StarryNight: optical pooled screen and Cell Painting image processing."""
 
 
 def _register() -> None:
-    # Sub-command modules are imported here, not at module top, so that
-    # ``starrynight --help`` stays fast and each noun lives in its own module.
-    from starrynight.cli import analysis, barcodes, exp, index, inventory, sample, segment
-
-    cli.add_command(sample.sample)
-    cli.add_command(inventory.inventory)
-    cli.add_command(index.index)
-    cli.add_command(exp.exp)
-    cli.add_command(segment.segment)
-    cli.add_command(segment.segcheck)
-    cli.add_command(barcodes.barcodes)
-    cli.add_command(analysis.analysis)
+    """Load every command now (for tests that inspect ``cli.commands``)."""
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        cli.get_command(ctx, name)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: user mistakes become one line and exit 2."""
-    _register()
     try:
         rv = cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:

@@ -1,0 +1,170 @@
+"""Illumination: accuracy on the sample's true fields, calc and apply speed.
+
+Usage: python bench/bench_illum.py [--n 40] [--size 1480] [--memory-n 500] [--skip-accuracy]
+
+1. Accuracy: the sample dataset (3 wells x 8 sites = 24 images per plate, 512 px,
+   camera offset 100), both presets; per channel the correlation of the function with
+   the true field and the vignetting left after correction (CV of the smoothed
+   corrected field / CV of the raw field).
+2. ``illum calc`` accumulation on N synthetic 5-channel files of size x size: ours
+   (2 threads, each file read once) against the floor, a plain single-threaded numpy
+   loop that reads each file once and adds its planes into float64 accumulators.
+   Peak traced memory for N and for --memory-n (files repeated) shows it does not grow
+   with N.
+3. ``illum apply`` per image (read, correct 5 channels, write 5 TIFFs) against a plain
+   read + write of the same 5 planes, single-threaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage
+
+from starrynight import index, inventory, workspace
+from starrynight.algorithms import illum as alg
+from starrynight.imageio import read_image, write_tiff
+from starrynight.modules.illum import GroupReader, ImageRow, accumulate, calc_illum
+from starrynight.sample import SampleSpec, generate
+
+
+def vignetting_left(true: np.ndarray, function: np.ndarray) -> float:
+    sigma = max(true.shape) / 64
+    corrected = ndimage.gaussian_filter(true / function, sigma)
+    raw = ndimage.gaussian_filter(true, sigma)
+    return float((corrected.std() / corrected.mean()) / (raw.std() / raw.mean()))
+
+
+def accuracy(tmp: Path) -> None:
+    spec = SampleSpec(wells=("A1", "A2", "A3"), sites=8, cycles=1, n_barcodes=4)
+    result = generate(spec, tmp / "sample")
+    ws = str(tmp / "ws")
+    inventory.generate(result.dataset_root, ws)
+    index.generate(ws, ws)
+    functions = {}
+    for preset in ("cellprofiler", "default"):
+        calc_illum(ws, "Plate1", preset=preset, force=True)
+        for arm, channels in (("cp", spec.cp_channels), ("sbs", spec.sbs_channels)):
+            for ch in channels:
+                cycle = 1 if arm == "sbs" else None
+                path = workspace.illum_path(ws, "Plate1", index.normalise_channel(ch), cycle)
+                functions[preset, arm, ch] = np.load(path)
+    print("accuracy (24 images per plate, 512 px, camera offset 100):")
+    print(f"  {'channel':14s} {'corr cp':>8s} {'corr def':>8s} {'vig cp':>7s} {'vig def':>7s}")
+    for arm, channels in (("cp", spec.cp_channels), ("sbs", spec.sbs_channels)):
+        for ch in channels:
+            true = np.load(Path(result.ground_truth) / "illum" / f"{arm}_{ch}.npy")
+            c = [np.corrcoef(functions[p, arm, ch].ravel(), true.ravel())[0, 1]
+                 for p in ("cellprofiler", "default")]  # fmt: skip
+            v = [vignetting_left(true, functions[p, arm, ch]) for p in ("cellprofiler", "default")]
+            print(f"  {arm + ' ' + ch:14s} {c[0]:8.4f} {c[1]:8.4f} {v[0]:7.3f} {v[1]:7.3f}"
+                  f"   default leaves {v[1] / v[0]:.2f}x the cellprofiler preset's")  # fmt: skip
+
+
+def make_files(folder: Path, n: int, size: int) -> list[ImageRow]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(100, 4000, (5, size, size), dtype=np.uint16)
+    rows = []
+    for i in range(n):
+        path = folder / f"img{i:04d}.tiff"
+        tifffile.imwrite(path, np.roll(base, i, axis=2), photometric="minisblack")
+        rows.append(ImageRow(str(path), path.name, "cp", 0, "A1", i, tuple("ABCDE")))
+    return rows
+
+
+def floor(rows: list[ImageRow]) -> np.ndarray:
+    acc = None
+    for row in rows:
+        image = tifffile.imread(row.uri)
+        if acc is None:
+            acc = np.zeros(image.shape, np.float64)
+        for c in range(image.shape[0]):
+            acc[c] += image[c]
+    return acc / len(rows)
+
+
+def calc_speed(tmp: Path, n: int, size: int, memory_n: int) -> None:
+    rows = make_files(tmp, n, size)
+    floor(rows[:2])  # warm the page cache and imports
+    for f in rows:
+        Path(f.uri).read_bytes()
+    t = time.perf_counter()
+    ref = floor(rows)
+    t_floor = time.perf_counter() - t
+    reader = GroupReader(list("ABCDE"))
+    t = time.perf_counter()
+    acc, _ = accumulate(rows, reader.read, workers=2)
+    t_ours = time.perf_counter() - t
+    np.testing.assert_allclose(acc.mean(), ref, rtol=1e-12)
+    mb = n * 5 * size * size * 2 / 1e6
+    print(f"illum calc accumulation, {n} files of {size}x{size}x5 uint16 ({mb:.0f} MB):")
+    print(f"  floor (1 thread, plain numpy): {t_floor:6.2f} s  ({t_floor / n * 1e3:.1f} ms/file)")
+    print(f"  ours  (2 threads)            : {t_ours:6.2f} s  ({t_ours / n * 1e3:.1f} ms/file)")
+    print(f"  ratio ours/floor: {t_ours / t_floor:.2f} (limit 1.25)")
+    for count in (n, memory_n):
+        repeated = [rows[i % n] for i in range(count)]
+        tracemalloc.start()
+        accumulate(repeated, GroupReader(list("ABCDE")).read, workers=2)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"  peak traced memory, N={count}: {peak / 1e6:.0f} MB")
+
+
+def apply_speed(tmp: Path, n: int, size: int) -> None:
+    rows = make_files(tmp, n, size)
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    function = (1.5 - (yy**2 + xx**2)).astype(np.float32)
+    terms = [alg.correction_terms(function, 100.0) for _ in range(5)]
+    clips = [alg.terms_need_clip(g, b) for g, b in terms]
+    buffer = np.empty((size, size), np.float32)
+    out = tmp / "out"
+
+    def plain(row: ImageRow) -> None:
+        image = read_image(row.uri)
+        for c in range(5):
+            write_tiff(str(out / f"plain_{row.site}_{c}.tiff"), image[c])
+
+    def ours(row: ImageRow) -> None:
+        image = read_image(row.uri)
+        for c in range(5):
+            gain, bias = terms[c]
+            corrected = alg.apply_terms(image[c], gain, bias, clip=clips[c], buffer=buffer)
+            write_tiff(str(out / f"corr_{row.site}_{c}.tiff"), corrected)
+
+    figures = {}
+    for name, fn in (("plain", plain), ("ours", ours), ("plain2", plain), ("ours2", ours)):
+        t = time.perf_counter()
+        for row in rows:
+            fn(row)
+        figures[name] = (time.perf_counter() - t) / n
+    t_plain = min(figures["plain"], figures["plain2"])
+    t_ours = min(figures["ours"], figures["ours2"])
+    print(f"illum apply per image ({size}x{size}x5, single thread, atomic writes both):")
+    print(f"  plain read + write: {t_plain * 1e3:6.1f} ms   ours: {t_ours * 1e3:6.1f} ms")
+    print(f"  ratio ours/plain: {t_ours / t_plain:.2f} (limit 2.0)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=40, help="Files for the speed runs.")
+    parser.add_argument("--size", type=int, default=1480, help="Image side in pixels.")
+    parser.add_argument("--memory-n", type=int, default=500, help="N for the memory run.")
+    parser.add_argument("--skip-accuracy", action="store_true", help="Only the speed runs.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_accuracy:
+            accuracy(Path(tmp) / "acc")
+        (Path(tmp) / "calc").mkdir()
+        calc_speed(Path(tmp) / "calc", args.n, args.size, args.memory_n)
+        (Path(tmp) / "apply").mkdir()
+        apply_speed(Path(tmp) / "apply", min(args.n, 10), args.size)
+
+
+if __name__ == "__main__":
+    main()
