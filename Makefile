@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench ui lint format postgres clean
+.PHONY: install demo test bench ui lint format postgres cellprofiler clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: python3.11 (or python3 >= 3.11) not found on PATH" >&2; exit 1; }
@@ -22,7 +22,7 @@ install: $(STAMP)  ## Create .venv and install the project with its dev tools.
 demo: install  ## Generate the sample dataset and run the whole pipeline on it.
 	$(BIN)/python -m starrynight.demo --out $(DEMO_DIR)
 
-test: install postgres  ## Run the whole test suite (PostgreSQL must be reachable).
+test: install postgres cellprofiler  ## Run the whole test suite (PostgreSQL must be reachable).
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -39,6 +39,14 @@ format: install
 
 postgres:  ## Make sure the local PostgreSQL cluster answers on 127.0.0.1:5432.
 	@scripts/ensure-postgres.sh
+
+# CellProfiler 4.2.8 needs Python 3.9 and Java, so it gets its own venv; `starrynight cp run`
+# and the CellProfiler comparison test use it. Not installable here is a warning, not a stop
+# (the comparison test then fails under CI=true and is skipped otherwise).
+cellprofiler:  ## Install CellProfiler 4.2.8 (headless) into .cp-venv.
+	@scripts/install_cellprofiler.sh $(CURDIR)/.cp-venv > .cp-venv.log 2>&1 \
+	  && echo "CellProfiler: $(CURDIR)/.cp-venv/bin/cellprofiler" \
+	  || echo "warning: CellProfiler could not be installed (see .cp-venv.log)" >&2
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

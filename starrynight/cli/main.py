@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "segcheck": "starrynight.cli.segment:segcheck",
     "barcodes": "starrynight.cli.barcodes:barcodes",
     "analysis": "starrynight.cli.analysis:analysis",
+    "cp": "starrynight.cli.cp:cp",
 }
 
 

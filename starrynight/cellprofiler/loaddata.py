@@ -1,0 +1,629 @@
+"""LoadData CSVs for CellProfiler, from the index and the workspace, in PCPIP conventions.
+
+A lab that keeps its own ``.cppipe`` pipelines (the Broad's pooled-cell-painting
+image-processing pipelines, PCPIP, or its own) drives CellProfiler with LoadData CSVs.
+This module writes one CSV per unit of work of a step under
+``WORKSPACE/loaddata/<step>/<unit>.csv``, with the columns those pipelines read:
+
+- ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` (and ``Metadata_Cycle`` /
+  ``Metadata_SBSCycle`` on per-image SBS rows);
+- per image ``FileName_<Name>``, ``PathName_<Name>`` and, for the multi-channel raw
+  files, ``Frame_<Name>``: the 0-based frame of that channel in the file.
+
+Names come from the experiment's roles: CP nuclei/cell/mito are ``DNA``/``Phalloidin``/
+``Mito`` (other channels: their normalised name), raw images ``Orig<Name>``, illumination
+functions ``Illum<Name>``, corrected images ``Corr<Name>``. SBS steps that see every
+cycle of a site at once use PCPIP's wide format, one row per site with
+``Cycle<kk>_Orig<Base>`` / ``Cycle<kk>_Illum<Base>`` (raw) or ``Cycle<kk>_<Base>`` and
+``Cycle01_DAPI`` (aligned); SBS illumination uses the narrow format, one row per image.
+
+Every file a CSV names is checked to exist before anything is written, so a step whose
+inputs are not materialised yet fails with one line that says which files and which
+command makes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import posixpath
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow.compute as pc
+
+from starrynight import storage, workspace
+from starrynight.errors import UserError
+from starrynight.experiment import Experiment, load_experiment
+from starrynight.index import dataset_root, image_uri, load_index, normalise_channel
+
+#: CellProfiler image names of the CP roles, as PCPIP pipelines spell them.
+CP_ROLE_NAMES = {"nuclei": "DNA", "cell": "Phalloidin", "mito": "Mito"}
+#: Name of the SBS nuclear channel on raw and illumination images (PCPIP 5/6).
+SBS_NUCLEI_NAME = "DNA"
+#: Name of the aligned cycle-1 nuclear image (PCPIP 7/9: ``Cycle01_DAPI``).
+SBS_ALIGNED_NUCLEI_NAME = "DAPI"
+#: Grouping keys of a unit of work, in the order they appear in a unit's name.
+GROUP_KEYS = ("plate", "well", "site", "cycle")
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9_]+$")
+_UNIT_UNSAFE = re.compile(r"[^A-Za-z0-9_.=@+-]")
+
+# What each kind of input is and which command materialises it, for error messages.
+_PRODUCTS = {
+    "raw": ("raw image(s)", "the index is stale: run 'starrynight inventory gen' and 'index gen'"),
+    "illum": ("illumination function(s)", "run 'starrynight illum calc' first"),
+    "corr": ("corrected image(s)", "run 'starrynight illum apply' first"),
+    "aligned": ("aligned SBS image(s)", "run 'starrynight align' first"),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one CellProfiler step loads.
+
+    Attributes
+    ----------
+    arm : str
+        ``cp``, ``sbs`` or ``both`` (CP sites joined with their SBS sites).
+    per_image : bool
+        One row per image file (narrow) instead of one row per site (wide).
+    loads : tuple of str
+        Kinds of images per row: ``orig``, ``illum``, ``corr``, ``aligned``.
+    default_by : tuple of str
+        Default unit of work (grouping keys).
+    pcpip : str
+        The PCPIP pipeline this step feeds, for the help text.
+    """
+
+    arm: str
+    per_image: bool
+    loads: tuple[str, ...]
+    default_by: tuple[str, ...]
+    pcpip: str
+
+
+STEPS: dict[str, Step] = {
+    "illum_calc_cp": Step("cp", True, ("orig",), ("plate",), "1 CP illum calc"),
+    "illum_apply_cp": Step("cp", True, ("orig", "illum"), ("plate", "well"), "2 CP apply illum"),
+    "segcheck_cp": Step("cp", True, ("corr",), ("plate", "well"), "3 CP segmentation check"),
+    "illum_calc_sbs": Step("sbs", True, ("orig",), ("plate",), "5 SBS illum calc"),
+    "illum_apply_sbs": Step(
+        "sbs", False, ("orig", "illum"), ("plate", "well"), "6 SBS apply illum"
+    ),
+    "preprocess_sbs": Step("sbs", False, ("aligned",), ("plate", "well"), "7 SBS preprocess"),
+    "analysis": Step("both", False, ("corr", "aligned"), ("plate", "well"), "9 analysis"),
+}
+
+
+@dataclass
+class UnitCSV:
+    """One written CSV: its unit name, URI and number of rows."""
+
+    unit: str
+    uri: str
+    rows: int
+
+
+@dataclass
+class LoadDataResult:
+    """What :func:`write_loaddata` did."""
+
+    step: str
+    csvs: list[UnitCSV] = field(default_factory=list)
+    files_checked: int = 0
+    removed: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One line for the CLI."""
+        rows = sum(c.rows for c in self.csvs)
+        text = (
+            f"{self.step}: wrote {len(self.csvs)} LoadData CSV(s), {rows} row(s); "
+            f"all {self.files_checked} referenced file(s) exist"
+        )
+        if self.removed:
+            text += f"; removed {len(self.removed)} stale CSV(s)"
+        return text
+
+
+# -- names ------------------------------------------------------------------------------
+
+
+def parse_name_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["ZO1-AF488=ER", ...]`` -> ``{"ZO1-AF488": "ER"}`` (channel as written -> name).
+
+    Raises
+    ------
+    UserError
+        When an item is not ``CHANNEL=NAME`` or NAME is not letters, digits and ``_``.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        channel, sep, name = item.rpartition("=")
+        if not sep or not channel or not _NAME_OK.match(name):
+            raise UserError(
+                f"--name {item!r}: expected CHANNEL=NAME with NAME made of letters, digits "
+                "and _ (e.g. 'ZO1-AF488=ER')"
+            )
+        out[channel] = name
+    return out
+
+
+def _check_overrides(overrides: Mapping[str, str], channels: Iterable[str]) -> None:
+    known = set(channels)
+    unknown = [c for c in overrides if c not in known]
+    if unknown:
+        raise UserError(
+            f"--name {unknown[0]!r}: not a channel of the experiment; channels: "
+            f"{', '.join(sorted(known))}"
+        )
+
+
+def _unique(arm: str, names: dict[str, str]) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    for channel, name in names.items():
+        if name in seen:
+            raise UserError(
+                f"{arm} channels {seen[name]!r} and {channel!r} both get the CellProfiler "
+                f"name {name!r}; give one another name with --name CHANNEL=NAME"
+            )
+        seen[name] = channel
+    return names
+
+
+def cp_names(exp: Experiment, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """CellProfiler name of each CP channel (as written), in the experiment's order.
+
+    ``nuclei`` -> ``DNA``, ``cell`` -> ``Phalloidin``, ``mito`` -> ``Mito``; any other
+    channel keeps its normalised name (``ZO1-AF488`` -> ``ZO1AF488``); ``overrides``
+    (channel -> name) win.
+    """
+    if exp.cp is None:
+        raise UserError("the experiment has no CP arm: this step needs Cell Painting images")
+    overrides = dict(overrides or {})
+    role_of = {ch: role for role, ch in exp.cp.roles.items()}
+    names = {}
+    for ch in exp.cp.channels:
+        default = CP_ROLE_NAMES.get(role_of.get(ch, ""), normalise_channel(ch))
+        names[ch] = overrides.get(ch, default)
+    return _unique("CP", names)
+
+
+def sbs_names(exp: Experiment, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """CellProfiler name of each SBS channel: bases ``A C G T``, nuclei ``DNA``, others
+    their normalised name; ``overrides`` (channel -> name) win."""
+    if exp.sbs is None:
+        raise UserError("the experiment has no SBS arm: this step needs SBS images")
+    overrides = dict(overrides or {})
+    role_of = {ch: role for role, ch in exp.sbs.roles.items()}
+    names = {}
+    for ch in exp.sbs.channels:
+        role = role_of.get(ch, "")
+        default = role if role in "ACGT" and role else normalise_channel(ch)
+        if role == "nuclei":
+            default = SBS_NUCLEI_NAME
+        names[ch] = overrides.get(ch, default)
+    return _unique("SBS", names)
+
+
+# -- rows -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    key: dict[str, object]
+    columns: dict[str, object]
+    needs: list[tuple[str, str]]  # (uri, product kind)
+
+
+class _Builder:
+    """Turns index rows into LoadData rows; knows the roots and the path masks."""
+
+    def __init__(self, ws: str, root: str, masks: Sequence[tuple[str, str]]) -> None:
+        self.ws = ws
+        self.root = root
+        self.masks = [(_absolute(old).rstrip("/"), new.rstrip("/")) for old, new in masks]
+        self._illum: dict[tuple[str, str, int | None], str] = {}
+
+    def illum(self, plate: str, channel: str, cycle: int | None = None) -> str:
+        # The same few functions serve every row of a plate; pathlib joins are not free.
+        key = (plate, channel, cycle)
+        uri = self._illum.get(key)
+        if uri is None:
+            uri = self._illum[key] = workspace.illum_path(
+                self.ws, plate, normalise_channel(channel), cycle
+            )
+        return uri
+
+    def pathname(self, uri: str) -> str:
+        folder = posixpath.dirname(uri) if storage.is_s3(uri) else os.path.dirname(uri)
+        for old, new in self.masks:
+            if folder == old or folder.startswith(old + "/"):
+                return new + folder[len(old) :]
+        return folder
+
+    def image(self, row: _Row, name: str, uri: str, kind: str, frame: int | None = None) -> None:
+        base = posixpath.basename(uri) if storage.is_s3(uri) else os.path.basename(uri)
+        row.columns[f"FileName_{name}"] = base
+        row.columns[f"PathName_{name}"] = self.pathname(uri)
+        if frame is not None:
+            row.columns[f"Frame_{name}"] = frame
+        row.needs.append((uri, kind))
+
+
+def _absolute(uri: str) -> str:
+    if storage.is_s3(uri):
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def _frame(rec: dict, channel: str, root: str) -> int:
+    try:
+        return list(rec["channels"]).index(channel)
+    except ValueError:
+        raise UserError(
+            f"{image_uri(root, rec['key'])}: has channels {', '.join(rec['channels'])}, "
+            f"expected channel {channel!r} of the experiment"
+        ) from None
+
+
+def _meta(rec: dict) -> dict[str, object]:
+    return {
+        "Metadata_Plate": rec["plate"],
+        "Metadata_Well": rec["well"],
+        "Metadata_Site": rec["site"],
+    }
+
+
+def _cp_rows(b: _Builder, step: Step, recs: list[dict], names: dict[str, str]) -> list[_Row]:
+    rows = []
+    for rec in recs:
+        row = _Row(
+            {"plate": rec["plate"], "well": rec["well"], "site": rec["site"]}, _meta(rec), []
+        )
+        uri = image_uri(b.root, rec["key"])
+        for ch, name in names.items():
+            n = normalise_channel(ch)
+            if "orig" in step.loads:
+                b.image(row, f"Orig{name}", uri, "raw", _frame(rec, ch, b.root))
+            if "illum" in step.loads:
+                b.image(row, f"Illum{name}", b.illum(rec["plate"], ch), "illum")
+            if "corr" in step.loads:
+                corr = workspace.corrected_path(b.ws, rec["plate"], rec["well"], rec["site"], n)
+                b.image(row, f"Corr{name}", corr, "corr")
+        rows.append(row)
+    return rows
+
+
+def _sbs_image_rows(b: _Builder, recs: list[dict], names: dict[str, str]) -> list[_Row]:
+    rows = []
+    for rec in recs:
+        key = {"plate": rec["plate"], "well": rec["well"], "site": rec["site"]}
+        key["cycle"] = rec["cycle"]
+        meta = _meta(rec) | {"Metadata_Cycle": rec["cycle"], "Metadata_SBSCycle": rec["cycle"]}
+        row = _Row(key, meta, [])
+        uri = image_uri(b.root, rec["key"])
+        for ch, name in names.items():
+            b.image(row, f"Orig{name}", uri, "raw", _frame(rec, ch, b.root))
+        rows.append(row)
+    return rows
+
+
+def _sites(recs: list[dict], cycles: list[int]) -> dict[tuple[str, str, int], dict[int, dict]]:
+    sites: dict[tuple[str, str, int], dict[int, dict]] = defaultdict(dict)
+    for rec in recs:
+        sites[(rec["plate"], rec["well"], rec["site"])][rec["cycle"]] = rec
+    for (plate, well, site), by_cycle in sites.items():
+        missing = [k for k in cycles if k not in by_cycle]
+        if missing:
+            raise UserError(
+                f"plate {plate!r} well {well!r} site {site}: SBS cycle(s) "
+                f"{', '.join(map(str, missing))} of the experiment are missing from the index"
+            )
+    return sites
+
+
+def _sbs_site_columns(
+    b: _Builder, step: Step, row: _Row, by_cycle: dict[int, dict], cycles: list[int],
+    names: dict[str, str], roles: dict[str, str],
+) -> None:  # fmt: skip
+    plate, well, site = row.key["plate"], row.key["well"], row.key["site"]
+    for k in cycles:
+        prefix = f"Cycle{k:02d}_"
+        if "orig" in step.loads:
+            rec = by_cycle[k]
+            uri = image_uri(b.root, rec["key"])
+            for ch, name in names.items():
+                b.image(row, f"{prefix}Orig{name}", uri, "raw", _frame(rec, ch, b.root))
+                b.image(row, f"{prefix}Illum{name}", b.illum(str(plate), ch, k), "illum")
+        if "aligned" in step.loads:
+            wanted = [(roles[base], base) for base in "ACGT"]
+            if k == cycles[0]:
+                wanted.append((roles["nuclei"], SBS_ALIGNED_NUCLEI_NAME))
+            for ch, name in wanted:
+                uri = workspace.aligned_path(
+                    b.ws, str(plate), str(well), int(site), k, normalise_channel(ch)
+                )
+                b.image(row, f"{prefix}{name}", uri, "aligned")
+
+
+def _rows(
+    b: _Builder, step_name: str, exp: Experiment, cp: list[dict], sbs: list[dict],
+    overrides: Mapping[str, str],
+) -> list[_Row]:  # fmt: skip
+    step = STEPS[step_name]
+    channels = [*(exp.cp.channels if exp.cp else []), *(exp.sbs.channels if exp.sbs else [])]
+    _check_overrides(overrides, channels)
+    if step.arm == "cp":
+        return _cp_rows(b, step, cp, cp_names(exp, overrides))
+    names = sbs_names(exp, overrides)
+    assert exp.sbs is not None  # sbs_names raised otherwise
+    cycles = sorted(exp.sbs.cycles)
+    if step.per_image:
+        return _sbs_image_rows(b, sbs, names)
+    sites = _sites(sbs, cycles)
+    if step.arm == "sbs":
+        rows = []
+        for (plate, well, site), by_cycle in sorted(sites.items()):
+            meta = {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site}
+            row = _Row({"plate": plate, "well": well, "site": site}, meta, [])
+            _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles)
+            rows.append(row)
+        return rows
+    # analysis: each CP site with the SBS site of the same number (PCPIP 9 after cropping)
+    cp_rows = _cp_rows(b, step, cp, cp_names(exp, overrides))
+    for row in cp_rows:
+        plate, well, site = row.key["plate"], row.key["well"], row.key["site"]
+        by_cycle = sites.get((plate, well, site))  # type: ignore[arg-type]
+        if by_cycle is None:
+            raise UserError(
+                f"plate {plate!r} well {well!r} site {site}: CP site has no SBS site of the "
+                "same number in the index; analysis pairs CP and SBS sites by number"
+            )
+        _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles)
+    return cp_rows
+
+
+# -- units, checks, writing -----------------------------------------------------------
+
+
+def check_by(step_name: str, by: Sequence[str]) -> tuple[str, ...]:
+    """Validate a grouping for a step: known keys, ``plate`` first, no gaps.
+
+    Raises
+    ------
+    UserError
+        Naming the offending key and what is allowed.
+    """
+    step = STEPS[step_name]
+    allowed = GROUP_KEYS if step.per_image and step.arm == "sbs" else GROUP_KEYS[:3]
+    for key in by:
+        if key not in allowed:
+            raise UserError(
+                f"--by {','.join(by)}: {key!r} is not a grouping of step {step_name}; "
+                f"expected some of {','.join(allowed)}"
+            )
+    if "plate" not in by:
+        raise UserError(f"--by {','.join(by)}: must include plate (a unit never spans plates)")
+    if "site" in by and "well" not in by:
+        raise UserError(f"--by {','.join(by)}: site needs well (sites are numbered per well)")
+    return tuple(k for k in GROUP_KEYS if k in by)
+
+
+def unit_name(key: Mapping[str, object], by: Sequence[str]) -> str:
+    """File-name-safe unit name: the grouping values joined by ``-`` (cycle ``Cycle<kk>``)."""
+    parts = []
+    for k in by:
+        v = key[k]
+        parts.append(f"Cycle{int(v):02d}" if k == "cycle" else str(v))  # type: ignore[call-overload]
+    return _UNIT_UNSAFE.sub("_", "-".join(parts))
+
+
+def missing_files(uris: Iterable[str]) -> list[str]:
+    """The URIs among ``uris`` that do not exist, listing each folder once.
+
+    One listing per folder instead of one stat per file: a plate folder of 30,000
+    images is one call (thousands of S3 HEAD requests otherwise).
+    """
+    by_dir: dict[str, set[str]] = defaultdict(set)
+    for uri in uris:
+        if storage.is_s3(uri):
+            folder, name = posixpath.split(uri)
+        else:
+            folder, name = os.path.split(uri)
+        by_dir[folder].add(name)
+    missing = []
+    for folder, names in sorted(by_dir.items()):
+        present = _file_names(folder)
+        missing += [storage.join(folder, n) for n in sorted(names - present)]
+    return missing
+
+
+def _file_names(folder: str) -> set[str]:
+    if not storage.is_s3(folder):
+        try:
+            with os.scandir(folder) as it:
+                return {e.name for e in it if e.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+    if not storage.exists(folder):
+        return set()
+    return {e.key for e in storage.list_files(folder) if "/" not in e.key}
+
+
+def _raise_missing(step_name: str, missing: list[str], kinds: dict[str, str]) -> None:
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for uri in missing:
+        by_kind[kinds[uri]].append(uri)
+    kind = next(k for k in ("raw", "illum", "corr", "aligned") if k in by_kind)
+    files = by_kind[kind]
+    what, hint = _PRODUCTS[kind]
+    more = f" (+{len(files) - 1} more)" if len(files) > 1 else ""
+    raise UserError(
+        f"step {step_name}: {len(files)} {what} not materialised yet, e.g. {files[0]}{more}; {hint}"
+    )
+
+
+def to_csv(rows: Sequence[Mapping[str, object]]) -> str:
+    """LoadData CSV text: header from the first row's columns, ``\\n`` line ends."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _index_records(ws: str, arm: str, plates: Sequence[str], wells: Sequence[str]) -> list[dict]:
+    table = load_index(ws)
+    table = table.filter(pc.equal(table.column("arm"), arm))
+    if plates:
+        table = table.filter(pc.is_in(table.column("plate"), value_set=_array(plates)))
+    if wells:
+        table = table.filter(pc.is_in(table.column("well"), value_set=_array(wells)))
+    cols = ["plate", "well", "site", "cycle", "channels", "key"]
+    recs = table.select(cols).to_pylist()
+    recs.sort(key=lambda r: (r["plate"], r["well"], r["site"], r["cycle"]))
+    return recs
+
+
+def _array(values: Sequence[str]):
+    import pyarrow as pa
+
+    return pa.array(list(values), pa.string())
+
+
+def build_units(
+    ws: str,
+    step_name: str,
+    by: Sequence[str] | None = None,
+    plates: Sequence[str] = (),
+    wells: Sequence[str] = (),
+    path_mask: str | None = None,
+    workspace_mask: str | None = None,
+    names: Mapping[str, str] | None = None,
+    check_files: bool = True,
+) -> tuple[dict[str, list[dict[str, object]]], int]:
+    """The rows of every unit of work of a step, checked against storage.
+
+    Parameters
+    ----------
+    ws : str
+        Workspace (holds the index, the experiment and the step's inputs).
+    step_name : str
+        One of :data:`STEPS`.
+    by : sequence of str, optional
+        Grouping keys (default: the step's ``default_by``).
+    plates, wells : sequence of str
+        Restrict to these plates / wells (default: all).
+    path_mask, workspace_mask : str, optional
+        Write ``PathName_`` columns with the dataset root / workspace replaced by these
+        prefixes (where a cluster mounts them); existence is checked on the real paths.
+    names : mapping, optional
+        Channel (as written) -> CellProfiler name overrides.
+    check_files : bool
+        Check that every referenced file exists (on by default).
+
+    Returns
+    -------
+    dict, int
+        Unit name -> rows (column -> value), and the number of distinct files referenced.
+
+    Raises
+    ------
+    UserError
+        Unknown step or grouping, nothing selected, channel naming clashes, or inputs
+        not materialised yet (naming the files and the command that makes them).
+    """
+    if step_name not in STEPS:
+        raise UserError(f"step {step_name!r} is unknown: expected one of {', '.join(STEPS)}")
+    step = STEPS[step_name]
+    by = check_by(step_name, by or step.default_by)
+    ws = _absolute(ws)
+    exp = load_experiment(ws)
+    root = _absolute(dataset_root(ws))
+    masks = []
+    if path_mask:
+        masks.append((root, path_mask))
+    if workspace_mask:
+        masks.append((ws, workspace_mask))
+    b = _Builder(ws, root, masks)
+    cp = _index_records(ws, "cp", plates, wells) if step.arm in ("cp", "both") else []
+    sbs = _index_records(ws, "sbs", plates, wells) if step.arm in ("sbs", "both") else []
+    if exp.sbs is not None and sbs:
+        wanted = set(exp.sbs.cycles)
+        sbs = [r for r in sbs if r["cycle"] in wanted]
+    if not (cp or sbs):
+        arm = {"cp": "CP", "sbs": "SBS", "both": "CP or SBS"}[step.arm]
+        where = f" for plate(s) {', '.join(plates)}" if plates else ""
+        where += f" well(s) {', '.join(wells)}" if wells else ""
+        raise UserError(f"step {step_name}: the index has no {arm} images{where}")
+    rows = _rows(b, step_name, exp, cp, sbs, names or {})
+    kinds = {uri: kind for row in rows for uri, kind in row.needs}
+    if check_files:
+        missing = missing_files(kinds)
+        if missing:
+            _raise_missing(step_name, missing, kinds)
+    units: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for row in rows:
+        units[unit_name(row.key, by)].append(row.columns)
+    return dict(units), len(kinds)
+
+
+def write_loaddata(
+    ws: str,
+    step_name: str,
+    by: Sequence[str] | None = None,
+    plates: Sequence[str] = (),
+    wells: Sequence[str] = (),
+    path_mask: str | None = None,
+    workspace_mask: str | None = None,
+    names: Mapping[str, str] | None = None,
+) -> LoadDataResult:
+    """Write ``loaddata/<step>/<unit>.csv`` for every unit of work (see :func:`build_units`).
+
+    Each CSV is written atomically; re-running rewrites the same content. CSVs of the
+    same step left by an earlier grouping (of the plates written now) are removed so
+    ``cp run`` does not run a site twice.
+    """
+    units, checked = build_units(ws, step_name, by, plates, wells, path_mask, workspace_mask, names)
+    ws_abs = _absolute(ws)
+    result = LoadDataResult(step_name, files_checked=checked)
+    for unit, rows in sorted(units.items()):
+        uri = workspace.loaddata_path(ws_abs, step_name, unit)
+        storage.write_bytes(uri, to_csv(rows).encode())
+        result.csvs.append(UnitCSV(unit, uri, len(rows)))
+    written = {c.unit for c in result.csvs}
+    wrote_plates = {str(r["Metadata_Plate"]) for rows in units.values() for r in rows}
+    for unit, uri in list_csvs(ws_abs, step_name):
+        if unit in written:
+            continue
+        if not wells and (
+            not plates or any(unit == p or unit.startswith(f"{p}-") for p in wrote_plates)
+        ):
+            _remove_file(uri)
+            result.removed.append(uri)
+    return result
+
+
+def _remove_file(uri: str) -> None:
+    fs, path = storage.filesystem(uri)
+    fs.delete_file(path)
+
+
+def list_csvs(ws: str, step_name: str, plates: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """``(unit, uri)`` of the step's LoadData CSVs, sorted; only ``plates`` when given."""
+    folder = workspace.loaddata_dir(ws, step_name)
+    if not storage.exists(folder):
+        return []
+    out = []
+    for entry in storage.list_files(folder):
+        if "/" in entry.key or not entry.key.endswith(".csv"):
+            continue
+        unit = entry.key[: -len(".csv")]
+        if plates and not any(unit == p or unit.startswith(f"{p}-") for p in plates):
+            continue
+        out.append((unit, storage.join(folder, entry.key)))
+    return sorted(out)

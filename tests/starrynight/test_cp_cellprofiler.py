@@ -1,0 +1,68 @@
+"""``cp run`` end to end with the real CellProfiler 4.2.8 (headless, its own venv).
+
+CellProfiler pins Python 3.9-era dependencies, so it lives outside the project's venv;
+``STARRYNIGHT_CELLPROFILER`` (or ``/opt/cp-venv/bin/cellprofiler``, or ``cellprofiler``
+on PATH) names it. The pipeline is ``tests/data/cellprofiler/measure_intensity.cppipe``
+(LoadData -> MeasureImageIntensity of OrigDNA and OrigPhalloidin -> ExportToSpreadsheet).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from starrynight import workspace
+from starrynight.cellprofiler import loaddata as ld
+from starrynight.cellprofiler import run as cprun
+from starrynight.imageio import read_image
+from tests.starrynight.test_cp_loaddata import make_workspace
+
+PIPE = str(
+    Path(__file__).resolve().parents[1] / "data" / "cellprofiler" / "measure_intensity.cppipe"
+)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cellprofiler() -> str | None:
+    candidates = (
+        os.environ.get("STARRYNIGHT_CELLPROFILER"),
+        str(REPO / ".cp-venv" / "bin" / "cellprofiler"),  # where `make test` installs it
+        "/opt/cp-venv/bin/cellprofiler",
+    )
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("cellprofiler")
+
+
+CELLPROFILER = _cellprofiler()
+# `make test` installs CellProfiler; in CI its absence is a failure, not a skip.
+pytestmark = pytest.mark.skipif(
+    CELLPROFILER is None and not os.environ.get("CI"),
+    reason="CellProfiler 4.2.8 not installed (make cellprofiler, or "
+    "scripts/install_cellprofiler.sh; or set STARRYNIGHT_CELLPROFILER)",
+)
+
+
+def test_cellprofiler_measures_the_same_means_as_we_read(tmp_path: Path) -> None:
+    assert CELLPROFILER is not None, "CellProfiler is not installed: run `make cellprofiler`"
+    _, ws = make_workspace(tmp_path)
+    ld.write_loaddata(ws, "illum_calc_cp")
+    report = cprun.run_pipeline(ws, "illum_calc_cp", PIPE, cellprofiler=CELLPROFILER)
+    assert report.status.value == "succeeded", report.failures
+    out = Path(workspace.cellprofiler_output_dir(ws, "illum_calc_cp", "Plate1"))
+    rows = list(csv.DictReader((out / "MyExpt_Image.csv").open()))
+    assert [r["Metadata_Site"] for r in rows] == ["0", "1"]
+    for r in rows:
+        ours = read_image(os.path.join(r["PathName_OrigDNA"], r["FileName_OrigDNA"]))
+        # DAPI is frame 2, PhalloAF750 frame 0: a wrong Frame_ column gives another value.
+        # CellProfiler scales uint16 to [0, 1] by 65535.
+        for name, frame in (("OrigDNA", 2), ("OrigPhalloidin", 0)):
+            measured = float(r[f"Intensity_MeanIntensity_{name}"])
+            assert measured == pytest.approx(ours[frame].mean() / 65535, rel=1e-6)
