@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import duckdb
@@ -87,20 +88,52 @@ def generate(inventory_uri: str, ws: str, grammar_path: str | None = None) -> In
         When the inventory is missing or of another schema, or the pattern file is bad.
     """
     grammar = load_grammar(grammar_path)
-    table = inventory.load_inventory(inventory_uri, columns=["key", "folder", "name"])
+    # The key is folder/name (see starrynight.inventory): rebuilding it from the two
+    # split columns is cheaper than reading a third, long string column.
+    table = inventory.load_inventory(inventory_uri, columns=["folder", "name"])
     root = inventory.dataset_root_of(table)
+    folder, name = table.column("folder"), table.column("name")
     parsed = parse_paths(
-        table.column("key"),
+        _join_keys(folder, name),
         grammar=grammar,
         default_dataset=_basename(root),
-        folder=table.column("folder"),
-        name=table.column("name"),
+        folder=folder,
+        name=name,
     )
     meta = {ROOT_KEY: root.encode(), GRAMMAR_KEY: grammar.name.encode()}
     rejects = parsed.rejects.replace_schema_metadata(meta)
-    _write(parsed.index.replace_schema_metadata(meta), workspace.index_path(ws))
-    _write(rejects, workspace.rejects_path(ws))
-    return _summary(parsed.encoded, rejects, ws)
+    encoded = parsed.encoded.replace_schema_metadata(meta)
+    # Writing the index (Arrow releases the GIL) overlaps the rejects and the summary.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        written = pool.submit(_write, encoded, workspace.index_path(ws))
+        _write(rejects, workspace.rejects_path(ws))
+        channels = (parsed.channel_codes, parsed.channel_lists)
+        summary = _summary(parsed.encoded, rejects, ws, channels)
+        written.result()
+    return summary
+
+
+def _join_keys(folder: pa.ChunkedArray, name: pa.ChunkedArray) -> pa.Array:
+    """``folder/name`` per row (just ``name`` for files at the root)."""
+    folder = _single_chunk(folder)
+    name = _single_chunk(name)
+    if pa.types.is_dictionary(folder.type):
+        prefixes = [f"{f}/" if f else "" for f in folder.dictionary.to_pylist()]
+        prefix = pa.DictionaryArray.from_arrays(folder.indices, pa.array(prefixes, pa.string()))
+        prefix = prefix.cast(pa.string())
+    else:
+        prefix = pc.if_else(pc.equal(folder, ""), "", pc.binary_join_element_wise(folder, "", "/"))
+    return pc.binary_join_element_wise(prefix, name.cast(pa.string()), "")
+
+
+def _single_chunk(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks == 1:
+            return column.chunk(0)
+        if column.num_chunks == 0:
+            return pa.array([], column.type)
+        return column.combine_chunks()
+    return column
 
 
 def _basename(root: str) -> str:
@@ -108,11 +141,35 @@ def _basename(root: str) -> str:
 
 
 def _write(table: pa.Table, uri: str) -> None:
-    with storage.atomic_local_path(uri, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp, compression="snappy", row_group_size=1 << 20)
+    """Write an index or rejects table as parquet.
+
+    Dictionary-encoded columns are written as they are (parquet dictionary pages, no
+    re-encoding); the Arrow schema is not stored, so every reader sees the plain types
+    of :data:`INDEX_SCHEMA`. The unique ``key`` column skips dictionary encoding; only
+    the columns queries filter on (plate, well, cycle, site) get min/max statistics,
+    which cost as much as writing the other columns.
+    """
+    names = table.schema.names
+    with_stats = [n for n in ("plate", "well", "cycle", "site") if n in names]
+    with (
+        storage.atomic_local_path(uri, suffix=".parquet") as tmp,
+        pq.ParquetWriter(
+            tmp,
+            table.schema,
+            compression="snappy",
+            store_schema=False,
+            use_dictionary=[n for n in names if n != "key"],
+            write_statistics=with_stats or False,
+        ) as writer,
+    ):
+        writer.write_table(table, row_group_size=1 << 20)
+        if table.schema.metadata:
+            writer.add_key_value_metadata(table.schema.metadata)
 
 
-def _summary(encoded: pa.Table, rejects: pa.Table, ws: str) -> IndexSummary:
+def _summary(
+    encoded: pa.Table, rejects: pa.Table, ws: str, channels: tuple | None = None
+) -> IndexSummary:
     arm, arms = _codes(encoded.column("arm")) if encoded.num_rows else (np.zeros(0, int), [])
     counts = np.bincount(arm, minlength=len(arms)).tolist()
     per_arm = {a: n for a, n in zip(arms, counts, strict=True) if n}
@@ -126,7 +183,7 @@ def _summary(encoded: pa.Table, rejects: pa.Table, ws: str) -> IndexSummary:
         plates = len(_unique(plate_key))
         wells = len(_unique(plate_key * max(len(well_values), 1) + well))
     reasons = Counter(rejects.column("reason").to_pylist())
-    missing = completeness(encoded, _experiment_or_none(ws)).num_rows
+    missing = _completeness(encoded, _experiment_or_none(ws), channels).num_rows
     return IndexSummary(
         images=encoded.num_rows,
         rejects=rejects.num_rows,
@@ -139,10 +196,10 @@ def _summary(encoded: pa.Table, rejects: pa.Table, ws: str) -> IndexSummary:
 
 
 def _experiment_or_none(ws: str):
-    from starrynight.experiment import load_experiment
-
     if not storage.exists(workspace.experiment_path(ws)):
         return None
+    from starrynight.experiment import load_experiment
+
     return load_experiment(ws)
 
 
@@ -223,6 +280,8 @@ def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list]:
 
 
 def _channel_codes(channels: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[list[str]]]:
+    if pa.types.is_dictionary(channels.type.value_type):
+        channels = channels.cast(pa.list_(pa.string()))
     joined = pc.binary_join(channels, "\x1f")
     codes, values = _codes(joined)
     return codes, [v.split("\x1f") if v else [] for v in values]
@@ -268,12 +327,20 @@ def completeness(index_table: pa.Table, experiment=None) -> pa.Table:
         Schema :data:`MISSING_SCHEMA`: one row per incomplete plate/well/site/arm/cycle;
         ``missing`` is ``["image"]`` when the file is absent, else the absent channels.
     """
+    return _completeness(index_table, experiment)
+
+
+def _completeness(index_table: pa.Table, experiment=None, channels: tuple | None = None):
+    """:func:`completeness`, optionally given the channel codes and lists already."""
     if index_table.num_rows == 0:
         return MISSING_SCHEMA.empty_table()
     plate, plates = _codes(index_table.column("plate"))
     well, wells = _codes(index_table.column("well"))
     arm, arms = _codes(index_table.column("arm"))
-    chan, chan_lists = _channel_codes(index_table.column("channels"))
+    if channels is not None and channels[0] is not None:
+        chan, chan_lists = channels[0].astype(np.int64), channels[1]
+    else:
+        chan, chan_lists = _channel_codes(index_table.column("channels"))
     site = index_table.column("site").to_numpy().astype(np.int64)
     cycle = index_table.column("cycle").to_numpy().astype(np.int64)
     n_arm, n_site = len(arms), int(site.max()) + 1

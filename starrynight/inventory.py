@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -58,17 +59,25 @@ def _schema(root: str) -> pa.Schema:
 
 def _to_batch(batch: storage.ListingBatch, root: str) -> pa.RecordBatch:
     folder = pc.dictionary_encode(pa.array(batch.folders, pa.string()))
-    keys = batch.keys()
+    names = pa.array(batch.names, pa.string())
+    # key = folder/name, joined by Arrow over the few distinct folders.
+    prefixes = [f"{f}/" if f else "" for f in folder.dictionary.to_pylist()]
+    prefix = pa.DictionaryArray.from_arrays(folder.indices, pa.array(prefixes, pa.string()))
+    keys = pc.binary_join_element_wise(prefix.cast(pa.string()), names, "")
     return pa.RecordBatch.from_arrays(
         [
-            pa.array(keys, pa.string()),
+            keys,
             pa.array(batch.sizes, pa.int64()),
             pa.array(batch.mtimes_ns, pa.int64()).cast(pa.timestamp("ns")),
             folder,
-            pa.array(batch.names, pa.string()),
+            names,
         ],
         schema=_schema(root),
     )
+
+
+def _write_batch(writer: pq.ParquetWriter, batch: storage.ListingBatch, root: str) -> None:
+    writer.write_batch(_to_batch(batch, root))
 
 
 def find_plate_folders(root: str, plate: str) -> list[str]:
@@ -184,11 +193,19 @@ def generate(
                         writer.write_table(kept)
                         files += kept.num_rows
                         total_bytes += pc.sum(kept.column("size")).as_py() or 0
-                for batch in _listing(root, prefixes, batch_size):
-                    writer.write_batch(_to_batch(batch, root))
-                    files += len(batch)
-                    total_bytes += sum(batch.sizes)
-                    advance(len(batch))
+                # Converting and writing a batch (Arrow releases the GIL) overlaps
+                # listing the next one; at most one batch is in flight.
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    pending = None
+                    for batch in _listing(root, prefixes, batch_size):
+                        if pending is not None:
+                            pending.result()
+                        pending = pool.submit(_write_batch, writer, batch, root)
+                        files += len(batch)
+                        total_bytes += sum(batch.sizes)
+                        advance(len(batch))
+                    if pending is not None:
+                        pending.result()
             if files == 0:
                 raise UserError(f"{dataset}: no files found (empty dataset)")
     finally:

@@ -289,6 +289,37 @@ def _extension_of(tail: str, extensions: tuple[str, ...]) -> int:
     return -1
 
 
+def _extensions(names: pa.Array, extensions: tuple[str, ...]) -> np.ndarray:
+    """Per name, the position in ``extensions`` of the one it ends with (-1 for none).
+
+    For ASCII extensions (the usual case) the last bytes of every name are cut out,
+    lower-cased in numpy and compared with Arrow's ``ends_with``: a few cheap passes
+    over the column. Other extensions are decided once per distinct tail.
+    """
+    n = len(names)
+    width = max(len(e) for e in extensions)
+    tails = None
+    if n and all(e.isascii() for e in extensions) and not names.null_count:
+        tails = pc.binary_slice(names.view(pa.binary()), -width)
+    if tails is not None and tails.offset == 0:
+        _, offsets, data = tails.buffers()
+        if data is not None:
+            lower = np.frombuffer(data, np.uint8).copy()
+            lower[(lower >= ord("A")) & (lower <= ord("Z"))] += 32
+            tails = pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(lower)])
+        result = np.full(n, -1, np.int32)
+        for i in range(len(extensions) - 1, -1, -1):  # earlier (longer) ones win
+            hit = pc.ends_with(tails, extensions[i].lower()).to_numpy(zero_copy_only=False)
+            result[hit] = i
+        return result
+    tails = pc.dictionary_encode(pc.utf8_slice_codeunits(names, -width))
+    tail_ext = np.array(
+        [_extension_of(t, extensions) for t in tails.dictionary.to_pylist()] or [-1],
+        dtype=np.int32,
+    )
+    return tail_ext[tails.indices.to_numpy(zero_copy_only=False)]
+
+
 def _norm_token(value: str) -> str:
     """Upper-case, without the leading zeros of the first run of digits."""
     return re.sub(r"^([^0-9]*)0+([0-9])", r"\1\2", value.upper())
@@ -309,6 +340,10 @@ class ParsedPaths:
 
     encoded: pa.Table
     rejects: pa.Table
+    #: Per index row, a code into ``channel_lists`` (what the channels column holds);
+    #: lets callers group by channel set without touching the list column.
+    channel_codes: np.ndarray | None = field(default=None, repr=False)
+    channel_lists: list[list[str]] | None = field(default=None, repr=False)
 
     @property
     def index(self) -> pa.Table:
@@ -472,14 +507,7 @@ def parse_paths(
     code = folder_code[fidx] if len(folder_code) else np.zeros(n, np.int32)
 
     # --- extension ------------------------------------------------------------------
-    # Decided once per distinct tail of the name (few), not once per row.
-    tail_len = max(len(e) for e in grammar.extensions)
-    tails = pc.dictionary_encode(pc.utf8_slice_codeunits(name, -tail_len))
-    tail_ext = np.array(
-        [_extension_of(t, grammar.extensions) for t in tails.dictionary.to_pylist()] or [-1],
-        dtype=np.int32,
-    )
-    ext_pos = tail_ext[tails.indices.to_numpy(zero_copy_only=False)]
+    ext_pos = _extensions(name, grammar.extensions)
     code[(code == 0) & (ext_pos < 0)] = reason_code(EXTENSION)
 
     # --- file names: the only per-row regex work ------------------------------------
@@ -515,7 +543,8 @@ def parse_paths(
     # --- site -----------------------------------------------------------------------
     site_text = fm["site"]
     try:
-        site = pc.cast(site_text, pa.int32())
+        # Rows the file pattern did not match hold "" (rejected already): cast "0".
+        site = pc.cast(pc.if_else(fm["_matched"], site_text, "0"), pa.int32())
         site_np = site.to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         ok_site = pc.match_substring_regex(site_text, r"^[0-9]{1,9}$")
@@ -541,6 +570,8 @@ def parse_paths(
         code[bad] = reason_code(CHANNELS)
 
     # --- duplicates: one image per plate/arm/cycle/well/site ------------------------
+    well_dict = pc.dictionary_encode(fm["well"])
+    well_idx = well_dict.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     ok = np.flatnonzero(code == 0)
     if len(ok):
         plate_key = {}
@@ -561,8 +592,6 @@ def parse_paths(
             ],
             dtype=np.int64,
         )
-        well_dict = pc.dictionary_encode(fm["well"])
-        well_idx = well_dict.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         nwell = max(len(well_dict.dictionary), 1)
         site64 = site_np.astype(np.int64)
         nsite = int(site64[ok].max()) + 1 if len(ok) else 1
@@ -571,8 +600,14 @@ def parse_paths(
             # Counting beats sorting when the codes span a small range (the usual case).
             per_combo = np.bincount(combo)[combo]
         else:
-            _, inverse, counts = np.unique(combo, return_inverse=True, return_counts=True)
-            per_combo = counts[inverse]
+            # Sort once; only when some code repeats, count the repeated ones.
+            ordered = np.sort(combo)
+            repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+            per_combo = np.ones(len(combo), np.int64)
+            if len(repeated):
+                hit = np.isin(combo, repeated)
+                values, counts = np.unique(combo[hit], return_counts=True)
+                per_combo[hit] = counts[np.searchsorted(values, combo[hit])]
         dup = per_combo > 1
         if dup.any():
             c = reason_code(DUPLICATE)
@@ -589,11 +624,14 @@ def parse_paths(
             is_meta |= pc.match_substring_regex(rkeys, pattern).to_numpy(zero_copy_only=False)
         code[rejected[is_meta]] = reason_code(METADATA)
 
+    accepted = code == 0
     return ParsedPaths(
         encoded=_index_table(
-            code, keys, fidx, folders, fm, site_np, chan_lists, chan_idx, ext_pos, grammar
+            code, keys, fidx, folders, well_dict, site_np, chan_lists, chan_idx, ext_pos, grammar
         ),
         rejects=_rejects_table(code, reasons, details, keys, name, fidx, folders, fm, grammar),
+        channel_codes=chan_idx if accepted.all() else chan_idx[accepted],
+        channel_lists=chan_lists,
     )
 
 
@@ -602,7 +640,7 @@ def _index_table(
     keys: pa.Array,
     fidx: np.ndarray,
     folders: _Folders,
-    fm: dict[str, pa.Array],
+    wells: pa.DictionaryArray,
     site_np: np.ndarray,
     chan_lists: list[list[str]],
     chan_idx: np.ndarray,
@@ -611,10 +649,9 @@ def _index_table(
 ) -> pa.Table:
     ok = np.flatnonzero(code == 0)
     everything = len(ok) == len(code)
-    sel = None if everything else pa.array(ok)
 
-    def rows(arr: pa.Array) -> pa.Array:
-        return arr if sel is None else pc.take(arr, sel)
+    def rows(arr: pa.Array) -> pa.Array | pa.ChunkedArray:
+        return arr if everything else _select(arr, code == 0)
 
     f_ok = (fidx if everything else fidx[ok]).astype(np.int32)
     cols: dict[str, pa.Array] = {}
@@ -622,11 +659,10 @@ def _index_table(
         cols[name] = _expand(folders.columns[name], f_ok)
     cycles = np.array([c if c is not None else -1 for c in folders.columns["cycle"]], np.int32)
     cols["cycle"] = pa.array(cycles[f_ok] if len(cycles) else cycles, pa.int32())
-    cols["well"] = pc.dictionary_encode(rows(fm["well"]))
+    well_codes = wells.indices if everything else pa.array(wells.indices.to_numpy()[ok])
+    cols["well"] = pa.DictionaryArray.from_arrays(well_codes, wells.dictionary)
     cols["site"] = pa.array(site_np if everything else site_np[ok], type=pa.int32())
-    chan_values = pa.array(chan_lists, type=pa.list_(pa.string()))
-    c_ok = chan_idx if everything else chan_idx[ok]
-    cols["channels"] = pc.take(chan_values, pa.array(c_ok))
+    cols["channels"] = _channel_column(chan_lists, chan_idx if everything else chan_idx[ok])
     cols["key"] = rows(keys)
     ext_values = pa.array([e.lower() for e in grammar.extensions], pa.string())
     e_ok = ext_pos if everything else ext_pos[ok]
@@ -636,8 +672,52 @@ def _index_table(
     return pa.table([cols[f.name] for f in INDEX_SCHEMA], names=INDEX_SCHEMA.names)
 
 
+def _select(values: pa.Array, keep: np.ndarray) -> pa.Array | pa.ChunkedArray:
+    """``values[keep]``; zero-copy slices of the kept runs when there are few runs.
+
+    Rejected rows are usually rare, so the long key column is not copied.
+    """
+    edges = np.flatnonzero(np.diff(np.r_[0, keep.astype(np.int8), 0]))
+    starts, stops = edges[0::2], edges[1::2]
+    if len(starts) > 4096:
+        return pc.filter(values, pa.array(keep))
+    return pa.chunked_array(
+        [values.slice(a, b - a) for a, b in zip(starts.tolist(), stops.tolist(), strict=True)],
+        type=values.type,
+    )
+
+
+def _channel_column(chan_lists: list[list[str]], rows: np.ndarray) -> pa.ListArray:
+    """The channels column: row ``r`` holds ``chan_lists[rows[r]]``.
+
+    Built with numpy as a list of dictionary-encoded names (few distinct), so neither
+    building nor writing it touches five million strings one by one.
+    """
+    names: dict[str, int] = {}
+    codes = [[names.setdefault(c, len(names)) for c in parts] for parts in chan_lists]
+    lens = np.array([len(c) for c in codes], np.int64)
+    starts = np.cumsum(lens) - lens
+    flat = np.array([c for parts in codes for c in parts], np.int32)
+    row_lens = lens[rows] if len(lens) else np.zeros(len(rows), np.int64)
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(row_lens, out=offsets[1:])
+    total = int(offsets[-1])
+    if total >= 1 << 31:  # pragma: no cover - beyond a list array's int32 offsets
+        return pc.take(pa.array(chan_lists, pa.list_(pa.string())), pa.array(rows))
+    picks = np.repeat(starts[rows] - offsets[:-1], row_lens) + np.arange(total)
+    values = pa.DictionaryArray.from_arrays(
+        pa.array(flat[picks], pa.int32()), pa.array(list(names), pa.string())
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+
+
 def _expand(values: list, indices: np.ndarray) -> pa.DictionaryArray:
-    """Per-folder values as a dictionary column over distinct values (no per-row copy)."""
+    """Per-folder values as a dictionary column over distinct values (no per-row copy).
+
+    Folders without a value (``None``: rejected, so never indexed) map to ``""``; a
+    dictionary without nulls can be written to parquet as is.
+    """
+    values = ["" if v is None else v for v in values]
     distinct: dict[object, int] = {}
     remap = np.array([distinct.setdefault(v, len(distinct)) for v in values], np.int32)
     dictionary = pa.array(list(distinct), pa.string())
