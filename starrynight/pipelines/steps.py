@@ -1,0 +1,288 @@
+"""Pipeline builders: one pipecraft pipeline per step group and partition.
+
+A builder takes the workspace (and dataset) URI, the partition (plate, or plate and
+well), which steps to include and a :class:`Runner` saying how the ``starrynight`` CLI is
+invoked (the venv's interpreter locally, the image's entry point on AWS Batch). Node
+inputs and outputs are the workspace paths of :mod:`starrynight.workspace`, so pipecraft
+derives the order between steps from the data and checks each step wrote its product.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pipecraft import Command, Parallel, Pipeline, Scatter, Seq
+from pipecraft.node import Resources
+from starrynight import workspace as wsp
+
+#: Steps of the per-plate catalog, in order.
+CATALOG_STEPS = ("inventory", "index")
+#: Steps of the per-plate illumination functions.
+ILLUM_STEPS = ("illum_cp", "illum_sbs")
+#: Steps of one plate x well, in dependency order.
+WELL_STEPS = ("corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "cell_features")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=@+-]")
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How nodes invoke the ``starrynight`` CLI.
+
+    Parameters
+    ----------
+    argv : tuple of str
+        Program prefix; the default runs this interpreter's ``starrynight.cli`` so the
+        virtual environment's packages are used.
+    image : str, optional
+        Container image for backends that run containers (AWS Batch).
+    env : mapping of str to str
+        Extra environment for every node (e.g. the Dagster run id, so a node re-runs in
+        each Dagster run and the CLI's own completeness checks decide what to skip).
+    workers : int
+        ``--workers`` passed to the steps that parallelise inside a partition.
+    """
+
+    argv: tuple[str, ...] = (sys.executable, "-m", "starrynight.cli")
+    image: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    workers: int = 2
+
+    def command(
+        self,
+        name: str,
+        args: Iterable[str],
+        inputs: Iterable[str] = (),
+        outputs: Iterable[str] = (),
+        cpus: int = 1,
+    ) -> Command:
+        """A node running ``starrynight <args>``."""
+        return Command(
+            name=_safe(name),
+            argv=(*self.argv, *args),
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            image=self.image,
+            env=dict(self.env),
+            resources=Resources(cpus=cpus, memory_mb=2048 * cpus),
+        )
+
+
+def _safe(name: str) -> str:
+    return _UNSAFE.sub("_", name)
+
+
+def _select(steps: Collection[str] | None, known: tuple[str, ...]) -> list[str]:
+    chosen = list(known) if steps is None else [s for s in known if s in steps]
+    unknown = set(steps or ()) - set(known)
+    if unknown:
+        raise ValueError(f"unknown step(s) {sorted(unknown)}: expected some of {list(known)}")
+    if not chosen:
+        raise ValueError(f"no step selected: expected some of {list(known)}")
+    return chosen
+
+
+def catalog_pipeline(
+    dataset: str,
+    ws: str,
+    plate: str,
+    runner: Runner | None = None,
+    steps: Collection[str] | None = None,
+) -> Pipeline:
+    """List one plate's files into the inventory, then rebuild the index.
+
+    Parameters
+    ----------
+    dataset : str
+        Dataset root (local folder or ``s3://`` prefix).
+    ws : str
+        Workspace URI.
+    plate : str
+        Plate folder name.
+    runner : Runner, optional
+        How to invoke the CLI (default: this interpreter).
+    steps : collection of str, optional
+        Subset of :data:`CATALOG_STEPS` (default: both).
+
+    Returns
+    -------
+    pipecraft.Pipeline
+        ``inventory gen --plate`` followed by ``index gen``.
+    """
+    r = runner or Runner()
+    chosen = _select(steps, CATALOG_STEPS)
+    nodes = []
+    if "inventory" in chosen:
+        nodes.append(
+            r.command(
+                f"inventory-{plate}",
+                ["inventory", "gen", "-d", dataset, "-o", ws, "--plate", plate, "--no-progress"],
+                outputs=[wsp.inventory_path(ws)],
+            )
+        )
+    if "index" in chosen:
+        nodes.append(
+            r.command(
+                f"index-{plate}",
+                ["index", "gen", "-i", ws, "-o", ws],
+                inputs=[wsp.inventory_path(ws)],
+                outputs=[wsp.index_path(ws)],
+            )
+        )
+    return Pipeline(f"catalog-{_safe(plate)}", Seq(*nodes), check_inputs=False)
+
+
+def experiment_pipeline(
+    ws: str, runner: Runner | None = None, choices: str | None = None
+) -> Pipeline:
+    """Write ``experiment/experiment.json``, validated against the index.
+
+    Parameters
+    ----------
+    ws : str
+        Workspace URI (holds the index).
+    runner : Runner, optional
+        How to invoke the CLI.
+    choices : str, optional
+        The user's experiment file; when absent the template guessed from the index
+        (``exp init``) is validated as is.
+    """
+    r = runner or Runner()
+    out = wsp.experiment_path(ws)
+    if choices:
+        return Pipeline(
+            "experiment",
+            r.command("exp-new", ["exp", "new", "-w", ws, "-i", choices], outputs=[out]),
+            check_inputs=False,
+        )
+    template = wsp.experiment_path(ws)[: -len("experiment.json")] + "experiment.init.json"
+    return Pipeline(
+        "experiment",
+        Seq(
+            r.command("exp-init", ["exp", "init", "-w", ws], outputs=[template]),
+            r.command(
+                "exp-new",
+                ["exp", "new", "-w", ws, "-i", template],
+                inputs=[template],
+                outputs=[out],
+            ),
+        ),
+        check_inputs=False,
+    )
+
+
+def illum_pipeline(
+    ws: str,
+    plate: str,
+    sbs_cycles: Iterable[int] = (),
+    runner: Runner | None = None,
+    steps: Collection[str] | None = None,
+    fan_out_cycles: bool = True,
+) -> Pipeline:
+    """Illumination functions of one plate: CP, and one node per SBS cycle.
+
+    Parameters
+    ----------
+    ws : str
+        Workspace URI.
+    plate : str
+        Plate name.
+    sbs_cycles : iterable of int
+        SBS cycles of the plate (from the index); the SBS step fans out over them.
+    runner : Runner, optional
+        How to invoke the CLI.
+    steps : collection of str, optional
+        Subset of :data:`ILLUM_STEPS` (default: both).
+    fan_out_cycles : bool
+        One node per SBS cycle (worth it where nodes run on separate machines); False
+        makes one node for all cycles, saving a CLI start-up per cycle on one machine.
+    """
+    r = runner or Runner()
+    chosen = _select(steps, ILLUM_STEPS)
+    cycles = sorted(set(sbs_cycles))
+    parts = []
+    base = ["illum", "calc", "-w", ws, "--plate", plate, "--workers", str(r.workers)]
+    if "illum_cp" in chosen:
+        parts.append(
+            r.command(
+                f"illum_cp-{plate}",
+                [*base, "--arm", "cp"],
+                outputs=[wsp.illum_stats_path(ws, plate)],
+            )
+        )
+    if "illum_sbs" in chosen and cycles and not fan_out_cycles:
+        parts.append(
+            r.command(
+                f"illum_sbs-{plate}",
+                [*base, "--arm", "sbs"],
+                outputs=[wsp.illum_stats_path(ws, plate, k) for k in cycles],
+            )
+        )
+    elif "illum_sbs" in chosen and cycles:
+
+        def cycle_node(k: int) -> Command:
+            return r.command(
+                f"illum_sbs-{plate}-c{k}",
+                [*base, "--arm", "sbs", "--cycle", str(k)],
+                outputs=[wsp.illum_stats_path(ws, plate, k)],
+            )
+
+        parts.append(Scatter(f"illum_sbs-{plate}", cycles, cycle_node))
+    if not parts:
+        raise ValueError(f"plate {plate!r}: no illumination step to run (no SBS cycles given)")
+    return Pipeline(f"illum-{_safe(plate)}", Parallel(*parts), check_inputs=False)
+
+
+def well_pipeline(
+    ws: str,
+    plate: str,
+    well: str,
+    runner: Runner | None = None,
+    steps: Collection[str] | None = None,
+) -> Pipeline:
+    """Every per-well step of one plate x well (or the chosen subset).
+
+    ``corrected_cp`` (``illum apply``) and ``aligned_sbs`` (``align``) are independent;
+    ``segmentation`` needs the corrected images, ``barcode_calls`` the aligned cycles and
+    ``cell_features`` both tables. Steps outside the subset are assumed complete.
+    """
+    r = runner or Runner()
+    chosen = _select(steps, WELL_STEPS)
+    unit = ["-w", ws, "--plate", plate, "--well", well]
+    workers = ["--workers", str(r.workers)]
+    corrected = wsp.corrected_dir(ws, plate, well)
+    alignment = wsp.alignment_table_path(ws, plate, well)
+    counts = wsp.segmentation_counts_path(ws, plate, well)
+    calls = wsp.cell_barcodes_path(ws, plate, well)
+    features = wsp.cell_features_path(ws, plate, well)
+    tag = f"{plate}-{well}"
+    spec = {
+        "corrected_cp": (["illum", "apply", *unit, *workers], [], [corrected]),
+        "aligned_sbs": (["align", *unit, *workers], [], [alignment]),
+        "segmentation": (["segment", *unit, *workers], [corrected], [counts]),
+        "barcode_calls": (["barcodes", "call", *unit, *workers], [alignment], [calls]),
+        "cell_features": (["analysis", "run", *unit, *workers], [counts, calls], [features]),
+    }
+    nodes = [
+        r.command(f"{step}-{tag}", spec[step][0], spec[step][1], spec[step][2], cpus=1)
+        for step in chosen
+    ]
+    # Order comes from the declared inputs and outputs.
+    return Pipeline(f"well-{_safe(tag)}", Parallel(*nodes), check_inputs=False)
+
+
+def gene_summary_pipeline(ws: str, plate: str, runner: Runner | None = None) -> Pipeline:
+    """Per-gene summary of one plate from its analysed wells."""
+    r = runner or Runner()
+    return Pipeline(
+        f"gene_summary-{_safe(plate)}",
+        r.command(
+            f"gene_summary-{plate}",
+            ["analysis", "summary", "-w", ws, "--plate", plate],
+            outputs=[wsp.gene_summary_path(ws, plate)],
+        ),
+        check_inputs=False,
+    )

@@ -1,0 +1,156 @@
+"""The production instance config against the real PostgreSQL server, and a smoke test
+of `dagster dev` answering GraphQL over HTTP with the asset graph."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PG = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@pytest.fixture
+def pg_database():
+    name = f"sn_dagster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dg.asset(partitions_def=dg.DynamicPartitionsDefinition(name="plate"))
+def tiny(context):
+    return dg.MaterializeResult(metadata={"plate": context.partition_key})
+
+
+def test_postgres_instance_config(tmp_path: Path, pg_database: str, monkeypatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    for k, v in {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "unused-trust",
+        "DAGSTER_PG_DB": pg_database,
+    }.items():
+        monkeypatch.setenv(k, v)
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        instance.add_dynamic_partitions("plate", ["Plate1"])
+        result = dg.materialize([tiny], partition_key="Plate1", instance=instance)
+        assert result.success
+    finally:
+        instance.dispose()
+    # the records are in the database, not in the home folder
+    with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={pg_database}") as c:
+        assert c.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+        keys = c.execute("SELECT partition FROM dynamic_partitions").fetchall()
+        assert keys == [("Plate1",)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, query: str) -> dict:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow
+def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
+    port = _free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "dataset").mkdir()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "STARRYNIGHT_DATASET_URI": str(tmp_path / "dataset"),
+        "STARRYNIGHT_WORKSPACE_URI": str(tmp_path / "ws"),
+    }
+    dagster = str(Path(sys.executable).parent / "dagster")
+    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/graphql"
+    try:
+        deadline = time.monotonic() + 180
+        nodes = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                data = _post(
+                    url, "{ assetNodes { assetKey { path } partitionDefinition { description } } }"
+                )
+                nodes = data.get("data", {}).get("assetNodes")
+                if nodes:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert nodes, (tmp_path / "dev.log").read_text()[-3000:]
+        keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
+        assert keys == {
+            "inventory",
+            "index",
+            "experiment",
+            "illum_cp",
+            "illum_sbs",
+            "corrected_cp",
+            "aligned_sbs",
+            "segmentation",
+            "barcode_calls",
+            "cell_features",
+            "gene_summary",
+        }
+        sensors = _post(
+            url,
+            "{ sensorsOrError(repositorySelector: {repositoryName: "
+            '"__repository__", repositoryLocationName: "starrynight"}) '
+            "{ ... on Sensors { results { name } } } }",
+        )
+        names = {s["name"] for s in sensors["data"]["sensorsOrError"]["results"]}
+        assert "new_plate_sensor" in names
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            pytest.fail("dagster dev did not stop within 60 s of SIGTERM")
+        log.close()
+    assert proc.returncode is not None
