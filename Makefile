@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench ui lint format postgres cellprofiler clean
+.PHONY: install demo test bench ui serve lint format postgres cellprofiler clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: python3.11 (or python3 >= 3.11) not found on PATH" >&2; exit 1; }
@@ -19,8 +19,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## Create .venv and install the project with its dev tools.
 
-demo: install  ## Generate the sample dataset and run the whole pipeline on it.
-	$(BIN)/python -m starrynight.demo --out $(DEMO_DIR)
+demo: install  ## Generate the sample screen and run the whole asset graph on it through Dagster.
+	rm -rf $(DEMO_DIR)
+	$(BIN)/starrynight sample generate -o $(DEMO_DIR)/data
+	$(BIN)/python -m dagster_defs.driver -d $(DEMO_DIR)/data/sample -w $(DEMO_DIR)/workspace \
+	  --dagster-home $(DEMO_DIR)/dagster_home
+
+ui: install  ## Dagster UI on http://127.0.0.1:3000 over the demo's instance (run `make demo` first).
+	@test -d $(DEMO_DIR)/dagster_home || { echo "error: run 'make demo' first" >&2; exit 1; }
+	DAGSTER_HOME=$(CURDIR)/$(DEMO_DIR)/dagster_home \
+	  STARRYNIGHT_DATASET_URI=$(CURDIR)/$(DEMO_DIR)/data/sample \
+	  STARRYNIGHT_WORKSPACE_URI=$(CURDIR)/$(DEMO_DIR)/workspace \
+	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+serve: install  ## Conductor REST API + Canvas on http://127.0.0.1:8000 (SQLite in .conductor).
+	$(BIN)/conductor db upgrade
+	$(BIN)/conductor serve --host 127.0.0.1 --port 8000
 
 test: install postgres cellprofiler  ## Run the whole test suite (PostgreSQL must be reachable).
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
