@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sys
 
 import click
 
 from conductor.settings import Settings
+from starrynight.cli.main import run_group
 from starrynight.errors import UserError
 
 
@@ -102,17 +102,5 @@ def token_new(name: str, read_only: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: user mistakes become one line and exit 2."""
-    try:
-        rv = cli.main(args=argv, standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    if isinstance(rv, int) and rv:
-        sys.exit(rv)
+    """Entry point of the ``conductor`` console script."""
+    run_group(cli, argv)

@@ -52,10 +52,13 @@ def _register() -> None:
         cli.get_command(ctx, name)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: user mistakes become one line and exit 2."""
+def run_group(group: click.Group, argv: list[str] | None = None) -> None:
+    """Run a click group as a console script: user mistakes become one line and exit 2.
+
+    Shared by every console script of the project (``starrynight``, ``conductor``).
+    """
     try:
-        rv = cli.main(args=argv, standalone_mode=False)
+        rv = group.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -67,3 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if isinstance(rv, int) and rv:
         sys.exit(rv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``starrynight`` console script."""
+    run_group(cli, argv)
