@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench ui serve lint format postgres cellprofiler clean
+.PHONY: install demo test bench ui serve lint format postgres cellprofiler chromium clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: python3.11 (or python3 >= 3.11) not found on PATH" >&2; exit 1; }
@@ -36,7 +36,7 @@ serve: install  ## Conductor REST API + Canvas on http://127.0.0.1:8000 (SQLite 
 	$(BIN)/conductor db upgrade
 	$(BIN)/conductor serve --host 127.0.0.1 --port 8000
 
-test: install postgres cellprofiler  ## Run the whole test suite (PostgreSQL must be reachable).
+test: install postgres cellprofiler chromium  ## Run the whole test suite (PostgreSQL must be reachable).
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -61,6 +61,13 @@ cellprofiler:  ## Install CellProfiler 4.2.8 (headless) into .cp-venv.
 	@scripts/install_cellprofiler.sh $(CURDIR)/.cp-venv > .cp-venv.log 2>&1 \
 	  && echo "CellProfiler: $(CURDIR)/.cp-venv/bin/cellprofiler" \
 	  || echo "warning: CellProfiler could not be installed (see .cp-venv.log)" >&2
+
+# Headless Chromium for the Canvas browser test (Debian packages; Playwright drives it
+# through /usr/bin/chromium and never downloads a browser of its own).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "warning: chromium missing; run: sudo apt-get install chromium chromium-driver" >&2; fi; }
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -203,6 +203,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (health, projects, configure, runs, partitions, files):
         app.include_router(module.router, prefix=API)
+    from conductor.web import mount as mount_canvas
+
+    mount_canvas(app)  # the Canvas pages under /ui (conductor/web)
 
     @app.exception_handler(UserError)
     async def _user_error(_request: Request, exc: UserError) -> JSONResponse:

@@ -123,6 +123,7 @@ def partition_values(
     if not dims:
         return [{}]
     out = []
+    seen: set[tuple[str, ...]] = set()  # a list lookup here was quadratic in the wells
     for plate in plates:
         per_dim = {"plate": [plate], "well": wells_by_plate.get(plate, [])}
         unknown = [d for d in dims if d not in per_dim]
@@ -130,9 +131,9 @@ def partition_values(
             raise UserError(f"partition dimension {unknown[0]!r}: only plate and well are known")
         lists = [per_dim[d] for d in dims]
         for combo in itertools.product(*lists):
-            values = dict(zip(dims, combo, strict=True))
-            if values not in out:
-                out.append(values)
+            if combo not in seen:
+                seen.add(combo)
+                out.append(dict(zip(dims, combo, strict=True)))
     return out
 
 
