@@ -5,7 +5,8 @@ materialisation counts only when it changed the upstream *data version*: re-inde
 plate whose files did not change, or re-validating an unchanged experiment, starts
 nothing downstream, while a new SBS cycle (new index rows for that plate) re-runs only
 that plate's partitions. New partitions (a new plate or well) still start as soon as
-their upstream exists.
+their upstream exists (and not before: an asset whose upstream partitions do not exist yet
+waits).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ def follow_upstream() -> dg.AutomationCondition:
         dg.AutomationCondition.in_latest_time_window()
         & (dg.AutomationCondition.newly_missing() | changed).since_last_handled()
         & ~dg.AutomationCondition.any_deps_missing()
+        # ...and some upstream partition exists (or is requested in this tick): a plate's
+        # gene summary maps onto the plate's wells, none of which exist before its index
+        # ran (vacuously "no deps missing": the daemon would start it, and fail it, with
+        # the plate run).
+        & dg.AutomationCondition.any_deps_match(
+            ~dg.AutomationCondition.missing() | dg.AutomationCondition.will_be_requested()
+        ).with_label("any_deps_present")
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("follow_upstream")

@@ -16,15 +16,17 @@ import dagster as dg
 
 from dagster_defs.assets import ALL_ASSETS
 from dagster_defs.resources import build_resources, load_settings
-from dagster_defs.sensors import new_plate_sensor
+from dagster_defs.sensors import TICK_SECONDS, make_automation_sensor, make_new_plate_sensor
 
 
 def build_defs(settings: Mapping[str, Any] | None = None) -> dg.Definitions:
     """Definitions for the project in ``settings`` (default: from the environment)."""
-    resources = build_resources(load_settings() if settings is None else settings)
+    settings = load_settings() if settings is None else settings
+    resources = build_resources(settings)
+    tick = int(settings.get("tick_seconds") or TICK_SECONDS)
     return dg.Definitions(
         assets=ALL_ASSETS,
-        sensors=[new_plate_sensor],
+        sensors=[make_new_plate_sensor(tick), make_automation_sensor(tick)],
         resources=resources,
         executor=dg.in_process_executor,
     )

@@ -5,7 +5,8 @@ its environment names:
 
 - ``STARRYNIGHT_PROJECT_FILE``: optional JSON file with the fields ``dataset_uri``,
   ``workspace_uri``, ``backend``, ``backend_options`` (and optionally ``experiment_file``,
-  ``stable_seconds``, ``qc``);
+  ``stable_seconds``, ``qc``, ``tick_seconds`` — seconds between the daemon's sensor
+  and automation ticks, default 30);
 - ``STARRYNIGHT_DATASET_URI``, ``STARRYNIGHT_WORKSPACE_URI``, ``STARRYNIGHT_BACKEND``
   (``local`` | ``snakemake`` | ``aws_batch``; default ``local``) override the file.
 
@@ -38,6 +39,7 @@ _PROJECT_KEYS = {
     "backend_options",
     "experiment_file",
     "stable_seconds",
+    "tick_seconds",
     "qc",
 }
 

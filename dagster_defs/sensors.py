@@ -74,15 +74,7 @@ def _experiment_exists(instance: dg.DagsterInstance) -> bool:
     return instance.get_latest_materialization_event(EXPERIMENT) is not None
 
 
-@dg.sensor(
-    name="new_plate_sensor",
-    asset_selection=[*PLATE_ASSETS, EXPERIMENT],
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds a plate partition for each new, stable plate folder of the dataset "
-    "and requests its catalog and illumination run.",
-)
-def new_plate_sensor(
+def _new_plates(
     context: dg.SensorEvaluationContext, project: StarryNightProject
 ) -> dg.SensorResult | dg.SkipReason:
     """Start every plate folder that is new and no longer being written."""
@@ -141,3 +133,43 @@ def new_plate_sensor(
         dynamic_partitions_requests=[plate_partitions.build_add_request(new)] if new else [],
         cursor=json.dumps({p: s for p, s in seen.items() if p not in new}),
     )
+
+
+#: Default seconds between two ticks of the sensors in a daemon.
+TICK_SECONDS = 30
+
+
+def make_new_plate_sensor(tick_seconds: int = TICK_SECONDS) -> dg.SensorDefinition:
+    """The new-plate sensor, ticking at most every ``tick_seconds`` in a daemon."""
+
+    @dg.sensor(
+        name="new_plate_sensor",
+        asset_selection=[*PLATE_ASSETS, EXPERIMENT],
+        minimum_interval_seconds=tick_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Adds a plate partition for each new, stable plate folder of the dataset "
+        "and requests its catalog and illumination run.",
+    )
+    def new_plate_sensor(
+        context: dg.SensorEvaluationContext, project: StarryNightProject
+    ) -> dg.SensorResult | dg.SkipReason:
+        """Start every plate folder that is new and no longer being written."""
+        return _new_plates(context, project)
+
+    return new_plate_sensor
+
+
+def make_automation_sensor(tick_seconds: int = TICK_SECONDS) -> dg.SensorDefinition:
+    """The daemon's evaluation of every asset's automation condition (the per-well runs
+    and summaries that follow a plate), every ``tick_seconds``."""
+    return dg.AutomationConditionSensorDefinition(
+        "automation",
+        target=dg.AssetSelection.all(),
+        minimum_interval_seconds=tick_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Requests the runs whose upstream data changed or that are newly "
+        "missing (wells of a new plate, its gene summary).",
+    )
+
+
+new_plate_sensor = make_new_plate_sensor()
