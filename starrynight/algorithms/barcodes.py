@@ -288,7 +288,9 @@ def spot_intensities(filtered: np.ndarray, spots: np.ndarray, radius: int = 1) -
 # --------------------------------------------------------------------------- calling
 
 
-def estimate_crosstalk(values: np.ndarray, min_spots: int = 20) -> np.ndarray:
+def estimate_crosstalk(
+    values: np.ndarray, min_spots: int = 20, fallback: np.ndarray | None = None
+) -> np.ndarray:
     """Estimate the 4x4 base-mixing matrix from spot intensities.
 
     Model: ``observed = M @ true`` with ``M[i, j]`` the fraction of base ``j``'s dye
@@ -300,14 +302,16 @@ def estimate_crosstalk(values: np.ndarray, min_spots: int = 20) -> np.ndarray:
     values : numpy.ndarray
         ``(n, 4)`` intensities (any number of spots and cycles stacked).
     min_spots : int
-        Columns with fewer dominant spots stay identity.
+        Columns with fewer dominant spots take ``fallback``'s column.
+    fallback : numpy.ndarray, optional
+        ``(4, 4)`` matrix for the columns that cannot be estimated (default identity).
 
     Returns
     -------
     numpy.ndarray
         ``float64`` ``(4, 4)`` matrix.
     """
-    m = np.eye(4)
+    m = np.eye(4) if fallback is None else np.array(fallback, np.float64)
     v = np.clip(values.astype(np.float64), 0, None)
     if len(v) == 0:
         return m
@@ -341,10 +345,22 @@ def compensate(values: np.ndarray, crosstalk: np.ndarray) -> np.ndarray:
 def compensate_cycles(values: np.ndarray, min_spots: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Per-cycle crosstalk compensation and channel gain equalisation.
 
+    Each cycle gets its own mixing matrix; a base with fewer than ``min_spots``
+    dominant spots in a cycle (common on small images: a 4-cycle library may start few
+    barcodes with G) takes its column from the matrix estimated on all cycles pooled,
+    since dyes and filters do not change between cycles. Then every channel of every
+    cycle is divided by the median of its called spots, so a bright dye does not win
+    every close call; where a channel has too few called spots, its gain is
+    predicted as cycle brightness x dye brightness (fitted on the others), so that all
+    channels always share one scale. (A channel left unscaled next to scaled ones
+    would be ~1000x brighter and win every spot.)
+
     Parameters
     ----------
     values : numpy.ndarray
         ``(n, cycles, 4)`` spot intensities.
+    min_spots : int
+        Spots a column or gain estimate needs.
 
     Returns
     -------
@@ -356,21 +372,51 @@ def compensate_cycles(values: np.ndarray, min_spots: int = 20) -> tuple[np.ndarr
     n, c, _ = values.shape
     out = np.empty(values.shape, np.float64)
     mats = np.empty((c, 4, 4))
+    pooled = estimate_crosstalk(values.reshape(-1, 4), min_spots)
+    gains = np.full((c, 4), np.nan)
     for k in range(c):
-        m = estimate_crosstalk(values[:, k], min_spots)
+        m = estimate_crosstalk(values[:, k], min_spots, fallback=pooled)
         comp = compensate(values[:, k].astype(np.float64), m)
-        # Dyes differ in brightness: scale each channel so its called spots share a
-        # median, or a bright dye would win every close call.
         top = comp.argmax(axis=1) if n else np.zeros(0, int)
         for j in range(4):
             sel = top == j
             if sel.sum() >= min_spots:
-                med = np.median(comp[sel, j])
+                med = float(np.median(comp[sel, j]))
                 if med > 0:
-                    comp[:, j] /= med
+                    gains[k, j] = med
         out[:, k] = comp
         mats[k] = m
+    out /= fill_gains(gains)[None]
     return out, mats
+
+
+def fill_gains(gains: np.ndarray) -> np.ndarray:
+    """Complete a ``(cycles, channels)`` table of gains with NaN holes.
+
+    Fits ``log gain = cycle term + channel term`` on the known entries (alternating
+    means) and predicts the holes from it. A table without any known entry becomes
+    all ones (no scaling, the same for every channel).
+
+    Examples
+    --------
+    >>> g = np.array([[1.0, 2.0], [3.0, np.nan]])
+    >>> fill_gains(g).round(6).tolist()
+    [[1.0, 2.0], [3.0, 6.0]]
+    """
+    known = np.isfinite(gains) & (gains > 0)
+    if not known.any():
+        return np.ones(gains.shape)
+    logs = np.where(known, np.log(np.where(known, gains, 1.0)), 0.0)
+    rows, cols = known.any(axis=1), known.any(axis=0)
+    a = np.zeros(gains.shape[0])
+    b = np.zeros(gains.shape[1])
+    for _ in range(50):
+        a[rows] = (np.where(known, logs - b[None], 0).sum(1) / np.maximum(known.sum(1), 1))[rows]
+        b[cols] = (np.where(known, logs - a[:, None], 0).sum(0) / np.maximum(known.sum(0), 1))[cols]
+    # Cycles (channels) with no known gain at all take the average cycle (channel).
+    a[~rows] = a[rows].mean()
+    b[~cols] = b[cols].mean()
+    return np.where(known, gains, np.exp(a[:, None] + b[None]))
 
 
 def call_bases(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -201,9 +201,9 @@ def measure_cells(
     """
     ids = np.unique(cells)
     ids = ids[ids > 0].astype(np.int64)
+    # No early return without cells: every column is there (empty), so tables of
+    # empty sites have the same columns as the others.
     out: dict[str, np.ndarray] = {"label": ids.astype(np.int32)}
-    if ids.size == 0:
-        return out
     out |= shape_features(nuclei, ids, "Nuclei")
     out |= shape_features(cells, ids, "Cells")
     for name, image in channels.items():
@@ -213,3 +213,17 @@ def measure_cells(
         out |= intensity_features(cells, image, ids, "Cells", name)
         out |= texture_features(cells, image, ids, "Cells", name)
     return out
+
+
+def feature_names(channels: list[str] | tuple[str, ...]) -> list[str]:
+    """Names of the feature columns :func:`measure_cells` gives for ``channels``, in order.
+
+    Examples
+    --------
+    >>> names = feature_names(["DAPI"])
+    >>> names[0], "Cells_Intensity_MeanIntensity_DAPI" in names
+    ('Nuclei_AreaShape_Area', True)
+    """
+    empty = np.zeros((1, 1), np.int32)
+    measured = measure_cells(empty, empty, {c: np.zeros((1, 1), np.uint16) for c in channels})
+    return [name for name in measured if name != "label"]

@@ -44,6 +44,8 @@ def run(**kw: Any) -> None:
     )
     if res.cells == 0:
         click.echo("no cells found in this well", err=True)
+    elif res.no_cells:
+        click.echo(f"no cells found at site(s) {', '.join(map(str, res.no_cells))}", err=True)
     for uri in res.outputs:
         click.echo(uri)
 

@@ -100,6 +100,8 @@ def call(**kw: Any) -> None:
     )
     if res.cells == 0:
         click.echo("no cells found in this well", err=True)
+    elif res.no_cells:
+        click.echo(f"no cells found at site(s) {', '.join(map(str, res.no_cells))}", err=True)
     for why, n in sorted(res.reasons.items(), key=lambda kv: -kv[1]):
         click.echo(f"unassigned ({why}): {n}")
     for uri in res.outputs:

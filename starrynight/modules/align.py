@@ -25,7 +25,6 @@ from threadpoolctl import threadpool_limits
 
 from starrynight import storage, workspace
 from starrynight.algorithms import align as alg
-from starrynight.algorithms.illum import apply_terms
 from starrynight.errors import InputFileError, UserError
 from starrynight.imageio import write_tiff
 from starrynight.modules.illum import (
@@ -295,7 +294,7 @@ class _WellJob:
                     f"frames are {image.shape[1]}x{image.shape[2]} but the illumination "
                     f"function {f.uri} is {f.gain.shape[0]}x{f.gain.shape[1]}",
                 )
-            apply_terms(image[i], f.gain, f.bias, out=out[i], clip=f.clip)
+            f.apply(image[i], out=out[i])
         return out
 
 

@@ -13,7 +13,7 @@ median of every feature.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,14 +26,46 @@ from starrynight.algorithms import matching
 from starrynight.errors import UserError
 from starrynight.imageio import read_image
 from starrynight.modules.segment import (
+    concat_typed,
     corrected_sites,
     read_mask,
     read_table,
     run_sites,
+    typed_table,
     write_table,
 )
 
 META = ("plate", "well", "site", "cell", "sbs_cell", "barcode", "sgRNA", "gene_symbol")
+
+#: Leading columns of the per-cell table; the features follow (see :func:`cells_schema`).
+META_FIELDS = [
+    ("plate", pa.string()),
+    ("well", pa.string()),
+    ("site", pa.int32()),
+    ("cell", pa.int32()),
+    ("sbs_cell", pa.int32()),
+    ("barcode", pa.string()),
+    ("sgRNA", pa.string()),
+    ("gene_symbol", pa.string()),
+    ("barcode_status", pa.string()),
+    ("barcode_reason", pa.string()),
+    ("barcode_confidence", pa.float32()),
+]
+
+#: Leading columns of the per-gene summary; one ``<feature>_median`` column follows
+#: per numeric feature.
+SUMMARY_FIELDS = [
+    ("plate", pa.string()),
+    ("gene_symbol", pa.string()),
+    ("n_cells", pa.int64()),
+    ("n_wells", pa.int64()),
+    ("n_barcodes", pa.int64()),
+]
+
+
+def cells_schema(channels: list[str]) -> pa.Schema:
+    """Schema of a well's per-cell table measured on ``channels`` (normalised names)."""
+    return pa.schema(META_FIELDS + [(n, pa.float64()) for n in feat.feature_names(channels)])
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,7 @@ class AnalysisResult:
     skipped: bool
     offsets: dict[int, tuple[float, float]]
     outputs: list[str]
+    no_cells: list[int] = field(default_factory=list)  # sites without a single cell
 
 
 def magnification_ratio(ws: str, plate: str) -> float | None:
@@ -124,7 +157,7 @@ def _site_job(*args: Any) -> dict[str, Any]:
     }
     return {
         "site": site,
-        "table": pa.table(columns),
+        "table": typed_table(columns, cells_schema(channels)),
         "matched": len(match.cp_index),
         "offset": match.offset,
     }
@@ -163,14 +196,17 @@ def analyse_well(
     AnalysisResult
     """
     out_uri = workspace.cell_features_path(ws, plate, well)
+    counts_uri = workspace.segmentation_counts_path(ws, plate, well)
     if not force and storage.exists(out_uri):
         t = read_table(out_uri)
+        with_cells = set(t["site"].to_pylist())
+        segmented = read_table(counts_uri)["site"].to_pylist() if storage.exists(counts_uri) else []
         return AnalysisResult(
             plate, well, t.num_rows, int(pc.sum(pc.is_valid(t["sbs_cell"])).as_py() or 0),
             int(pc.sum(pc.is_valid(t["barcode"])).as_py() or 0), True, {}, [out_uri],
+            [s for s in sorted(segmented) if s not in with_cells],
         )  # fmt: skip
     sites = corrected_sites(ws, plate, well)
-    counts_uri = workspace.segmentation_counts_path(ws, plate, well)
     if not storage.exists(counts_uri):
         raise UserError(
             f"plate {plate!r} well {well!r}: no segmentation ({counts_uri} missing); "
@@ -203,12 +239,14 @@ def analyse_well(
         for s in sorted(sites)
     ]
     results = run_sites(_site_job, jobs, workers)
-    table = pa.concat_tables([r["table"] for r in results], promote_options="default")
-    write_table(out_uri, table)
+    schema = cells_schema(channels)
+    table = concat_typed([r["table"] for r in results], schema)
+    write_table(out_uri, table, schema)
     return AnalysisResult(
         plate, well, table.num_rows, sum(r["matched"] for r in results),
         int(pc.sum(pc.is_valid(table["barcode"])).as_py() or 0), False,
         {r["site"]: r["offset"] for r in results}, [out_uri],
+        [r["site"] for r in results if r["table"].num_rows == 0],
     )  # fmt: skip
 
 
@@ -261,5 +299,6 @@ def summarise_plate(ws: str, plate: str) -> tuple[str, int]:
             for g in order
         ]  # fmt: skip
     uri = workspace.gene_summary_path(ws, plate)
-    write_table(uri, out)
+    schema = pa.schema(SUMMARY_FIELDS + [(f"{n}_median", pa.float64()) for n in features])
+    write_table(uri, out, schema)
     return uri, len(order)

@@ -27,13 +27,50 @@ from starrynight.imageio import read_image
 from starrynight.modules.segment import (
     NUCLEAR_NAMES,
     _experiment_roles,
+    concat_typed,
     read_table,
     run_sites,
+    typed_table,
     write_mask,
     write_table,
 )
 
 REQUIRED_COLUMNS = ("sgRNA", "gene_symbol")
+
+#: One row per SBS cell: its barcode, or "unassigned" and the reason.
+CELLS_SCHEMA = pa.schema(
+    [
+        ("site", pa.int32()),
+        ("sbs_cell", pa.int32()),
+        ("nucleus_y", pa.float64()),
+        ("nucleus_x", pa.float64()),
+        ("barcode", pa.string()),
+        ("sgRNA", pa.string()),
+        ("gene_symbol", pa.string()),
+        ("n_spots", pa.int32()),
+        ("n_matched", pa.int32()),
+        ("count", pa.int32()),
+        ("second_count", pa.int32()),
+        ("confidence", pa.float32()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+#: One row per detected spot: position, cell, read and the barcode it matched.
+SPOTS_SCHEMA = pa.schema(
+    [
+        ("site", pa.int32()),
+        ("y", pa.int32()),
+        ("x", pa.int32()),
+        ("sbs_cell", pa.int32()),
+        ("read", pa.string()),
+        ("quality", pa.float32()),
+        ("barcode", pa.string()),
+        ("distance", pa.int16()),
+        ("match", pa.string()),
+    ]
+)
 
 
 def load_barcodes(uri: str, n_cycles: int) -> bc.Library:
@@ -132,6 +169,7 @@ class BarcodeResult:
     skipped: bool
     reasons: dict[str, int]
     outputs: list[str]
+    no_cells: list[int] = field(default_factory=list)  # sites without a single cell
 
 
 def _sbs_roles(ws: str, channels: set[str]) -> tuple[str, list[str]]:
@@ -208,7 +246,10 @@ def _call_job(*args: Any) -> dict[str, Any]:
         "distance": s["distance"],
         "match": np.where(spot_idx >= 0, "matched", np.where(spot_idx == -2, "ambiguous", "none")),
     }
-    return {"cells": pa.table(cells_cols), "spots": pa.table(spots_cols)}
+    return {
+        "cells": typed_table(cells_cols, CELLS_SCHEMA),
+        "spots": typed_table(spots_cols, SPOTS_SCHEMA),
+    }
 
 
 def call_well(
@@ -247,7 +288,7 @@ def call_well(
     inventory = aligned_inventory(ws, plate, well)
     if not force and storage.exists(cells_uri) and storage.exists(spots_uri):
         cells = read_table(cells_uri)
-        return _summary(plate, well, len(inventory), cells, read_table(spots_uri).num_rows, True,
+        return _summary(plate, well, sorted(inventory), cells, read_table(spots_uri).num_rows, True,
                         [cells_uri, spots_uri])  # fmt: skip
     cycle_sets = {tuple(sorted(c)) for c in inventory.values()}
     if len(cycle_sets) != 1:
@@ -264,16 +305,16 @@ def call_well(
         for s in sorted(inventory)
     ]
     results = run_sites(_call_job, jobs, workers)
-    cells = pa.concat_tables([r["cells"] for r in results], promote_options="default")
-    spots = pa.concat_tables([r["spots"] for r in results], promote_options="default")
-    write_table(spots_uri, spots)
-    write_table(cells_uri, cells)
-    return _summary(plate, well, len(inventory), cells, spots.num_rows, False,
+    cells = concat_typed([r["cells"] for r in results], CELLS_SCHEMA)
+    spots = concat_typed([r["spots"] for r in results], SPOTS_SCHEMA)
+    write_table(spots_uri, spots, SPOTS_SCHEMA)
+    write_table(cells_uri, cells, CELLS_SCHEMA)
+    return _summary(plate, well, sorted(inventory), cells, spots.num_rows, False,
                     [cells_uri, spots_uri])  # fmt: skip
 
 
 def _summary(
-    plate: str, well: str, sites: int, cells: pa.Table, n_spots: int, skipped: bool,
+    plate: str, well: str, sites: list[int], cells: pa.Table, n_spots: int, skipped: bool,
     outputs: list[str],
 ) -> BarcodeResult:  # fmt: skip
     status = cells.column("status").to_pylist()
@@ -281,7 +322,8 @@ def _summary(
     for st, why in zip(status, cells.column("reason").to_pylist(), strict=True):
         if st != "assigned":
             reasons[why] = reasons.get(why, 0) + 1
+    with_cells = set(cells.column("site").to_pylist())
     return BarcodeResult(
-        plate, well, sites, n_spots, cells.num_rows, status.count("assigned"), skipped,
-        reasons, outputs,
+        plate, well, len(sites), n_spots, cells.num_rows, status.count("assigned"), skipped,
+        reasons, outputs, [s for s in sites if s not in with_cells],
     )  # fmt: skip

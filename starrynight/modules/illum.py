@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import threading
 from collections import deque
@@ -437,13 +438,23 @@ def heatmap_png(function: np.ndarray, max_side: int = 512) -> bytes:
 
 @dataclass(frozen=True)
 class LoadedFunction:
-    """An illumination function ready to apply: gain and bias (see ``correction_terms``)."""
+    """An illumination function ready to apply (see :func:`alg.apply_gain`).
+
+    ``gain`` is the float32 ``1 / function``, ``dark`` the dark level the function was
+    computed without, ``clip`` whether results can leave the uint16 range.
+    """
 
     channel: str
     uri: str
     gain: np.ndarray
-    bias: np.ndarray
+    dark: float
     clip: bool
+
+    def apply(
+        self, image: np.ndarray, out: np.ndarray | None = None, buffer: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Correct one 2-D uint16 image of this channel (into ``out`` when given)."""
+        return alg.apply_gain(image, self.gain, self.dark, out=out, clip=self.clip, buffer=buffer)
 
 
 def load_functions(
@@ -481,14 +492,25 @@ def load_functions(
                 f"{uri}: illumination function for channel {channel} missing (run '{cmd}')"
             )
         try:
-            function = np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
-        except ValueError as exc:
+            function = _load_npy(uri)
+        except (ValueError, EOFError) as exc:
             raise InputFileError(uri, f"not a readable .npy array ({exc})") from exc
-        if function.ndim != 2 or not np.all(np.isfinite(function)) or function.min() <= 0:
+        # Two reductions check it all: NaN propagates into min, infinity shows in max.
+        lo = float(function.min()) if function.ndim == 2 and function.size else float("nan")
+        hi = float(function.max()) if np.isfinite(lo) else lo
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0):
             raise InputFileError(uri, "expected a 2-D array of finite positive values")
-        gain, bias = alg.correction_terms(function, darks.get(channel, 0.0))
-        loaded[channel] = LoadedFunction(channel, uri, gain, bias, alg.terms_need_clip(gain, bias))
+        dark = darks.get(channel, 0.0)
+        gain = alg.correction_gain(function)
+        loaded[channel] = LoadedFunction(channel, uri, gain, dark, alg.needs_clip(lo, dark))
     return loaded
+
+
+def _load_npy(uri: str) -> np.ndarray:
+    """Load a ``.npy`` array; local files directly (5x faster than via a bytes copy)."""
+    if storage.is_s3(uri):
+        return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
+    return np.load(os.path.expanduser(uri), allow_pickle=False)
 
 
 @dataclass
@@ -546,6 +568,9 @@ def apply_illum(
     written: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
+    # Per-thread output image and float32 scratch, reused for every channel and site:
+    # the corrected plane is written before the next one is computed.
+    scratch = threading.local()
 
     def do_site(row: ImageRow) -> tuple[ImageRow, Exception | None]:
         outs = [workspace.corrected_path(ws, plate, well, row.site, n) for n in names]
@@ -568,9 +593,11 @@ def apply_illum(
             if not skip_bad:
                 stop.set()
             return row, exc
+        if getattr(scratch, "out", None) is None or scratch.out.shape != image.shape[1:]:
+            scratch.out = np.empty(image.shape[1:], np.uint16)
+            scratch.buffer = np.empty((alg.BLOCK_ROWS, image.shape[2]), np.float32)
         for i, channel in enumerate(channels):
-            f = functions[channel]
-            corrected = alg.apply_terms(image[i], f.gain, f.bias, clip=f.clip)
+            corrected = functions[channel].apply(image[i], scratch.out, scratch.buffer)
             write_tiff(outs[i], corrected)
             with lock:
                 written.append(outs[i])

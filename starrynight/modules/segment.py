@@ -34,9 +34,74 @@ NUCLEAR_NAMES = re.compile(r"dapi|hoechst|dna|draq", re.IGNORECASE)
 # --------------------------------------------------------------------------- shared I/O
 
 
-def write_table(uri: str, columns: dict[str, Any] | pa.Table) -> None:
-    """Write a parquet table atomically."""
-    table = columns if isinstance(columns, pa.Table) else pa.table(columns)
+#: Per-object table of ``segment`` (one row per nucleus and per cell).
+OBJECTS_SCHEMA = pa.schema(
+    [
+        ("site", pa.int32()),
+        ("object", pa.string()),
+        ("label", pa.int32()),
+        ("area", pa.int64()),
+        ("centroid_y", pa.float64()),
+        ("centroid_x", pa.float64()),
+        ("bbox_y0", pa.int32()),
+        ("bbox_x0", pa.int32()),
+        ("bbox_y1", pa.int32()),
+        ("bbox_x1", pa.int32()),
+    ]
+)
+
+#: Per-site counts and flags of ``segment`` and ``segcheck``.
+COUNTS_SCHEMA = pa.schema(
+    [
+        ("site", pa.int32()),
+        ("n_nuclei", pa.int64()),
+        ("n_cells", pa.int64()),
+        ("flagged", pa.bool_()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+def typed_table(columns: dict[str, Any] | pa.Table, schema: pa.Schema) -> pa.Table:
+    """Columns in the order and types of ``schema``.
+
+    Types come from the schema, never from the values, so a table without rows
+    still has its string, integer and float columns (inferring from an empty list
+    gives the ``null`` type, which readers cannot use).
+
+    Raises
+    ------
+    ValueError
+        When ``columns`` lacks a field of ``schema`` or has one it does not declare.
+    """
+    names = columns.column_names if isinstance(columns, pa.Table) else list(columns)
+    missing = [n for n in schema.names if n not in names]
+    extra = [n for n in names if n not in schema.names]
+    if missing or extra:
+        raise ValueError(f"table columns differ from the schema: missing {missing}, extra {extra}")
+    arrays = []
+    for f in schema:
+        values = columns[f.name]
+        if isinstance(values, pa.Array | pa.ChunkedArray):
+            arrays.append(values.cast(f.type))
+        else:
+            arrays.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def concat_typed(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Concatenate tables of ``schema`` (an empty sequence gives an empty typed table)."""
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def write_table(
+    uri: str, columns: dict[str, Any] | pa.Table, schema: pa.Schema | None = None
+) -> None:
+    """Write a parquet table atomically, typed by ``schema`` when given."""
+    if schema is not None:
+        table = typed_table(columns, schema)
+    else:
+        table = columns if isinstance(columns, pa.Table) else pa.table(columns)
     with storage.atomic_local_path(uri, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
 
@@ -139,12 +204,23 @@ def cp_channel_roles(
     return nuclei, cell
 
 
+def _one_blas_thread() -> None:
+    """Worker initialiser: one BLAS thread per worker process.
+
+    Sites are the unit of parallelism; BLAS threads on top of ``workers`` processes
+    would oversubscribe the cores (OpenBLAS threads spin while they wait).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
 def run_sites(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> list[Any]:
     """Run ``fn(*job)`` for every job, on a process pool when ``workers > 1``."""
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         return [fn(*job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_one_blas_thread) as pool:
         return list(pool.map(fn, *zip(*jobs, strict=True)))
 
 
@@ -216,48 +292,31 @@ def segment_site(
 def _segment_job(*args: Any) -> dict[str, Any]:
     ws, plate, well, site, nuclei_ch, cell_ch, params, reuse = args
     nuclei, cells, computed = segment_site(ws, plate, well, site, nuclei_ch, cell_ch, params, reuse)
-    rows = []
+    tables = []
     for obj, labels in (("Nuclei", nuclei), ("Cells", cells)):
         t = seg.object_table(labels)
         n = len(t["label"])
-        rows.append({"site": np.full(n, site, np.int32), "object": [obj] * n, **t})
+        columns = {"site": np.full(n, site, np.int32), "object": [obj] * n, **t}
+        tables.append(typed_table(columns, OBJECTS_SCHEMA))
     return {
         "site": site,
         "computed": computed,
         "n_nuclei": int(len(np.unique(nuclei)) - 1),
         "n_cells": int(len(np.unique(cells)) - 1),
-        "tables": rows,
+        "tables": tables,
     }
 
 
 def _counts_table(results: Iterable[dict[str, Any]], flags: dict[int, str]) -> pa.Table:
     res = sorted(results, key=lambda r: r["site"])
-    return pa.table(
-        {
-            "site": pa.array([r["site"] for r in res], pa.int32()),
-            "n_nuclei": pa.array([r["n_nuclei"] for r in res], pa.int64()),
-            "n_cells": pa.array([r["n_cells"] for r in res], pa.int64()),
-            "flagged": pa.array([r["site"] in flags for r in res]),
-            "reason": pa.array([flags.get(r["site"], "") for r in res], pa.string()),
-        }
-    )
-
-
-def _concat(parts: list[dict[str, Any]]) -> pa.Table:
-    if not parts:
-        return pa.table(
-            {
-                "site": pa.array([], pa.int32()),
-                "object": pa.array([], pa.string()),
-                **{k: pa.array([], pa.int64()) for k in ("label", "area")},
-                **{k: pa.array([], pa.float64()) for k in ("centroid_y", "centroid_x")},
-                **{
-                    k: pa.array([], pa.int32())
-                    for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
-                },
-            }
-        )
-    return pa.concat_tables([pa.table(p) for p in parts], promote_options="default")
+    columns = {
+        "site": [r["site"] for r in res],
+        "n_nuclei": [r["n_nuclei"] for r in res],
+        "n_cells": [r["n_cells"] for r in res],
+        "flagged": [r["site"] in flags for r in res],
+        "reason": [flags.get(r["site"], "") for r in res],
+    }
+    return typed_table(columns, COUNTS_SCHEMA)
 
 
 def segment_well(
@@ -313,8 +372,9 @@ def segment_well(
         min_count=params.min_count,
         max_ratio=params.max_ratio,
     )
-    write_table(objects_uri, _concat([t for r in results for t in r["tables"]]))
-    write_table(counts_uri, _counts_table(results, flags))
+    tables = [t for r in results for t in r["tables"]]
+    write_table(objects_uri, concat_typed(tables, OBJECTS_SCHEMA), OBJECTS_SCHEMA)
+    write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
     computed = sum(r["computed"] for r in results)
     return SegmentResult(
         plate, well, len(results), computed, len(results) - computed,
@@ -406,7 +466,7 @@ def segcheck_well(
         max_ratio=params.max_ratio,
     )
     counts_uri = workspace.segcheck_counts_path(ws, plate, well)
-    write_table(counts_uri, _counts_table(results, flags))
+    write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
     return SegmentResult(
         plate, well, len(results), len(results), 0,
         sum(r["n_nuclei"] for r in results), sum(r["n_cells"] for r in results),

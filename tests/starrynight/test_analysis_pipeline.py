@@ -13,18 +13,26 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tifffile
 from scipy import ndimage as ndi
 
 from starrynight import workspace
+from starrynight.algorithms import features as feat
 from starrynight.algorithms import segmentation as seg
 from starrynight.cli.main import main
 from starrynight.imageio import write_tiff
-from starrynight.modules.analysis import analyse_well, summarise_plate
-from starrynight.modules.barcodes import call_well
-from starrynight.modules.segment import SegmentParams, segcheck_well, segment_well
+from starrynight.modules.analysis import analyse_well, cells_schema, summarise_plate
+from starrynight.modules.barcodes import CELLS_SCHEMA, SPOTS_SCHEMA, call_well
+from starrynight.modules.segment import (
+    COUNTS_SCHEMA,
+    OBJECTS_SCHEMA,
+    SegmentParams,
+    segcheck_well,
+    segment_well,
+)
 from starrynight.sample import SampleSpec, generate
 
 PLATE, WELL, SITES = "Plate1", "A1", 2
@@ -235,3 +243,81 @@ def test_cli_all_zero_site_reports_no_cells(
     counts = pq.read_table(workspace.segmentation_counts_path(ws, "P", "B2")).to_pylist()
     assert counts == [{"site": 1, "n_nuclei": 0, "n_cells": 0, "flagged": True,
                        "reason": "0 objects (fewer than 1)"}]  # fmt: skip
+
+
+def _assert_typed(uri: str, schema: pa.Schema, rows: int | None = 0) -> None:
+    read = pq.read_schema(uri)
+    assert read.equals(schema), (uri, read)
+    assert not any(pa.types.is_null(f.type) for f in read), uri
+    if rows is not None:
+        assert pq.read_metadata(uri).num_rows == rows, uri
+
+
+def _write_zero_site(ws: str, well: str, site: int, cp: tuple[str, ...], size: int) -> None:
+    zeros = np.zeros((size, size), np.uint16)
+    for ch in cp:
+        write_tiff(workspace.corrected_path(ws, PLATE, well, site, ch), zeros)
+    for k in range(1, 5):
+        for ch in ("A", "C", "G", "T", "DAPI"):
+            write_tiff(workspace.aligned_path(ws, PLATE, well, site, k, ch), zeros)
+
+
+def _run_well(ws: str, well: str, csv: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    errs = []
+    for args in (["segment"], ["barcodes", "call", "--barcodes", str(csv)], ["analysis", "run"]):
+        code, err = _cli([*args, "-w", ws, "--plate", PLATE, "--well", well, "--workers", "1"],
+                         capsys)  # fmt: skip
+        assert code == 0, (args, err)
+        errs.append(err)
+    return errs
+
+
+def test_all_zero_well_gives_no_cells_and_typed_empty_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = str(tmp_path)
+    for site in (0, 1):
+        _write_zero_site(ws, "B2", site, ("DAPI", "Actin"), 64)
+    csv = tmp_path / "Barcodes.csv"
+    csv.write_text("sgRNA,gene_symbol\nACGTAA,G1\nTTGCAA,G2\n")
+    seg_err, bc_err, an_err = _run_well(ws, "B2", csv, capsys)
+    assert "no cells found in this well" in seg_err and "flagged site 1" in seg_err
+    assert "no cells found in this well" in bc_err and "no cells found in this well" in an_err
+    code, err = _cli(["analysis", "summary", "-w", ws, "--plate", PLATE], capsys)
+    assert code == 0 and "Traceback" not in err
+    _assert_typed(workspace.segmentation_objects_path(ws, PLATE, "B2"), OBJECTS_SCHEMA)
+    _assert_typed(workspace.segmentation_counts_path(ws, PLATE, "B2"), COUNTS_SCHEMA, rows=2)
+    _assert_typed(workspace.cell_barcodes_path(ws, PLATE, "B2"), CELLS_SCHEMA)
+    _assert_typed(workspace.spots_path(ws, PLATE, "B2"), SPOTS_SCHEMA)
+    features = cells_schema(["Actin", "DAPI"])
+    _assert_typed(workspace.cell_features_path(ws, PLATE, "B2"), features)
+    summary = pq.read_schema(workspace.gene_summary_path(ws, PLATE))
+    assert summary.names[:5] == ["plate", "gene_symbol", "n_cells", "n_wells", "n_barcodes"]
+    assert not any(pa.types.is_null(f.type) for f in summary)
+    assert len(summary) == 5 + len(feat.feature_names(["Actin", "DAPI"]))
+
+
+def test_site_without_cells_next_to_sites_with_cells(
+    sample: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, src = sample
+    ws = str(tmp_path / "ws")
+    # Site 0 is a real site of the sample; site 1 is all zeros.
+    for ch in ("DAPI", "PhalloAF750", "ZO1AF488"):
+        uri = workspace.corrected_path(ws, PLATE, "C3", 0, ch)
+        write_tiff(uri, tifffile.imread(workspace.corrected_path(str(src), PLATE, WELL, 0, ch)))
+    for k in range(1, 5):
+        for ch in ("A", "C", "G", "T", "DAPI"):
+            image = tifffile.imread(workspace.aligned_path(str(src), PLATE, WELL, 0, k, ch))
+            write_tiff(workspace.aligned_path(ws, PLATE, "C3", 0, k, ch), image)
+    _write_zero_site(ws, "C3", 1, ("DAPI", "PhalloAF750", "ZO1AF488"), image.shape[0])
+    seg_err, bc_err, an_err = _run_well(ws, "C3", src / "Barcodes.csv", capsys)
+    assert "flagged site 1: 0 objects" in seg_err
+    assert "no cells found at site(s) 1" in bc_err and "no cells found at site(s) 1" in an_err
+    _assert_typed(workspace.segmentation_objects_path(ws, PLATE, "C3"), OBJECTS_SCHEMA, None)
+    _assert_typed(workspace.cell_barcodes_path(ws, PLATE, "C3"), CELLS_SCHEMA, None)
+    _assert_typed(workspace.spots_path(ws, PLATE, "C3"), SPOTS_SCHEMA, None)
+    uri = workspace.cell_features_path(ws, PLATE, "C3")
+    _assert_typed(uri, cells_schema(["DAPI", "PhalloAF750", "ZO1AF488"]), None)
+    assert set(pq.read_table(uri)["site"].to_pylist()) == {0}
+    assert analyse_well(ws, PLATE, "C3").no_cells == [1]  # also when skipped

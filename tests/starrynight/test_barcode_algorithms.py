@@ -56,6 +56,37 @@ def test_crosstalk_is_estimated_and_undone() -> None:
     assert np.abs(recovered - true).max() < 10
 
 
+def test_compensation_keeps_channels_on_one_scale_when_a_base_is_rare() -> None:
+    # Cycle 1 has only 6 G spots, fewer than min_spots=20 needs: its G column and gain
+    # must come from the other cycles, not stay unscaled (which made every T spot of
+    # that cycle read G, with high quality, on small images).
+    rng = np.random.default_rng(4)
+    mixing = np.eye(4)
+    mixing[1, 0], mixing[0, 1], mixing[3, 2], mixing[2, 3] = 0.25, 0.2, 0.25, 0.2
+    dye = np.array([1.0, 0.8, 0.6, 1.2])  # brightness per dye
+    n, cycles = 240, 3
+    bases = rng.integers(0, 4, (n, cycles))
+    bases[:, 0] = np.where(bases[:, 0] == 2, 3, bases[:, 0])
+    bases[:6, 0] = 2
+    true = np.zeros((n, cycles, 4))
+    for k in range(cycles):
+        amp = rng.uniform(500, 1500, n) * 0.9**k
+        true[np.arange(n), k, bases[:, k]] = amp * dye[bases[:, k]]
+    observed = true @ mixing.T + rng.normal(0, 5, true.shape)
+    values, mats = bc.compensate_cycles(observed, min_spots=20)
+    called, _ = bc.call_bases(values)
+    assert (called == bases).mean() == 1.0
+    assert mats[0, 3, 2] == pytest.approx(0.25, abs=0.03)  # G column from the pooled cycles
+
+
+def test_fill_gains_predicts_missing_entries_from_cycle_and_channel() -> None:
+    gains = np.array([[100.0, 200, np.nan, 400], [50, 100, 150, np.nan], [np.nan] * 4])
+    filled = bc.fill_gains(gains)
+    assert filled[0, 2] == pytest.approx(300) and filled[1, 3] == pytest.approx(200)
+    assert np.isfinite(filled).all() and np.all(filled[2] > 0)
+    assert bc.fill_gains(np.full((2, 4), np.nan)).tolist() == [[1.0] * 4] * 2
+
+
 def test_call_bases_quality() -> None:
     values = np.array([[[10.0, 1, 0, 0], [5, 5, 0, 0], [-1, -2, -3, -4]]])
     bases, q = bc.call_bases(values)

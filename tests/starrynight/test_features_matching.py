@@ -61,10 +61,13 @@ def test_texture_is_zero_on_flat_objects_and_positive_on_noise() -> None:
     assert np.all(n["Cells_Texture_Contrast_X_1"] > 0.05)
 
 
-def test_no_cells_gives_only_the_label_column() -> None:
+def test_no_cells_gives_every_column_empty() -> None:
+    # Same columns as a site with cells, so an empty site's table has the well's schema.
     empty = np.zeros((10, 10), np.int32)
     out = features.measure_cells(empty, empty, {"A": np.zeros((10, 10), np.uint16)})
-    assert list(out) == ["label"] and len(out["label"]) == 0
+    assert list(out) == ["label", *features.feature_names(["A"])]
+    assert all(len(v) == 0 for v in out.values())
+    assert all(v.dtype == np.float64 for k, v in out.items() if k != "label")
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])
