@@ -268,6 +268,11 @@ def load_inventory(uri: str, columns: list[str] | None = None) -> pa.Table:
         actual = table.schema.field(f.name).type
         if actual != f.type and not (f.name == "folder" and pa.types.is_string(actual)):
             raise UserError(f"{path}: column {f.name!r} is {actual}, expected {f.type}")
+        nulls = table.column(f.name).null_count
+        if nulls and f.name in ("key", "folder", "name"):
+            raise UserError(
+                f"{path}: column {f.name!r} has {nulls} empty value(s); expected a path"
+            )
     return table
 
 

@@ -138,3 +138,22 @@ def test_cli_gen(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["inventory", "gen", "-d", str(ds), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert f"inventoried {len(keys)} file(s)" in result.output
+
+
+def test_inventory_with_a_null_folder_is_rejected_in_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from starrynight.errors import UserError
+    from starrynight.inventory import INVENTORY_SCHEMA, ROOT_KEY, load_inventory
+
+    columns = {f.name: [] for f in INVENTORY_SCHEMA}
+    good = pa.table(columns, schema=INVENTORY_SCHEMA)
+    row = {f.name: [None] for f in INVENTORY_SCHEMA}
+    row.update(key=["a/b.tif"], name=["b.tif"], size=[1], mtime=[0])
+    table = pa.concat_tables([good, pa.table(row, schema=INVENTORY_SCHEMA)])
+    table = table.replace_schema_metadata({ROOT_KEY: b"/data"})
+    path = tmp_path / "inventory.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(UserError, match="column 'folder' has 1 empty value"):
+        load_inventory(str(path))
