@@ -15,6 +15,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -250,6 +251,12 @@ def main(
         os.environ["DAGSTER_HOME"] = os.path.abspath(dagster_home)
     if not os.environ.get("DAGSTER_HOME"):
         raise click.UsageError("set DAGSTER_HOME or pass --dagster-home")
+    # A fresh embedded instance: no telemetry banner, no beta-API notices in the summary.
+    instance_yaml = os.path.join(os.environ["DAGSTER_HOME"], "dagster.yaml")
+    if not os.path.exists(instance_yaml):
+        with open(instance_yaml, "w") as fh:
+            fh.write("telemetry:\n  enabled: false\n")
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -276,6 +283,9 @@ def main(
         click.echo(f"\n{len(result.runs)} run(s) in {time.perf_counter() - t0:.1f}s")
         for line in summary(defs, instance):
             click.echo(line)
+    click.echo(f"\ndataset:   {settings['dataset_uri']}")
+    click.echo(f"outputs:   {settings['workspace_uri']} (features/, segmentation/, illum/, ...)")
+    click.echo(f"instance:  {os.environ['DAGSTER_HOME']} (browse it with `make ui`)")
     if result.failed:
         sys.exit(1)
 
