@@ -5,15 +5,12 @@ from __future__ import annotations
 import click
 
 from starrynight.algorithms.align import AlignmentQC
+from starrynight.cli.options import well_unit
 from starrynight.modules.align import align_well
 
 
 @click.command("align")
-@click.option(
-    "-w", "--workspace", required=True, help="Workspace folder or s3:// prefix (holds the index)."
-)
-@click.option("--plate", required=True, help="Plate name, as in the index.")
-@click.option("--well", required=True, help="Well name, as in the index.")
+@well_unit
 @click.option(
     "--interpolation", type=click.Choice(["cubic", "linear", "integer"]), default="cubic",
     show_default=True,

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from starrynight.cli.options import PLATE, WORKSPACE, well_unit
 from starrynight.modules.analysis import analyse_well, summarise_plate
 
 
@@ -15,9 +16,7 @@ def analysis() -> None:
 
 
 @analysis.command("run")
-@click.option("-w", "--workspace", required=True, help="Workspace folder or s3:// URI.")
-@click.option("--plate", required=True, help="Plate to process.")
-@click.option("--well", required=True, help="Well to process (as in the file names).")
+@well_unit
 @click.option(
     "--scale", type=float,
     help="SBS pixels per CP pixel [try 1 and the magnification ratio of the index].",
@@ -51,8 +50,8 @@ def run(**kw: Any) -> None:
 
 
 @analysis.command("summary")
-@click.option("-w", "--workspace", required=True, help="Workspace folder or s3:// URI.")
-@click.option("--plate", required=True, help="Plate whose analysed wells to summarise.")
+@WORKSPACE
+@PLATE
 def summary(**kw: Any) -> None:
     """Per-gene table of a plate: cell counts and median features."""
     uri, n = summarise_plate(kw["workspace"], kw["plate"])

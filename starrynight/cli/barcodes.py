@@ -8,6 +8,7 @@ import click
 
 from starrynight.algorithms.barcodes import SpotParams
 from starrynight.algorithms.segmentation import NucleiParams
+from starrynight.cli.options import well_unit
 from starrynight.modules.barcodes import BarcodeParams, call_well
 
 
@@ -17,9 +18,7 @@ def barcodes() -> None:
 
 
 @barcodes.command("call")
-@click.option("-w", "--workspace", required=True, help="Workspace folder or s3:// URI.")
-@click.option("--plate", required=True, help="Plate to process.")
-@click.option("--well", required=True, help="Well to process (as in the file names).")
+@well_unit
 @click.option(
     "--barcodes", "barcodes_csv", help="Barcodes.csv [experiment, else dataset metadata]."
 )

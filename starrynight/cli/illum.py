@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import click
 
+from starrynight.cli.options import PLATE, WELL, WORKSPACE
 from starrynight.modules.illum import apply_illum, calc_illum
 
-WORKSPACE = click.option(
-    "-w", "--workspace", required=True, help="Workspace folder or s3:// prefix (holds the index)."
-)
-PLATE = click.option("--plate", required=True, help="Plate name, as in the index.")
 SKIP_BAD = click.option(
     "--skip-bad", is_flag=True,
     help="Continue past unreadable or inconsistent images and list them (default: stop).",
@@ -79,7 +76,7 @@ def calc_cmd(
 @illum.command("apply")
 @WORKSPACE
 @PLATE
-@click.option("--well", required=True, help="Well name, as in the index.")
+@WELL
 @FORCE
 @SKIP_BAD
 @WORKERS

@@ -8,14 +8,15 @@ from typing import Any
 import click
 
 from starrynight.algorithms.segmentation import NucleiParams
+from starrynight.cli.options import PLATE, WELL, WORKSPACE
 from starrynight.modules.segment import SegmentParams, SegmentResult, segcheck_well, segment_well
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("-w", "--workspace", required=True, help="Workspace folder or s3:// URI."),
-        click.option("--plate", required=True, help="Plate to process."),
-        click.option("--well", required=True, help="Well to process (as in the file names)."),
+        WORKSPACE,
+        PLATE,
+        WELL,
         click.option("--nuclei-channel", help="Nuclear stain (normalised name, e.g. DAPI)."),
         click.option("--cell-channel", help="Cell stain to grow cells on (e.g. PhalloAF750)."),
         click.option(
