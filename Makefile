@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench ui serve lint format postgres cellprofiler chromium clean
+.PHONY: install demo test bench ui serve lint format postgres cellprofiler chromium wrk clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: python3.11 (or python3 >= 3.11) not found on PATH" >&2; exit 1; }
@@ -19,11 +19,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## Create .venv and install the project with its dev tools.
 
+# The demo's instance is also registered in Conductor's database (.conductor, the default
+# data dir of `conductor serve`) as project "demo", so `make serve` shows its results.
 demo: install  ## Generate the sample screen and run the whole asset graph on it through Dagster.
 	rm -rf $(DEMO_DIR)
 	$(BIN)/starrynight sample generate -o $(DEMO_DIR)/data
 	$(BIN)/python -m dagster_defs.driver -d $(DEMO_DIR)/data/sample -w $(DEMO_DIR)/workspace \
 	  --dagster-home $(DEMO_DIR)/dagster_home
+	@$(BIN)/conductor db upgrade >/dev/null
+	@$(BIN)/conductor project add demo --replace -d $(DEMO_DIR)/data/sample \
+	  -w $(DEMO_DIR)/workspace --dagster-home $(DEMO_DIR)/dagster_home
+	@echo "Canvas: 'make serve', then http://127.0.0.1:8000/ (project demo)"
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 over the demo's instance (run `make demo` first).
 	@test -d $(DEMO_DIR)/dagster_home || { echo "error: run 'make demo' first" >&2; exit 1; }
@@ -32,15 +38,20 @@ ui: install  ## Dagster UI on http://127.0.0.1:3000 over the demo's instance (ru
 	  STARRYNIGHT_WORKSPACE_URI=$(CURDIR)/$(DEMO_DIR)/workspace \
 	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# Without CONDUCTOR_TOKENS(_FILE), a token is made once in .conductor/tokens and printed.
 serve: install  ## Conductor REST API + Canvas on http://127.0.0.1:8000 (SQLite in .conductor).
-	$(BIN)/conductor db upgrade
-	$(BIN)/conductor serve --host 127.0.0.1 --port 8000
+	@$(BIN)/conductor db upgrade
+	@if [ -z "$$CONDUCTOR_TOKENS$$CONDUCTOR_TOKENS_FILE" ]; then \
+	  test -s .conductor/tokens || (umask 077; $(BIN)/conductor token new admin > .conductor/tokens); \
+	  export CONDUCTOR_TOKENS_FILE=$(CURDIR)/.conductor/tokens; \
+	  echo "Canvas: http://127.0.0.1:8000/ - sign in with $$(cut -d: -f2 .conductor/tokens)"; \
+	fi; exec $(BIN)/conductor serve --host 127.0.0.1 --port 8000
 
 test: install postgres cellprofiler chromium  ## Run the whole test suite (PostgreSQL must be reachable).
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-bench: install  ## Run the benchmarks; each prints its figure and a same-run baseline ratio.
+bench: install wrk  ## Run the benchmarks; each prints its figure and a same-run baseline ratio.
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: install  ## ruff check and format check.
@@ -68,6 +79,12 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "warning: chromium missing; run: sudo apt-get install chromium chromium-driver" >&2; fi; }
+
+# wrk drives the Conductor load benchmark from a second process without taking a core.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; \
+	  else echo "warning: wrk missing (sudo apt-get install wrk); the Conductor bench falls back to httpx" >&2; fi; }
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,13 +1,16 @@
 """Load on ``conductor serve`` with Postgres and 1,000 projects: list and get.
 
-Starts ``conductor serve`` (one uvicorn worker) against a fresh Postgres database filled
-with 1,000 projects, then drives a bounded load from a second process on 127.0.0.1:
-a fixed number of requests per endpoint over a few keep-alive connections, capped in
-time. Prints requests/s and p50/p99 latency for list and get, each with its ratio
+Starts ``conductor serve`` against a fresh Postgres database filled with 1,000 projects,
+then drives a bounded load from a second process on 127.0.0.1: ``wrk`` (Debian package
+``wrk``; a C load generator, so the client does not take the server's CPU) for a fixed
+duration over a few keep-alive connections, or, when wrk is missing, a Python/httpx
+driver sending a fixed number of requests (which itself needs about a core).
+Prints requests/s and p50/p99 latency for list and get, each with its ratio
 against the trivial ``/health/live`` endpoint measured in the same run (the baseline:
 what the server stack alone costs). Target: >= 300 req/s with p99 < 100 ms.
 
-Usage: ``.venv/bin/python bench/bench_conductor.py [--requests 3000] [--concurrency 8]``
+Usage: ``.venv/bin/python bench/bench_conductor.py [--workers 2] [--concurrency 8]
+[--duration 10] [--driver auto|wrk|httpx]``
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import argparse
 import json
 import os
 import random
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -81,13 +86,54 @@ def drive(base: str, path_template: str, n: int, concurrency: int, cap_s: float)
     }
 
 
+_WRK_GET_SCRIPT = """
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/api/v1/projects/" .. math.random(1, 1000))
+end
+"""
+
+
+def _wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def drive_wrk(base: str, path: str, duration: float, concurrency: int) -> dict:
+    """``wrk`` for ``duration`` seconds over ``concurrency`` connections; latency stats."""
+    cmd = ["wrk", "-t2", f"-c{concurrency}", f"-d{duration:g}s", "--latency",
+           "-H", f"Authorization: Bearer {TOKEN}"]  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if "{id}" in path:
+            script.write(_WRK_GET_SCRIPT)
+            script.flush()
+            cmd += ["-s", script.name]
+            path = path.replace("{id}", "1")
+        out = subprocess.run([*cmd, base + path], capture_output=True, text=True, check=True)
+    text = out.stdout
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: (.*)", text)
+    return {
+        "requests": requests,
+        "errors": (int(bad.group(1)) if bad else 0) + (1 if socket_errors else 0),
+        "rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1)),
+        "p50_ms": _wrk_ms(pct["50"]),
+        "p99_ms": _wrk_ms(pct["99"]),
+    }
+
+
+ENDPOINTS = (
+    ("health", "/api/v1/health/live"),
+    ("list", "/api/v1/projects?limit=50&offset=500"),
+    ("get", "/api/v1/projects/{id}"),
+)
+
+
 def _driver_main(args: argparse.Namespace) -> None:
     out = {}
-    for name, path in (
-        ("health", "/api/v1/health/live"),
-        ("list", "/api/v1/projects?limit=50&offset=500"),
-        ("get", "/api/v1/projects/{id}"),
-    ):
+    for name, path in ENDPOINTS:
         drive(args.base, path, 200, args.concurrency, 30)  # warm-up
         out[name] = drive(args.base, path, args.requests, args.concurrency, args.cap)
     print(json.dumps(out))
@@ -124,7 +170,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="Requests per endpoint.")
     parser.add_argument("--concurrency", type=int, default=8, help="Keep-alive connections.")
     parser.add_argument("--cap", type=float, default=60.0, help="Time cap per endpoint (s).")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers.")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers.")
+    parser.add_argument("--duration", type=float, default=10.0, help="wrk seconds per endpoint.")
+    parser.add_argument("--driver", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--log-level", default="info", help="Server log level.")
     parser.add_argument("--drive", dest="base", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,12 +216,20 @@ def main() -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        driver = subprocess.run(
-            [sys.executable, __file__, "--drive", base, "--requests", str(args.requests),
-             "--concurrency", str(args.concurrency), "--cap", str(args.cap)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        result = json.loads(driver.stdout)
+        if args.driver == "auto":
+            args.driver = "wrk" if shutil.which("wrk") else "httpx"
+        if args.driver == "wrk":
+            result = {}
+            for key, path in ENDPOINTS:
+                drive_wrk(base, path, 2, args.concurrency)  # warm-up
+                result[key] = drive_wrk(base, path, args.duration, args.concurrency)
+        else:
+            driver = subprocess.run(
+                [sys.executable, __file__, "--drive", base, "--requests", str(args.requests),
+                 "--concurrency", str(args.concurrency), "--cap", str(args.cap)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            result = json.loads(driver.stdout)
     finally:
         if server is not None:
             server.terminate()
@@ -188,8 +244,9 @@ def main() -> None:
     base_line = result["health"]
     print(
         f"conductor serve (Postgres, 1,000 projects, {args.workers} worker(s), "
-        f"log level {args.log_level}); load: {args.requests} GETs per endpoint over "
-        f"{args.concurrency} keep-alive connections from a second process"
+        f"log level {args.log_level}); load from a second process ({args.driver}): "
+        + (f"{args.duration:g} s" if args.driver == "wrk" else f"{args.requests} GETs")
+        + f" per endpoint over {args.concurrency} keep-alive connections"
     )
     print(f"{'endpoint':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}  vs baseline")
     for key, label in (

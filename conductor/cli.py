@@ -1,9 +1,14 @@
-"""The ``conductor`` command line: ``serve`` and ``db upgrade``."""
+"""The ``conductor`` command line: ``serve``, ``db upgrade``, ``project`` and ``token``."""
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import click
 
@@ -37,8 +42,8 @@ def cli() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
               help="TCP port.")  # fmt: skip
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes.")  # fmt: skip
+@click.option("--workers", default=min(4, os.cpu_count() or 1), show_default="CPUs, at most 4",
+              type=click.IntRange(1, 64), help="Worker processes.")  # fmt: skip
 @click.option("--upgrade-db/--no-upgrade-db", default=False, show_default=True,
               help="Apply database migrations before serving.")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
@@ -84,6 +89,123 @@ def upgrade(revision: str) -> None:
     db_mod.upgrade(settings.database_url, revision)
     url = settings.database_url.split("@")[-1]
     click.echo(f"database {url} at revision {revision}")
+
+
+@contextmanager
+def _session(settings: Settings) -> Iterator:
+    """A database session outside the server; an unreachable database is one line."""
+    from sqlalchemy import exc as sa_exc
+
+    from conductor import db as db_mod
+
+    engine = db_mod.make_engine(settings.database_url)
+    try:
+        with db_mod.make_sessionmaker(engine)() as session:
+            yield session
+    except sa_exc.DBAPIError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0][:200]
+        where = settings.database_url.split("@")[-1]
+        raise UserError(f"database {where}: {reason} (run `conductor db upgrade`?)") from None
+    finally:
+        engine.dispose()
+
+
+def _location(value: str) -> str:
+    return value if value.startswith("s3://") else os.path.abspath(value)
+
+
+@cli.group()
+def project() -> None:
+    """Projects, without the server (the same database as ``conductor serve``)."""
+
+
+@project.command("add")
+@click.argument("name")
+@click.option("--dataset", "-d", required=True, help="Dataset root (folder or s3://).")
+@click.option("--workspace", "-w", required=True, help="Where outputs go (folder or s3://).")
+@click.option("--experiment-type", type=click.Choice(["ops", "cellpainting"]), default="ops",
+              show_default=True)  # fmt: skip
+@click.option("--dagster-home", type=click.Path(exists=True, file_okay=False),
+              help="Adopt this existing Dagster instance (e.g. the one `make demo` filled) "
+              "instead of starting an empty one.")  # fmt: skip
+@click.option("--replace", is_flag=True, help="Forget a project of the same name first.")
+def project_add(
+    name: str,
+    dataset: str,
+    workspace: str,
+    experiment_type: str,
+    dagster_home: str | None,
+    replace: bool,
+) -> None:
+    """Register a project; print its id and Dagster instance folder.
+
+    With ``--dagster-home`` the project's instance folder becomes a link to that
+    instance, so Canvas and the API show the runs and partitions already in it; a
+    workspace that already holds an index and an experiment counts as configured.
+    """
+    from fastapi import HTTPException
+    from pydantic import ValidationError
+    from sqlalchemy import select
+
+    from conductor.api.projects import add_project, remove_project
+    from conductor.models import Project
+    from conductor.runs import instance_dir
+    from conductor.schemas import ProjectCreate
+    from starrynight import storage
+    from starrynight import workspace as ws_names
+
+    settings = Settings.from_env()
+    try:
+        body = ProjectCreate(
+            name=name,
+            dataset_uri=_location(dataset),
+            workspace_uri=_location(workspace),
+            experiment_type=experiment_type,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "project"
+        raise UserError(f"{where}: {first['msg']}") from None
+    with _session(settings) as session:
+        try:
+            old = session.scalar(select(Project).where(Project.name == body.name))
+            if old is not None and replace:
+                remove_project(settings, session, old)
+            created = add_project(settings, session, body)
+        except HTTPException as exc:
+            raise UserError(str(exc.detail)) from None
+        home = instance_dir(settings, created.id)
+        if dagster_home:
+            home.parent.mkdir(parents=True, exist_ok=True)
+            # A leftover of an earlier project with the same id (SQLite reuses ids).
+            if home.is_symlink():
+                home.unlink()
+            elif home.exists():
+                shutil.rmtree(home)
+            home.symlink_to(os.path.abspath(dagster_home), target_is_directory=True)
+            ws = body.workspace_uri
+            if storage.exists(ws_names.index_path(ws)) and storage.exists(
+                ws_names.experiment_path(ws)
+            ):
+                created.configured_at = datetime.now(UTC)
+                session.commit()
+        state = "configured" if created.configured_at else "not configured"
+        click.echo(f"project {created.id} {created.name} ({state})")
+        click.echo(f"dagster home: {os.path.realpath(home)}")
+
+
+@project.command("list")
+def project_list() -> None:
+    """One line per project: id, name, configured or not, dataset, workspace."""
+    from sqlalchemy import select
+
+    from conductor.models import Project
+
+    settings = Settings.from_env()
+    with _session(settings) as session:
+        for p in session.scalars(select(Project).order_by(Project.id)):
+            state = "configured" if p.configured_at else "not-configured"
+            click.echo(f"{p.id}\t{p.name}\t{state}\t{p.dataset_uri}\t{p.workspace_uri}")
 
 
 @cli.group()

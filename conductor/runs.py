@@ -33,13 +33,18 @@ _PROCS: dict[int, subprocess.Popen] = {}
 _PROCS_LOCK = threading.Lock()
 
 
+def instance_dir(settings: Settings, project_id: int) -> Path:
+    """Where the project's ``DAGSTER_HOME`` lives (a link when the instance was adopted)."""
+    return settings.data_dir / "dagster" / str(project_id)
+
+
 def dagster_home(settings: Settings, project_id: int) -> Path:
     """The project's ``DAGSTER_HOME``, created with its ``dagster.yaml`` on first use.
 
     ``CONDUCTOR_DAGSTER_YAML`` (e.g. Postgres run/event storage) is copied in when set;
     otherwise the instance keeps its storage in SQLite files in that folder.
     """
-    home = settings.data_dir / "dagster" / str(project_id)
+    home = instance_dir(settings, project_id)
     yaml = home / "dagster.yaml"
     if not yaml.exists():
         home.mkdir(parents=True, exist_ok=True)

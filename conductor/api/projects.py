@@ -14,7 +14,7 @@ from conductor.api.common import Limit, Offset, ProjectId, get_project, settings
 from conductor.app import get_read_session, get_session
 from conductor.auth import reader, writer
 from conductor.models import Project, Run
-from conductor.runs import TERMINAL, dagster_home
+from conductor.runs import TERMINAL, instance_dir
 from conductor.schemas import ProjectCreate, ProjectOut, ProjectPage, ProjectUpdate
 from conductor.settings import Settings
 from starrynight import storage
@@ -49,7 +49,20 @@ def _check_locations(settings: Settings, dataset: str, ws: str) -> None:
 @router.post("", status_code=201, response_model=ProjectOut, dependencies=[Depends(writer)])
 def create_project(body: ProjectCreate, request: Request, session: SessionDep) -> Project:
     """Create a project (the dataset must exist; the workspace is created when needed)."""
-    _check_locations(settings_of(request), body.dataset_uri, body.workspace_uri)
+    return add_project(settings_of(request), session, body)
+
+
+def add_project(settings: Settings, session: Session, body: ProjectCreate) -> Project:
+    """Check the locations, store the project and claim its workspace.
+
+    Raises
+    ------
+    UserError
+        The dataset is missing, or a location is outside the allowed roots or nested.
+    HTTPException
+        409 when the name is taken.
+    """
+    _check_locations(settings, body.dataset_uri, body.workspace_uri)
     if session.scalar(select(Project.id).where(Project.name == body.name)) is not None:
         raise HTTPException(409, f"name: a project named {body.name!r} already exists")
     project = Project(**body.model_dump())
@@ -132,14 +145,25 @@ def _active_runs(session: Session, project_id: int) -> int:
 @router.delete("/{project_id}", status_code=204, dependencies=[Depends(writer)])
 def delete_project(project_id: ProjectId, request: Request, session: SessionDep) -> Response:
     """Forget the project and its run history. The dataset and workspace are kept."""
-    project = get_project(session, project_id)
-    if _active_runs(session, project_id):
-        raise HTTPException(409, f"project {project_id} has active runs; cancel them first")
+    remove_project(settings_of(request), session, get_project(session, project_id))
+    return Response(status_code=204)
+
+
+def remove_project(settings: Settings, session: Session, project: Project) -> None:
+    """Forget ``project``, its runs and its Dagster instance folder (409 while runs are active).
+
+    An adopted instance (the folder is a link, see ``conductor project add
+    --dagster-home``) belongs to whoever made it: only the link goes.
+    """
+    if _active_runs(session, project.id):
+        raise HTTPException(409, f"project {project.id} has active runs; cancel them first")
     session.delete(project)
     session.commit()
-    home = dagster_home(settings_of(request), project_id)
-    shutil.rmtree(home, ignore_errors=True)
-    return Response(status_code=204)
+    home = instance_dir(settings, project.id)
+    if home.is_symlink():
+        home.unlink()
+    else:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @router.delete("/{project_id}/workspace", status_code=204, dependencies=[Depends(writer)])
