@@ -1,16 +1,15 @@
 """``cp run`` end to end with the real CellProfiler 4.2.8 (headless, its own venv).
 
-CellProfiler pins Python 3.9-era dependencies, so it lives outside the project's venv;
-``STARRYNIGHT_CELLPROFILER`` (or ``/opt/cp-venv/bin/cellprofiler``, or ``cellprofiler``
-on PATH) names it. The pipeline is ``tests/data/cellprofiler/measure_intensity.cppipe``
-(LoadData -> MeasureImageIntensity of OrigDNA and OrigPhalloidin -> ExportToSpreadsheet).
+See :mod:`tests.starrynight.cellprofiler_helpers` for where CellProfiler is looked up
+and when the test is skipped. The pipeline is
+``tests/data/cellprofiler/measure_intensity.cppipe`` (LoadData -> MeasureImageIntensity
+of OrigDNA and OrigPhalloidin -> ExportToSpreadsheet).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,42 +18,23 @@ from starrynight import workspace
 from starrynight.cellprofiler import loaddata as ld
 from starrynight.cellprofiler import run as cprun
 from starrynight.imageio import read_image
+from tests.starrynight.cellprofiler_helpers import (
+    PIPELINES,
+    require_cellprofiler,
+    requires_cellprofiler,
+)
 from tests.starrynight.test_cp_loaddata import make_workspace
 
-PIPE = str(
-    Path(__file__).resolve().parents[1] / "data" / "cellprofiler" / "measure_intensity.cppipe"
-)
+PIPE = str(PIPELINES / "measure_intensity.cppipe")
 
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _cellprofiler() -> str | None:
-    candidates = (
-        os.environ.get("STARRYNIGHT_CELLPROFILER"),
-        str(REPO / ".cp-venv" / "bin" / "cellprofiler"),  # where `make test` installs it
-        "/opt/cp-venv/bin/cellprofiler",
-    )
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which("cellprofiler")
-
-
-CELLPROFILER = _cellprofiler()
-# `make test` installs CellProfiler; in CI its absence is a failure, not a skip.
-pytestmark = pytest.mark.skipif(
-    CELLPROFILER is None and not os.environ.get("CI"),
-    reason="CellProfiler 4.2.8 not installed (make cellprofiler, or "
-    "scripts/install_cellprofiler.sh; or set STARRYNIGHT_CELLPROFILER)",
-)
+pytestmark = requires_cellprofiler
 
 
 def test_cellprofiler_measures_the_same_means_as_we_read(tmp_path: Path) -> None:
-    assert CELLPROFILER is not None, "CellProfiler is not installed: run `make cellprofiler`"
+    cellprofiler = require_cellprofiler()
     _, ws = make_workspace(tmp_path)
     ld.write_loaddata(ws, "illum_calc_cp")
-    report = cprun.run_pipeline(ws, "illum_calc_cp", PIPE, cellprofiler=CELLPROFILER)
+    report = cprun.run_pipeline(ws, "illum_calc_cp", PIPE, cellprofiler=cellprofiler)
     assert report.status.value == "succeeded", report.failures
     out = Path(workspace.cellprofiler_output_dir(ws, "illum_calc_cp", "Plate1"))
     rows = list(csv.DictReader((out / "MyExpt_Image.csv").open()))

@@ -1,0 +1,63 @@
+"""Shared by the tests that run the real CellProfiler 4.2.8 (headless, in its own venv).
+
+CellProfiler pins Python 3.9-era dependencies, so it lives outside the project's venv;
+``STARRYNIGHT_CELLPROFILER`` (or ``.cp-venv/bin/cellprofiler`` in the repository, where
+``make test`` installs it, or ``/opt/cp-venv/bin/cellprofiler``, or ``cellprofiler`` on
+PATH) names it. Tests are skipped when it is missing, except under CI (env ``CI`` set),
+where a missing CellProfiler is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINES = REPO / "tests" / "data" / "cellprofiler"
+
+
+def find_cellprofiler() -> str | None:
+    """The CellProfiler executable to test with, or ``None`` when there is none.
+
+    Returns
+    -------
+    str or None
+        ``STARRYNIGHT_CELLPROFILER``, the repository's ``.cp-venv``, ``/opt/cp-venv`` or
+        ``cellprofiler`` on PATH, the first that is an executable file.
+    """
+    candidates = (
+        os.environ.get("STARRYNIGHT_CELLPROFILER"),
+        str(REPO / ".cp-venv" / "bin" / "cellprofiler"),  # where `make test` installs it
+        "/opt/cp-venv/bin/cellprofiler",
+    )
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("cellprofiler")
+
+
+CELLPROFILER = find_cellprofiler()
+
+#: Module-level ``pytestmark`` of the CellProfiler tests: `make test` installs
+#: CellProfiler, so only a developer's machine without it skips; in CI its absence must
+#: fail the run (see :func:`require_cellprofiler`), not pass it silently.
+requires_cellprofiler = pytest.mark.skipif(
+    CELLPROFILER is None and not os.environ.get("CI"),
+    reason="CellProfiler 4.2.8 not installed (make cellprofiler, or "
+    "scripts/install_cellprofiler.sh; or set STARRYNIGHT_CELLPROFILER)",
+)
+
+
+def require_cellprofiler() -> str:
+    """The CellProfiler executable; fails the test (CI) when there is none.
+
+    Returns
+    -------
+    str
+        Path or name of the executable.
+    """
+    assert CELLPROFILER is not None, "CellProfiler is not installed: run `make cellprofiler`"
+    return CELLPROFILER
