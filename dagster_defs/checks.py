@@ -29,31 +29,14 @@ SEG_CHECK = "cell_counts_plausible"
 BARCODE_CHECK = "barcode_assignment_rate"
 
 SPECS = {
-    ILLUM_CP: [
-        dg.AssetCheckSpec(
-            ILLUM_CHECK, asset=ILLUM_CP, description="Every CP function is finite and >= 1."
-        )
-    ],
-    ILLUM_SBS: [
-        dg.AssetCheckSpec(
-            ILLUM_CHECK, asset=ILLUM_SBS, description="Every SBS function is finite and >= 1."
-        )
-    ],
-    ALIGNED: [
-        dg.AssetCheckSpec(
-            ALIGN_CHECK, asset=ALIGNED, description="Share of sites alignment flagged is small."
-        )
-    ],
-    SEGMENTATION: [
-        dg.AssetCheckSpec(
-            SEG_CHECK, asset=SEGMENTATION, description="Cells per site within plausible limits."
-        )
-    ],
-    BARCODES: [
-        dg.AssetCheckSpec(
-            BARCODE_CHECK, asset=BARCODES, description="Share of SBS cells assigned a barcode."
-        )
-    ],
+    asset: [dg.AssetCheckSpec(name, asset=asset, description=description)]
+    for asset, name, description in [
+        (ILLUM_CP, ILLUM_CHECK, "Every CP function is finite and >= 1."),
+        (ILLUM_SBS, ILLUM_CHECK, "Every SBS function is finite and >= 1."),
+        (ALIGNED, ALIGN_CHECK, "Share of sites alignment flagged is small."),
+        (SEGMENTATION, SEG_CHECK, "Cells per site within plausible limits."),
+        (BARCODES, BARCODE_CHECK, "Share of SBS cells assigned a barcode."),
+    ]
 }
 
 

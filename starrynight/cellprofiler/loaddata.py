@@ -30,14 +30,14 @@ import os
 import posixpath
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
 from starrynight import storage, workspace
 from starrynight.errors import UserError
-from starrynight.experiment import Experiment, load_experiment
+from starrynight.experiment import CPArm, Experiment, SBSArm, load_experiment
 from starrynight.index import dataset_root, image_uri, load_index, normalise_channel
 
 #: CellProfiler image names of the CP roles, as PCPIP pipelines spell them.
@@ -174,6 +174,23 @@ def _unique(arm: str, names: dict[str, str]) -> dict[str, str]:
     return names
 
 
+def _arm_names(
+    arm: str,
+    part: CPArm | SBSArm,
+    overrides: Mapping[str, str] | None,
+    default: Callable[[str, str], str],
+) -> dict[str, str]:
+    """CellProfiler name of each channel of an arm, in the experiment's order.
+
+    ``default(role, channel)`` names a channel (role ``""`` when it has none);
+    ``overrides`` (channel -> name) win; no two channels may share a name.
+    """
+    overrides = overrides or {}
+    role_of = {ch: role for role, ch in part.roles.items()}
+    names = {ch: overrides.get(ch, default(role_of.get(ch, ""), ch)) for ch in part.channels}
+    return _unique(arm, names)
+
+
 def cp_names(exp: Experiment, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     """CellProfiler name of each CP channel (as written), in the experiment's order.
 
@@ -183,13 +200,17 @@ def cp_names(exp: Experiment, overrides: Mapping[str, str] | None = None) -> dic
     """
     if exp.cp is None:
         raise UserError("the experiment has no CP arm: this step needs Cell Painting images")
-    overrides = dict(overrides or {})
-    role_of = {ch: role for role, ch in exp.cp.roles.items()}
-    names = {}
-    for ch in exp.cp.channels:
-        default = CP_ROLE_NAMES.get(role_of.get(ch, ""), normalise_channel(ch))
-        names[ch] = overrides.get(ch, default)
-    return _unique("CP", names)
+    return _arm_names(
+        "CP", exp.cp, overrides, lambda role, ch: CP_ROLE_NAMES.get(role, normalise_channel(ch))
+    )
+
+
+def _sbs_default_name(role: str, channel: str) -> str:
+    if role in ("A", "C", "G", "T"):
+        return role
+    if role == "nuclei":
+        return SBS_NUCLEI_NAME
+    return normalise_channel(channel)
 
 
 def sbs_names(exp: Experiment, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -197,16 +218,7 @@ def sbs_names(exp: Experiment, overrides: Mapping[str, str] | None = None) -> di
     their normalised name; ``overrides`` (channel -> name) win."""
     if exp.sbs is None:
         raise UserError("the experiment has no SBS arm: this step needs SBS images")
-    overrides = dict(overrides or {})
-    role_of = {ch: role for role, ch in exp.sbs.roles.items()}
-    names = {}
-    for ch in exp.sbs.channels:
-        role = role_of.get(ch, "")
-        default = role if role in "ACGT" and role else normalise_channel(ch)
-        if role == "nuclei":
-            default = SBS_NUCLEI_NAME
-        names[ch] = overrides.get(ch, default)
-    return _unique("SBS", names)
+    return _arm_names("SBS", exp.sbs, overrides, _sbs_default_name)
 
 
 # -- rows -------------------------------------------------------------------------------
@@ -600,12 +612,15 @@ def write_loaddata(
     for unit, uri in list_csvs(ws_abs, step_name):
         if unit in written:
             continue
-        if not wells and (
-            not plates or any(unit == p or unit.startswith(f"{p}-") for p in wrote_plates)
-        ):
+        if not wells and (not plates or _of_plates(unit, wrote_plates)):
             _remove_file(uri)
             result.removed.append(uri)
     return result
+
+
+def _of_plates(unit: str, plates: Iterable[str]) -> bool:
+    # A unit's name starts with its plate: ``<plate>[-<well>[-<site>]]``.
+    return any(unit == p or unit.startswith(f"{p}-") for p in plates)
 
 
 def _remove_file(uri: str) -> None:
@@ -623,7 +638,7 @@ def list_csvs(ws: str, step_name: str, plates: Sequence[str] = ()) -> list[tuple
         if "/" in entry.key or not entry.key.endswith(".csv"):
             continue
         unit = entry.key[: -len(".csv")]
-        if plates and not any(unit == p or unit.startswith(f"{p}-") for p in plates):
+        if plates and not _of_plates(unit, plates):
             continue
         out.append((unit, storage.join(folder, entry.key)))
     return sorted(out)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from starrynight.cli.options import PLATE, WORKSPACE, well_unit
+from starrynight.cli.options import PLATE, SITE_WORKERS, WORKSPACE, echo_well, well_unit
 from starrynight.modules.analysis import analyse_well, summarise_plate
 
 
@@ -25,10 +25,7 @@ def analysis() -> None:
     "--max-distance", type=float, default=6.0, show_default=True,
     help="Largest distance in pixels between matched CP and SBS nuclei after registration.",
 )  # fmt: skip
-@click.option(
-    "--workers", type=click.IntRange(1), default=2, show_default=True,
-    help="Sites processed in parallel.",
-)  # fmt: skip
+@SITE_WORKERS
 @click.option("--force", is_flag=True, help="Recompute when the well's table exists.")
 def run(**kw: Any) -> None:
     """One row per CP cell: barcode, gene and features (needs segment + barcodes call)."""
@@ -36,17 +33,9 @@ def run(**kw: Any) -> None:
         kw["workspace"], kw["plate"], kw["well"], scale=kw["scale"],
         max_distance=kw["max_distance"], workers=kw["workers"], force=kw["force"],
     )  # fmt: skip
-    done = " (already done)" if res.skipped else ""
-    click.echo(
-        f"{res.plate} {res.well}{done}: {res.cells} cells, {res.matched} matched to SBS, "
-        f"{res.with_barcode} with a barcode"
+    echo_well(
+        res, f"{res.cells} cells, {res.matched} matched to SBS, {res.with_barcode} with a barcode"
     )
-    if res.cells == 0:
-        click.echo("no cells found in this well", err=True)
-    elif res.no_cells:
-        click.echo(f"no cells found at site(s) {', '.join(map(str, res.no_cells))}", err=True)
-    for uri in res.outputs:
-        click.echo(uri)
 
 
 @analysis.command("summary")

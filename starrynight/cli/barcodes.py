@@ -8,7 +8,7 @@ import click
 
 from starrynight.algorithms.barcodes import SpotParams
 from starrynight.algorithms.segmentation import NucleiParams
-from starrynight.cli.options import well_unit
+from starrynight.cli.options import SITE_WORKERS, echo_well, well_unit
 from starrynight.modules.barcodes import BarcodeParams, call_well
 
 
@@ -67,13 +67,7 @@ def barcodes() -> None:
     type=float,
     help="Pixels a cell extends beyond its nucleus [0.75 x diameter].",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(1),
-    default=2,
-    show_default=True,
-    help="Sites processed in parallel.",
-)
+@SITE_WORKERS
 @click.option("--force", is_flag=True, help="Recompute when the well's tables exist.")
 def call(**kw: Any) -> None:
     """Detect spots, read bases, match Barcodes.csv and assign a barcode to each cell."""
@@ -92,16 +86,9 @@ def call(**kw: Any) -> None:
         kw["workspace"], kw["plate"], kw["well"], barcodes=kw["barcodes_csv"], params=params,
         workers=kw["workers"], force=kw["force"],
     )  # fmt: skip
-    done = " (already done)" if res.skipped else ""
-    click.echo(
-        f"{res.plate} {res.well}{done}: {res.sites} site(s), {res.spots} spots, "
-        f"{res.cells} cells, {res.assigned} with a barcode"
+    reasons = sorted(res.reasons.items(), key=lambda kv: -kv[1])
+    echo_well(
+        res,
+        f"{res.sites} site(s), {res.spots} spots, {res.cells} cells, {res.assigned} with a barcode",
+        [f"unassigned ({why}): {n}" for why, n in reasons],
     )
-    if res.cells == 0:
-        click.echo("no cells found in this well", err=True)
-    elif res.no_cells:
-        click.echo(f"no cells found at site(s) {', '.join(map(str, res.no_cells))}", err=True)
-    for why, n in sorted(res.reasons.items(), key=lambda kv: -kv[1]):
-        click.echo(f"unassigned ({why}): {n}")
-    for uri in res.outputs:
-        click.echo(uri)

@@ -1,9 +1,9 @@
-"""Option parsing shared by the ``starrynight`` commands."""
+"""Options and output shared by the ``starrynight`` commands."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import click
 
@@ -24,7 +24,54 @@ WORKSPACE = click.option(
 PLATE = click.option("--plate", required=True, help="Plate name, as in the index.")
 WELL = click.option("--well", required=True, help="Well name, as in the index.")
 
+SITE_WORKERS = click.option(
+    "--workers", type=click.IntRange(1), default=2, show_default=True,
+    help="Sites processed in parallel.",
+)  # fmt: skip
+
 
 def well_unit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a per plate x well command with ``-w/--workspace``, ``--plate``, ``--well``."""
     return WORKSPACE(PLATE(WELL(fn)))
+
+
+class WellOutcome(Protocol):
+    """The part of a per-well step's result that :func:`echo_well` prints."""
+
+    @property
+    def plate(self) -> str: ...
+    @property
+    def well(self) -> str: ...
+    @property
+    def skipped(self) -> bool: ...
+    @property
+    def cells(self) -> int: ...
+    @property
+    def no_cells(self) -> Sequence[int]: ...
+    @property
+    def outputs(self) -> Sequence[str]: ...
+
+
+def echo_well(res: WellOutcome, counts: str, notes: Iterable[str] = ()) -> None:
+    """Print what a per plate x well step did.
+
+    Parameters
+    ----------
+    res : WellOutcome
+        The step's result.
+    counts : str
+        What it found, after ``<plate> <well>[ (already done)]:`` on the first line.
+    notes : iterable of str
+        Lines printed after the warnings about cells (which go to stderr), before the
+        output URIs, one a line.
+    """
+    done = " (already done)" if res.skipped else ""
+    click.echo(f"{res.plate} {res.well}{done}: {counts}")
+    if res.cells == 0:
+        click.echo("no cells found in this well", err=True)
+    elif res.no_cells:
+        click.echo(f"no cells found at site(s) {', '.join(map(str, res.no_cells))}", err=True)
+    for line in notes:
+        click.echo(line)
+    for uri in res.outputs:
+        click.echo(uri)

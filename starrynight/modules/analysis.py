@@ -26,12 +26,13 @@ from starrynight.algorithms import matching
 from starrynight.errors import UserError
 from starrynight.imageio import read_image
 from starrynight.modules.segment import (
-    concat_typed,
     corrected_sites,
+    empty_sites,
     read_mask,
     read_table,
-    run_sites,
+    run_well,
     typed_table,
+    well_done,
     write_table,
 )
 
@@ -197,14 +198,12 @@ def analyse_well(
     """
     out_uri = workspace.cell_features_path(ws, plate, well)
     counts_uri = workspace.segmentation_counts_path(ws, plate, well)
-    if not force and storage.exists(out_uri):
+    if well_done([out_uri], force):
         t = read_table(out_uri)
-        with_cells = set(t["site"].to_pylist())
         segmented = read_table(counts_uri)["site"].to_pylist() if storage.exists(counts_uri) else []
         return AnalysisResult(
-            plate, well, t.num_rows, int(pc.sum(pc.is_valid(t["sbs_cell"])).as_py() or 0),
-            int(pc.sum(pc.is_valid(t["barcode"])).as_py() or 0), True, {}, [out_uri],
-            [s for s in sorted(segmented) if s not in with_cells],
+            plate, well, t.num_rows, _valid(t["sbs_cell"]), _valid(t["barcode"]), True, {},
+            [out_uri], empty_sites(segmented, t),
         )  # fmt: skip
     sites = corrected_sites(ws, plate, well)
     if not storage.exists(counts_uri):
@@ -238,16 +237,20 @@ def analyse_well(
         (ws, plate, well, s, channels, {s: by_site.get(s, [])}, scales, max_distance)
         for s in sorted(sites)
     ]
-    results = run_sites(_site_job, jobs, workers)
-    schema = cells_schema(channels)
-    table = concat_typed([r["table"] for r in results], schema)
-    write_table(out_uri, table, schema)
+    results, tables = run_well(
+        _site_job, jobs, workers, {"table": (out_uri, cells_schema(channels))}
+    )
+    table = tables["table"]
     return AnalysisResult(
         plate, well, table.num_rows, sum(r["matched"] for r in results),
-        int(pc.sum(pc.is_valid(table["barcode"])).as_py() or 0), False,
-        {r["site"]: r["offset"] for r in results}, [out_uri],
-        [r["site"] for r in results if r["table"].num_rows == 0],
+        _valid(table["barcode"]), False, {r["site"]: r["offset"] for r in results}, [out_uri],
+        empty_sites(sites, table),
     )  # fmt: skip
+
+
+def _valid(column: pa.ChunkedArray) -> int:
+    """Number of non-null values of a column."""
+    return int(pc.sum(pc.is_valid(column)).as_py() or 0)
 
 
 def summarise_plate(ws: str, plate: str) -> tuple[str, int]:

@@ -27,12 +27,12 @@ from starrynight.imageio import read_image
 from starrynight.modules.segment import (
     NUCLEAR_NAMES,
     _experiment_roles,
-    concat_typed,
+    empty_sites,
     read_table,
-    run_sites,
+    run_well,
     typed_table,
+    well_done,
     write_mask,
-    write_table,
 )
 
 REQUIRED_COLUMNS = ("sgRNA", "gene_symbol")
@@ -285,11 +285,12 @@ def call_well(
     params = params or BarcodeParams()
     cells_uri = workspace.cell_barcodes_path(ws, plate, well)
     spots_uri = workspace.spots_path(ws, plate, well)
+    outputs = [cells_uri, spots_uri]
     inventory = aligned_inventory(ws, plate, well)
-    if not force and storage.exists(cells_uri) and storage.exists(spots_uri):
+    if well_done(outputs, force):
         cells = read_table(cells_uri)
-        return _summary(plate, well, sorted(inventory), cells, read_table(spots_uri).num_rows, True,
-                        [cells_uri, spots_uri])  # fmt: skip
+        n_spots = read_table(spots_uri).num_rows
+        return _summary(plate, well, sorted(inventory), cells, n_spots, True, outputs)
     cycle_sets = {tuple(sorted(c)) for c in inventory.values()}
     if len(cycle_sets) != 1:
         raise UserError(
@@ -304,13 +305,12 @@ def call_well(
         (ws, plate, well, s, list(cycles), nuclei_ch, bases, library, params)
         for s in sorted(inventory)
     ]
-    results = run_sites(_call_job, jobs, workers)
-    cells = concat_typed([r["cells"] for r in results], CELLS_SCHEMA)
-    spots = concat_typed([r["spots"] for r in results], SPOTS_SCHEMA)
-    write_table(spots_uri, spots, SPOTS_SCHEMA)
-    write_table(cells_uri, cells, CELLS_SCHEMA)
-    return _summary(plate, well, sorted(inventory), cells, spots.num_rows, False,
-                    [cells_uri, spots_uri])  # fmt: skip
+    _, tables = run_well(
+        _call_job, jobs, workers,
+        {"spots": (spots_uri, SPOTS_SCHEMA), "cells": (cells_uri, CELLS_SCHEMA)},
+    )  # fmt: skip
+    cells = tables["cells"]
+    return _summary(plate, well, sorted(inventory), cells, tables["spots"].num_rows, False, outputs)
 
 
 def _summary(
@@ -322,8 +322,7 @@ def _summary(
     for st, why in zip(status, cells.column("reason").to_pylist(), strict=True):
         if st != "assigned":
             reasons[why] = reasons.get(why, 0) + 1
-    with_cells = set(cells.column("site").to_pylist())
     return BarcodeResult(
         plate, well, len(sites), n_spots, cells.num_rows, status.count("assigned"), skipped,
-        reasons, outputs, [s for s in sites if s not in with_cells],
+        reasons, outputs, empty_sites(sites, cells),
     )  # fmt: skip

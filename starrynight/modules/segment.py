@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,6 +224,58 @@ def run_sites(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> li
         return list(pool.map(fn, *zip(*jobs, strict=True)))
 
 
+def well_done(outputs: Sequence[str], force: bool) -> bool:
+    """Whether a per-well step may skip: ``force`` is off and every output exists.
+
+    A step writes its well tables last (atomically), so their presence marks the well
+    complete.
+    """
+    return not force and all(storage.exists(uri) for uri in outputs)
+
+
+def run_well(
+    job: Callable[..., dict[str, Any]],
+    jobs: Sequence[tuple],
+    workers: int,
+    tables: Mapping[str, tuple[str, pa.Schema]],
+) -> tuple[list[dict[str, Any]], dict[str, pa.Table]]:
+    """Run the site jobs of a well, then gather and write its well tables.
+
+    Parameters
+    ----------
+    job : callable
+        Module-level function (it crosses process boundaries), called as
+        ``job(*args)`` per site; its result holds that site's table under every key
+        of ``tables``.
+    jobs : sequence of tuple
+        The arguments of each site's job.
+    workers : int
+        Sites processed in parallel (see :func:`run_sites`).
+    tables : mapping of str to (str, pyarrow.Schema)
+        Result key -> URI and schema of the well table gathered from it; written
+        atomically, in this order.
+
+    Returns
+    -------
+    results : list of dict
+        The site results, in the order of ``jobs``.
+    written : dict of str to pyarrow.Table
+        Result key -> the well table written.
+    """
+    results = run_sites(job, jobs, workers)
+    written = {}
+    for key, (uri, schema) in tables.items():
+        written[key] = concat_typed([r[key] for r in results], schema)
+        write_table(uri, written[key], schema)
+    return results, written
+
+
+def empty_sites(sites: Iterable[int], table: pa.Table) -> list[int]:
+    """The sites, sorted, that have no row in ``table`` (by its ``site`` column)."""
+    present = set(table.column("site").to_pylist())
+    return [s for s in sorted(sites) if s not in present]
+
+
 # --------------------------------------------------------------------------- segment
 
 
@@ -253,6 +305,67 @@ class SegmentResult:
     outputs: list[str]
 
 
+def _segment_images(
+    ws: str, plate: str, well: str, site: int, nuclei_ch: str, cell_ch: str, params: SegmentParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read a site's nuclear and cell stains and segment them.
+
+    Returns
+    -------
+    tuple
+        ``(dna, stain, nuclei, cells)``: the two images and the two label masks.
+    """
+    dna = read_image(workspace.corrected_path(ws, plate, well, site, nuclei_ch), 1)[0]
+    stain = read_image(workspace.corrected_path(ws, plate, well, site, cell_ch), 1)[0]
+    nuclei = seg.segment_nuclei(dna, params.nuclei)
+    cells = seg.segment_cells(
+        stain,
+        nuclei,
+        threshold_factor=params.cell_threshold_factor,
+        max_distance=params.cell_max_distance,
+    )
+    return dna, stain, nuclei, cells
+
+
+def _site_counts(site: int, nuclei: np.ndarray, cells: np.ndarray) -> dict[str, int]:
+    # Labels are 1..n with 0 as background, hence the - 1.
+    return {
+        "site": site,
+        "n_nuclei": int(len(np.unique(nuclei)) - 1),
+        "n_cells": int(len(np.unique(cells)) - 1),
+    }
+
+
+def _cp_inputs(
+    ws: str, plate: str, well: str, nuclei_channel: str | None, cell_channel: str | None
+) -> tuple[list[int], str, str]:
+    """Sorted sites of a well and its nuclei and cell channels (see :func:`cp_channel_roles`)."""
+    sites = corrected_sites(ws, plate, well)
+    nuclei_ch, cell_ch = cp_channel_roles(
+        ws, set.intersection(*sites.values()), nuclei_channel, cell_channel
+    )
+    return sorted(sites), nuclei_ch, cell_ch
+
+
+def _flags(results: Iterable[dict[str, Any]], params: SegmentParams) -> dict[int, str]:
+    return seg.flag_counts(
+        {r["site"]: r["n_nuclei"] for r in results},
+        min_count=params.min_count,
+        max_ratio=params.max_ratio,
+    )
+
+
+def _result(
+    plate: str, well: str, rows: Sequence[dict[str, Any]], computed: int,
+    flags: dict[int, str], outputs: list[str],
+) -> SegmentResult:  # fmt: skip
+    """A well's result from its per-site counts (site results or counts-table rows)."""
+    return SegmentResult(
+        plate, well, len(rows), computed, len(rows) - computed,
+        sum(r["n_nuclei"] for r in rows), sum(r["n_cells"] for r in rows), flags, outputs,
+    )  # fmt: skip
+
+
 def segment_site(
     ws: str,
     plate: str,
@@ -274,15 +387,7 @@ def segment_site(
     cell_uri = workspace.segmentation_mask_path(ws, plate, well, site, "Cells")
     if reuse and storage.exists(nuc_uri) and storage.exists(cell_uri):
         return read_mask(nuc_uri), read_mask(cell_uri), False
-    dna = read_image(workspace.corrected_path(ws, plate, well, site, nuclei_ch), 1)[0]
-    stain = read_image(workspace.corrected_path(ws, plate, well, site, cell_ch), 1)[0]
-    nuclei = seg.segment_nuclei(dna, params.nuclei)
-    cells = seg.segment_cells(
-        stain,
-        nuclei,
-        threshold_factor=params.cell_threshold_factor,
-        max_distance=params.cell_max_distance,
-    )
+    _, _, nuclei, cells = _segment_images(ws, plate, well, site, nuclei_ch, cell_ch, params)
     # Cells first: a site counts as done only when the nuclei mask exists too.
     write_mask(cell_uri, cells)
     write_mask(nuc_uri, nuclei)
@@ -299,11 +404,9 @@ def _segment_job(*args: Any) -> dict[str, Any]:
         columns = {"site": np.full(n, site, np.int32), "object": [obj] * n, **t}
         tables.append(typed_table(columns, OBJECTS_SCHEMA))
     return {
-        "site": site,
+        **_site_counts(site, nuclei, cells),
         "computed": computed,
-        "n_nuclei": int(len(np.unique(nuclei)) - 1),
-        "n_cells": int(len(np.unique(cells)) - 1),
-        "tables": tables,
+        "objects": concat_typed(tables, OBJECTS_SCHEMA),
     }
 
 
@@ -353,34 +456,18 @@ def segment_well(
     params = params or SegmentParams()
     counts_uri = workspace.segmentation_counts_path(ws, plate, well)
     objects_uri = workspace.segmentation_objects_path(ws, plate, well)
-    sites = corrected_sites(ws, plate, well)
-    nuclei_ch, cell_ch = cp_channel_roles(
-        ws, set.intersection(*sites.values()), nuclei_channel, cell_channel
-    )
-    if not force and storage.exists(counts_uri) and storage.exists(objects_uri):
+    outputs = [objects_uri, counts_uri]
+    sites, nuclei_ch, cell_ch = _cp_inputs(ws, plate, well, nuclei_channel, cell_channel)
+    if well_done(outputs, force):
         counts = read_table(counts_uri).to_pylist()
         flags = {r["site"]: r["reason"] for r in counts if r["flagged"]}
-        return SegmentResult(
-            plate, well, len(counts), 0, len(counts),
-            sum(r["n_nuclei"] for r in counts), sum(r["n_cells"] for r in counts),
-            flags, [objects_uri, counts_uri],
-        )  # fmt: skip
-    jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params, not force) for s in sorted(sites)]
-    results = run_sites(_segment_job, jobs, workers)
-    flags = seg.flag_counts(
-        {r["site"]: r["n_nuclei"] for r in results},
-        min_count=params.min_count,
-        max_ratio=params.max_ratio,
-    )
-    tables = [t for r in results for t in r["tables"]]
-    write_table(objects_uri, concat_typed(tables, OBJECTS_SCHEMA), OBJECTS_SCHEMA)
+        return _result(plate, well, counts, 0, flags, outputs)
+    jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params, not force) for s in sites]
+    results, _ = run_well(_segment_job, jobs, workers, {"objects": (objects_uri, OBJECTS_SCHEMA)})
+    # The counts table goes last: its flags need every site, and it marks the well done.
+    flags = _flags(results, params)
     write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
-    computed = sum(r["computed"] for r in results)
-    return SegmentResult(
-        plate, well, len(results), computed, len(results) - computed,
-        sum(r["n_nuclei"] for r in results), sum(r["n_cells"] for r in results),
-        flags, [objects_uri, counts_uri],
-    )  # fmt: skip
+    return _result(plate, well, results, sum(r["computed"] for r in results), flags, outputs)
 
 
 # --------------------------------------------------------------------------- segcheck
@@ -407,25 +494,12 @@ def overlay(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray) -> np.ndar
 
 def _segcheck_job(*args: Any) -> dict[str, Any]:
     ws, plate, well, site, nuclei_ch, cell_ch, params = args
-    dna = read_image(workspace.corrected_path(ws, plate, well, site, nuclei_ch), 1)[0]
-    stain = read_image(workspace.corrected_path(ws, plate, well, site, cell_ch), 1)[0]
-    nuclei = seg.segment_nuclei(dna, params.nuclei)
-    cells = seg.segment_cells(
-        stain,
-        nuclei,
-        threshold_factor=params.cell_threshold_factor,
-        max_distance=params.cell_max_distance,
-    )
+    dna, stain, nuclei, cells = _segment_images(ws, plate, well, site, nuclei_ch, cell_ch, params)
     # Nuclei outlines on the DNA image and cell outlines on the cell stain, side by side.
     panel = np.concatenate([overlay(dna, nuclei, cells), overlay(stain, nuclei, cells)], axis=1)
     uri = workspace.segcheck_overlay_path(ws, plate, well, site)
     write_png(uri, panel)
-    return {
-        "site": site,
-        "n_nuclei": int(len(np.unique(nuclei)) - 1),
-        "n_cells": int(len(np.unique(cells)) - 1),
-        "png": uri,
-    }
+    return {**_site_counts(site, nuclei, cells), "png": uri}
 
 
 def segcheck_well(
@@ -453,22 +527,11 @@ def segcheck_well(
     if every < 1:
         raise UserError(f"--every {every}: expected a positive number of sites")
     params = params or SegmentParams()
-    sites = corrected_sites(ws, plate, well)
-    nuclei_ch, cell_ch = cp_channel_roles(
-        ws, set.intersection(*sites.values()), nuclei_channel, cell_channel
-    )
-    chosen = sorted(sites)[::every]
-    jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params) for s in chosen]
+    sites, nuclei_ch, cell_ch = _cp_inputs(ws, plate, well, nuclei_channel, cell_channel)
+    jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params) for s in sites[::every]]
     results = run_sites(_segcheck_job, jobs, workers)
-    flags = seg.flag_counts(
-        {r["site"]: r["n_nuclei"] for r in results},
-        min_count=params.min_count,
-        max_ratio=params.max_ratio,
-    )
+    flags = _flags(results, params)
     counts_uri = workspace.segcheck_counts_path(ws, plate, well)
     write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
-    return SegmentResult(
-        plate, well, len(results), len(results), 0,
-        sum(r["n_nuclei"] for r in results), sum(r["n_cells"] for r in results),
-        flags, [r["png"] for r in results] + [counts_uri],
-    )  # fmt: skip
+    outputs = [r["png"] for r in results] + [counts_uri]
+    return _result(plate, well, results, len(results), flags, outputs)

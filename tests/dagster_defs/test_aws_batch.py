@@ -1,72 +1,36 @@
 """AWS Batch from Dagster (moto): each Batch job's status, its CloudWatch log lines and
 its job id appear inside the Dagster run; a failed job fails the asset with its reason."""
 
-import time
 from typing import Any
 
-import boto3
 import dagster as dg
 import pytest
-from moto import mock_aws
 
 from dagster_defs.assets.common import fail_if_any, node_metadata
 from dagster_defs.execution import run_pipeline
 from dagster_defs.resources import PipecraftBackend
 from pipecraft.backends.aws_batch import AwsBatchBackend
 from starrynight.pipelines import well_pipeline
+from tests.conftest import BATCH_QUEUE, BATCH_REGION, write_batch_log
 
-REGION = "us-east-1"
 WS = "s3://bucket/ws"
 
 
 @pytest.fixture
-def batch(monkeypatch: pytest.MonkeyPatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "t",
-        "AWS_SECRET_ACCESS_KEY": "t",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", raising=False)
-    with mock_aws(config={"batch": {"use_docker": False}}):
-        iam = boto3.client("iam", region_name=REGION)
-        role = iam.create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-        client = boto3.client("batch", region_name=REGION)
-        ce = client.create_compute_environment(
-            computeEnvironmentName="sn-ce", type="UNMANAGED", serviceRole=role
-        )["computeEnvironmentArn"]
-        client.create_job_queue(
-            jobQueueName="sn-q",
-            state="ENABLED",
-            priority=1,
-            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}],
-        )
-        logs = boto3.client("logs", region_name=REGION)
-        logs.create_log_group(logGroupName="/aws/batch/job")
-        original = AwsBatchBackend.run
+def batch(moto_batch: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    original = AwsBatchBackend.run
 
-        def run_and_log(self: AwsBatchBackend, pipeline: Any):
-            # moto finishes jobs at submission without running them: write what the
-            # container would have logged to each job's CloudWatch stream.
-            handle = original(self, pipeline)
-            ids = [s.job_id for s in handle.submissions]
-            for job in client.describe_jobs(jobs=ids)["jobs"]:
-                stream = job["container"]["logStreamName"]
-                logs.create_log_stream(logGroupName="/aws/batch/job", logStreamName=stream)
-                logs.put_log_events(
-                    logGroupName="/aws/batch/job",
-                    logStreamName=stream,
-                    logEvents=[
-                        {
-                            "timestamp": int(time.time() * 1000),
-                            "message": f"hello from {job['jobName']}",
-                        }
-                    ],
-                )
-            return handle
+    def run_and_log(self: AwsBatchBackend, pipeline: Any):
+        # moto finishes jobs at submission without running them: write what the
+        # container would have logged to each job's CloudWatch stream.
+        handle = original(self, pipeline)
+        ids = [s.job_id for s in handle.submissions]
+        for job in moto_batch.describe_jobs(jobs=ids)["jobs"]:
+            write_batch_log(job["container"]["logStreamName"], [f"hello from {job['jobName']}"])
+        return handle
 
-        monkeypatch.setattr(AwsBatchBackend, "run", run_and_log)
-        yield client
+    monkeypatch.setattr(AwsBatchBackend, "run", run_and_log)
+    return moto_batch
 
 
 @dg.asset
@@ -82,9 +46,9 @@ def batch_well(context: dg.AssetExecutionContext, backend: PipecraftBackend):
 def _backend() -> PipecraftBackend:
     return PipecraftBackend(
         kind="aws_batch",
-        job_queue="sn-q",
+        job_queue=BATCH_QUEUE,
         image="repo/starrynight:1",
-        region=REGION,
+        region=BATCH_REGION,
         poll_seconds=0.05,
     )
 

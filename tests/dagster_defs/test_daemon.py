@@ -6,17 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
-from tests.dagster_defs.helpers import make_sample
-from tests.dagster_defs.test_instance import REPO, _free_port, _post
+from tests.dagster_defs.helpers import dagster_dev, make_sample, post_graphql
 
 PLATE_ASSETS = ["inventory", "index", "illum_cp", "illum_sbs", "gene_summary"]
 WELL_ASSETS = ["corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "cell_features"]
@@ -91,27 +86,16 @@ def test_plate_dropped_while_the_daemon_runs_is_materialised(tmp_path: Path) -> 
     env = {**os.environ, "DAGSTER_HOME": str(home), "STARRYNIGHT_PROJECT_FILE": str(project)}
     for var in ("STARRYNIGHT_DATASET_URI", "STARRYNIGHT_WORKSPACE_URI", "STARRYNIGHT_BACKEND"):
         env.pop(var, None)
-    port = _free_port()
-    dagster = str(Path(sys.executable).parent / "dagster")
-    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
     def tail() -> str:
         return (tmp_path / "dev.log").read_text(errors="replace")[-4000:]
 
-    try:
+    with dagster_dev(env, tmp_path / "dev.log") as (proc, url):
         deadline = time.monotonic() + 120
         up = False
         while time.monotonic() < deadline and proc.poll() is None and not up:
             try:
-                up = bool(_post(f"http://127.0.0.1:{port}/graphql", "{ version }").get("data"))
+                up = bool(post_graphql(url, "{ version }").get("data"))
             except OSError:
                 time.sleep(1)
         assert up, tail()
@@ -127,13 +111,3 @@ def test_plate_dropped_while_the_daemon_runs_is_materialised(tmp_path: Path) -> 
         assert not missing, f"not materialised: {missing}\n{tail()}"
         # nothing was started before its upstream existed (and failed for it)
         assert not _failed_runs(home), f"{_failed_runs(home)}\n{tail()}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-            pytest.fail("dagster dev did not stop within 60 s of SIGTERM")
-        log.close()

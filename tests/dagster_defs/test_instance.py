@@ -1,15 +1,9 @@
 """The production instance config against the real PostgreSQL server, and a smoke test
 of `dagster dev` answering GraphQL over HTTP with the asset graph."""
 
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -17,7 +11,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.dagster_defs.helpers import REPO, dagster_dev, post_graphql
+
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
@@ -67,25 +62,8 @@ def test_postgres_instance_config(tmp_path: Path, pg_database: str, monkeypatch)
         assert keys == [("Plate1",)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(url: str, query: str) -> dict:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.mark.slow
 def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
-    port = _free_port()
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "dataset").mkdir()
@@ -95,23 +73,12 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
         "STARRYNIGHT_DATASET_URI": str(tmp_path / "dataset"),
         "STARRYNIGHT_WORKSPACE_URI": str(tmp_path / "ws"),
     }
-    dagster = str(Path(sys.executable).parent / "dagster")
-    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/graphql"
-    try:
+    with dagster_dev(env, tmp_path / "dev.log") as (proc, url):
         deadline = time.monotonic() + 180
         nodes = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                data = _post(
+                data = post_graphql(
                     url, "{ assetNodes { assetKey { path } partitionDefinition { description } } }"
                 )
                 nodes = data.get("data", {}).get("assetNodes")
@@ -135,7 +102,7 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
             "cell_features",
             "gene_summary",
         }
-        sensors = _post(
+        sensors = post_graphql(
             url,
             "{ sensorsOrError(repositorySelector: {repositoryName: "
             '"__repository__", repositoryLocationName: "starrynight"}) '
@@ -143,14 +110,4 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
         )
         names = {s["name"] for s in sensors["data"]["sensorsOrError"]["results"]}
         assert "new_plate_sensor" in names
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-            pytest.fail("dagster dev did not stop within 60 s of SIGTERM")
-        log.close()
     assert proc.returncode is not None

@@ -12,13 +12,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from pipecraft import (
     BackendConfigError,
@@ -34,8 +32,7 @@ from pipecraft import (
 )
 from pipecraft.backends.aws_batch import CANCEL_REASON, AwsBatchBackend
 from pipecraft.testing import DEMO_EXPECTED, demo_pipeline, write_text
-
-REGION = "us-east-1"
+from tests.conftest import BATCH_QUEUE, BATCH_REGION, write_batch_log
 
 
 class Recorder:
@@ -86,35 +83,10 @@ class Recorder:
         return method(**kw)
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", raising=False)
-    with mock_aws(config={"batch": {"use_docker": False}}):
-        iam = boto3.client("iam", region_name=REGION)
-        role = iam.create_role(RoleName="batch-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-        batch = boto3.client("batch", region_name=REGION)
-        ce = batch.create_compute_environment(
-            computeEnvironmentName="pipecraft-ce", type="UNMANAGED", serviceRole=role
-        )["computeEnvironmentArn"]
-        batch.create_job_queue(
-            jobQueueName="pipecraft-q",
-            state="ENABLED",
-            priority=1,
-            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}],
-        )
-        yield batch
-
-
 def backend(client: Any, **kw: Any) -> AwsBatchBackend:
     kw.setdefault("image", "repo/starrynight:1")
     return AwsBatchBackend(
-        "pipecraft-q", client=client, region=REGION, poll_first=0.01, poll_max=0.05, **kw
+        BATCH_QUEUE, client=client, region=BATCH_REGION, poll_first=0.01, poll_max=0.05, **kw
     )
 
 
@@ -122,8 +94,8 @@ def states(handle) -> dict[str, str]:
     return {n: s.value for n, s in handle.node_states().items()}
 
 
-def test_demo_pipeline_exact_submissions_and_results(aws, tmp_path: Path) -> None:
-    rec = Recorder(aws, fail=("doomed",))
+def test_demo_pipeline_exact_submissions_and_results(moto_batch, tmp_path: Path) -> None:
+    rec = Recorder(moto_batch, fail=("doomed",))
     p = demo_pipeline(tmp_path, python="python")
     h = backend(rec).run(p)
     assert h.wait(10) is RunStatus.FAILED
@@ -153,7 +125,7 @@ def test_demo_pipeline_exact_submissions_and_results(aws, tmp_path: Path) -> Non
     assert array_cmd[:4] == ["python", "-m", "pipecraft.run_node", "--array"]
     assert [n["name"] for n in json.loads(array_cmd[4])] == ["work-a", "work-b", "work-c"]
     for s in subs:
-        assert s["jobQueue"] == "pipecraft-q"
+        assert s["jobQueue"] == BATCH_QUEUE
         assert s["retryStrategy"] == {"attempts": 1}
         assert s["containerOverrides"]["resourceRequirements"] == [
             {"type": "VCPU", "value": "1"},
@@ -161,7 +133,7 @@ def test_demo_pipeline_exact_submissions_and_results(aws, tmp_path: Path) -> Non
         ]
 
     # what Batch itself recorded
-    work = aws.describe_jobs(jobs=[by_name_id(h, prefix + "work-0")])["jobs"][0]
+    work = moto_batch.describe_jobs(jobs=[by_name_id(h, prefix + "work-0")])["jobs"][0]
     assert work["arrayProperties"]["size"] == 3
     assert work["dependsOn"] == [{"jobId": by_name_id(h, prefix + "prepare")}]
     assert work["container"]["command"] == array_cmd
@@ -174,10 +146,10 @@ def by_name_id(handle, name: str) -> str:
 
 
 def test_every_job_failing_maps_to_failed_and_upstream_failed(
-    aws, tmp_path: Path, monkeypatch
+    moto_batch, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")
-    h = backend(aws).run(demo_pipeline(tmp_path))
+    h = backend(moto_batch).run(demo_pipeline(tmp_path))
     assert h.wait(10) is RunStatus.FAILED
     assert states(h) == {
         "prepare": "failed",
@@ -191,8 +163,8 @@ def test_every_job_failing_maps_to_failed_and_upstream_failed(
     assert sorted(h.failures()) == ["doomed", "prepare"]
 
 
-def test_success_and_job_definition_is_registered_once(aws, tmp_path: Path) -> None:
-    rec = Recorder(aws)
+def test_success_and_job_definition_is_registered_once(moto_batch, tmp_path: Path) -> None:
+    rec = Recorder(moto_batch)
     p = Pipeline(
         "ok",
         Seq(
@@ -228,8 +200,8 @@ def test_success_and_job_definition_is_registered_once(aws, tmp_path: Path) -> N
     assert defs["a"] != defs["b"]
 
 
-def test_cancel_terminates_queued_jobs(aws, tmp_path: Path) -> None:
-    rec = Recorder(aws, queued=True)
+def test_cancel_terminates_queued_jobs(moto_batch, tmp_path: Path) -> None:
+    rec = Recorder(moto_batch, queued=True)
     h = backend(rec).run(demo_pipeline(tmp_path))
     assert h.status() is RunStatus.PENDING
     assert h.wait(0.05) is RunStatus.PENDING  # still queued: the wait times out
@@ -238,15 +210,15 @@ def test_cancel_terminates_queued_jobs(aws, tmp_path: Path) -> None:
     assert sorted(terminated) == sorted(s.job_id for s in h.submissions)
     assert {c["reason"] for c in rec.calls_to("terminate_job")} == {CANCEL_REASON}
     # moto keeps the reason on the job, as Batch does
-    for job in aws.describe_jobs(jobs=terminated)["jobs"]:
+    for job in moto_batch.describe_jobs(jobs=terminated)["jobs"]:
         assert job["statusReason"] == CANCEL_REASON
     assert h.wait(5) is RunStatus.CANCELLED
     assert set(h.node_states().values()) == {NodeState.CANCELLED}
     assert h.failures() == {}
 
 
-def test_wide_fan_in_uses_barrier_jobs(aws, tmp_path: Path) -> None:
-    rec = Recorder(aws)
+def test_wide_fan_in_uses_barrier_jobs(moto_batch, tmp_path: Path) -> None:
+    rec = Recorder(moto_batch)
     p = Pipeline(
         "wide",
         Seq(
@@ -265,8 +237,8 @@ def test_wide_fan_in_uses_barrier_jobs(aws, tmp_path: Path) -> None:
     assert sorted(len(b["dependsOn"]) for b in barriers) == [5, 20]
 
 
-def test_large_scatter_is_staged_to_s3_and_runs_by_array_index(aws, tmp_path: Path) -> None:
-    boto3.client("s3", region_name=REGION).create_bucket(Bucket="stage")
+def test_large_scatter_is_staged_to_s3_and_runs_by_array_index(moto_batch, tmp_path: Path) -> None:
+    boto3.client("s3", region_name=BATCH_REGION).create_bucket(Bucket="stage")
     p = Pipeline(
         "big",
         Scatter(
@@ -280,9 +252,9 @@ def test_large_scatter_is_staged_to_s3_and_runs_by_array_index(aws, tmp_path: Pa
         ),
     )
     with pytest.raises(BackendConfigError, match="set staging_uri"):
-        backend(aws, max_inline_bytes=1000).run(p)
-    assert aws.list_jobs(jobQueue="pipecraft-q")["jobSummaryList"] == []
-    rec = Recorder(aws)
+        backend(moto_batch, max_inline_bytes=1000).run(p)
+    assert moto_batch.list_jobs(jobQueue=BATCH_QUEUE)["jobSummaryList"] == []
+    rec = Recorder(moto_batch)
     be = backend(rec, max_inline_bytes=1000, staging_uri="s3://stage/runs", python=sys.executable)
     h = be.run(p)
     assert h.wait(10) is RunStatus.SUCCEEDED
@@ -313,33 +285,22 @@ def test_inline_array_command_runs_the_indexed_node(tmp_path: Path) -> None:
     assert not (tmp_path / "work" / "a.txt").exists()
 
 
-def test_logs_come_from_cloudwatch(aws, tmp_path: Path) -> None:
-    h = backend(aws).run(Pipeline("l", Command(name="a", argv=["true"])))
+def test_logs_come_from_cloudwatch(moto_batch, tmp_path: Path) -> None:
+    h = backend(moto_batch).run(Pipeline("l", Command(name="a", argv=["true"])))
     assert h.wait(10) is RunStatus.SUCCEEDED
     assert h.logs("a") == ""  # no events written yet
-    stream = aws.describe_jobs(jobs=[h.submissions[0].job_id])["jobs"][0]["container"][
+    stream = moto_batch.describe_jobs(jobs=[h.submissions[0].job_id])["jobs"][0]["container"][
         "logStreamName"
     ]
-    logs = boto3.client("logs", region_name=REGION)
-    now = int(time.time() * 1000)  # CloudWatch drops events older than 14 days
-    logs.create_log_group(logGroupName="/aws/batch/job")
-    logs.create_log_stream(logGroupName="/aws/batch/job", logStreamName=stream)
-    logs.put_log_events(
-        logGroupName="/aws/batch/job",
-        logStreamName=stream,
-        logEvents=[
-            {"timestamp": now, "message": "line one"},
-            {"timestamp": now + 1, "message": "line two"},
-        ],
-    )
+    write_batch_log(stream, ["line one", "line two"])
     assert h.log_lines("a") == ["line one", "line two"]
 
 
-def test_bad_configuration_fails_before_submitting(aws, tmp_path: Path) -> None:
-    rec = Recorder(aws)
+def test_bad_configuration_fails_before_submitting(moto_batch, tmp_path: Path) -> None:
+    rec = Recorder(moto_batch)
     no_image = Pipeline("n", Command(name="a", argv=["true"]))
     with pytest.raises(BackendConfigError, match="node 'a' has no container image"):
-        AwsBatchBackend("pipecraft-q", client=rec).run(no_image)
+        AwsBatchBackend(BATCH_QUEUE, client=rec).run(no_image)
     with pytest.raises(BackendConfigError, match="job queue 'missing-q' does not exist"):
         AwsBatchBackend("missing-q", image="i", client=rec).run(no_image)
     too_many = Pipeline("r", Command(name="a", argv=["true"], retries=10))
