@@ -3,8 +3,10 @@
 Per-plate assets use :data:`plate_partitions`; per plate x well assets use
 :data:`plate_well_partitions`, whose keys Dagster spells ``<plate>|<well>`` (dimensions in
 alphabetical order of their names, e.g. ``Plate1|A1``). Wells are one dimension shared by
-all plates, so a plate x well key exists for every combination; a combination the index
-does not hold is skipped by the assets (never materialised, never failed).
+all plates, so a plate x well key exists for every combination; for a combination the
+index does not hold (or a product whose arm the well lacks, e.g. SBS products of a
+CP-only well) the assets record a materialisation with ``absent`` metadata giving the
+reason, so that per-plate summaries over a plate's wells are not left waiting.
 """
 
 from __future__ import annotations

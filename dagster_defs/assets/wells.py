@@ -199,6 +199,20 @@ def _describe(ws: str, plate: str, well: str, step: str) -> tuple[dict[str, obje
     return md, [path]
 
 
+ABSENT = dg.DataVersion("absent")
+
+
+def _absent(key: dg.AssetKey, plate: str, well: str, arms: set[str]) -> dg.MaterializeResult:
+    """A materialisation saying this plate x well has no such product, and why."""
+    if not arms:
+        reason = f"plate {plate} has no well {well} in the index"
+    else:
+        reason = f"well {well} of plate {plate} has only the {'/'.join(sorted(arms))} arm(s)"
+    return dg.MaterializeResult(
+        asset_key=key, metadata={"absent": reason, "files": 0}, data_version=ABSENT
+    )
+
+
 def _check(ws: str, plate: str, well: str, step: str, project: StarryNightProject):
     qc = project.qc
     if step == "aligned_sbs":
@@ -230,16 +244,23 @@ def well_products(
     _, ws = project.require()
     plate, well = split_key(context.partition_key)
     arms = _arms(ws, plate, well)
-    if not arms:
-        context.log.info(f"plate {plate} has no well {well} in the index; nothing to do")
-        return
-    steps = _steps_for(arms, set(context.selected_asset_keys))
-    if not steps:
-        context.log.info(f"{plate} {well}: the selected products need arms it lacks ({arms})")
-        return
-    pipeline = well_pipeline(ws, plate, well, backend.runner(run_env(context)), steps)
-    outcome = run_pipeline(context, backend, pipeline, ws)
-    for step in steps:
+    selected = set(context.selected_asset_keys)
+    steps = _steps_for(arms, selected)
+    outcome = None
+    if steps:
+        pipeline = well_pipeline(ws, plate, well, backend.runner(run_env(context)), steps)
+        outcome = run_pipeline(context, backend, pipeline, ws)
+    # In WELL_STEPS order: Dagster wants a multi-asset's results in topological order.
+    for step in WELL_STEPS:
+        if KEYS[step] not in selected:
+            continue
+        if step not in steps:
+            # A product this plate x well cannot have (no such well on this plate, or an
+            # arm it lacks) is recorded as absent rather than left missing: wells are one
+            # dimension shared by all plates, and a plate's gene summary waits for every
+            # well key of its plate.
+            yield _absent(KEYS[step], plate, well, arms)
+            continue
         nodes = [n for n in outcome.states if n.startswith(f"{step}-")]
         if not outcome.ok(nodes):
             continue
@@ -254,4 +275,5 @@ def well_products(
             dg.AssetCheckKey(KEYS[step], check.check_name) in context.selected_asset_check_keys
         ):
             yield check
-    fail_if_any(outcome, f"plate {plate} well {well}")
+    if outcome is not None:
+        fail_if_any(outcome, f"plate {plate} well {well}")
