@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from starrynight.algorithms.segmentation import NucleiParams
-from starrynight.cli.options import PLATE, WELL, WORKSPACE
+from starrynight.cli.options import PLATE, SITE_WORKERS, WELL, WORKSPACE
 from starrynight.modules.segment import SegmentParams, SegmentResult, segcheck_well, segment_well
 
 
@@ -37,10 +37,7 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--max-cell-distance", type=float, default=40.0, show_default=True,
             help="Largest distance in pixels a cell extends beyond its nucleus.",
         ),
-        click.option(
-            "--workers", type=click.IntRange(1), default=2, show_default=True,
-            help="Sites processed in parallel.",
-        ),
+        SITE_WORKERS,
     ]  # fmt: skip
     for option in reversed(options):
         fn = option(fn)
