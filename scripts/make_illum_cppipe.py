@@ -50,6 +50,19 @@ def add(module):
     return module
 
 
+def resize(source: str, target: str, factor: float) -> None:
+    """A bilinear Resize module by ``factor`` (the legacy pipeline's x0.25 and x4)."""
+    module = add(Resize())
+    module.x_name.value = source
+    module.y_name.value = target
+    module.size_method.value = R_BY_FACTOR
+    module.resizing_factor_x.value = factor
+    module.resizing_factor_y.value = factor
+    module.resizing_factor_z.value = 1.0
+    module.interpolation.value = I_BILINEAR
+    module.use_manual_or_image.value = C_MANUAL
+
+
 ld = LoadData()
 
 add(ld)
@@ -62,15 +75,7 @@ ld.metadata_fields.value = "Plate"
 ld.wants_rows.value = False
 
 for ch in CHANNELS:
-    down = add(Resize())
-    down.x_name.value = f"Orig{ch}"
-    down.y_name.value = f"Downsampled{ch}"
-    down.size_method.value = R_BY_FACTOR
-    down.resizing_factor_x.value = 0.25
-    down.resizing_factor_y.value = 0.25
-    down.resizing_factor_z.value = 1.0
-    down.interpolation.value = I_BILINEAR
-    down.use_manual_or_image.value = C_MANUAL
+    resize(f"Orig{ch}", f"Downsampled{ch}", 0.25)
 
     ci = add(CorrectIlluminationCalculate())
     ci.image_name.value = f"Downsampled{ch}"
@@ -85,15 +90,7 @@ for ch in CHANNELS:
     ci.save_average_image.value = False
     ci.save_dilated_image.value = False
 
-    up = add(Resize())
-    up.x_name.value = f"Illum{ch}"
-    up.y_name.value = f"UpsampledIllum{ch}"
-    up.size_method.value = R_BY_FACTOR
-    up.resizing_factor_x.value = 4.0
-    up.resizing_factor_y.value = 4.0
-    up.resizing_factor_z.value = 1.0
-    up.interpolation.value = I_BILINEAR
-    up.use_manual_or_image.value = C_MANUAL
+    resize(f"Illum{ch}", f"UpsampledIllum{ch}", 4.0)
 
 for ch in CHANNELS:
     save = add(SaveImages())
