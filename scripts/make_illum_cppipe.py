@@ -50,17 +50,19 @@ def add(module):
     return module
 
 
+def module(cls, **values):
+    """A module of ``cls`` with its settings set by name, appended to the pipeline."""
+    instance = add(cls())
+    for name, value in values.items():
+        getattr(instance, name).value = value
+    return instance
+
+
 def resize(source: str, target: str, factor: float) -> None:
     """A bilinear Resize module by ``factor`` (the legacy pipeline's x0.25 and x4)."""
-    module = add(Resize())
-    module.x_name.value = source
-    module.y_name.value = target
-    module.size_method.value = R_BY_FACTOR
-    module.resizing_factor_x.value = factor
-    module.resizing_factor_y.value = factor
-    module.resizing_factor_z.value = 1.0
-    module.interpolation.value = I_BILINEAR
-    module.use_manual_or_image.value = C_MANUAL
+    module(Resize, x_name=source, y_name=target, size_method=R_BY_FACTOR,
+           resizing_factor_x=factor, resizing_factor_y=factor, resizing_factor_z=1.0,
+           interpolation=I_BILINEAR, use_manual_or_image=C_MANUAL)  # fmt: skip
 
 
 ld = LoadData()
@@ -76,35 +78,21 @@ ld.wants_rows.value = False
 
 for ch in CHANNELS:
     resize(f"Orig{ch}", f"Downsampled{ch}", 0.25)
-
-    ci = add(CorrectIlluminationCalculate())
-    ci.image_name.value = f"Downsampled{ch}"
-    ci.illumination_image_name.value = f"Illum{ch}"
-    ci.intensity_choice.value = IC_REGULAR
-    ci.dilate_objects.value = False
-    ci.rescale_option.value = "Yes"
-    ci.each_or_all.value = EA_ALL_ACROSS
-    ci.smoothing_method.value = SM_MEDIAN_FILTER
-    ci.automatic_object_width.value = FI_MANUALLY
-    ci.size_of_smoothing_filter.value = 10
-    ci.save_average_image.value = False
-    ci.save_dilated_image.value = False
-
+    module(CorrectIlluminationCalculate, image_name=f"Downsampled{ch}",
+           illumination_image_name=f"Illum{ch}", intensity_choice=IC_REGULAR,
+           dilate_objects=False, rescale_option="Yes", each_or_all=EA_ALL_ACROSS,
+           smoothing_method=SM_MEDIAN_FILTER, automatic_object_width=FI_MANUALLY,
+           size_of_smoothing_filter=10, save_average_image=False,
+           save_dilated_image=False)  # fmt: skip
     resize(f"Illum{ch}", f"UpsampledIllum{ch}", 4.0)
 
 for ch in CHANNELS:
-    save = add(SaveImages())
-    save.save_image_or_figure.value = IF_IMAGE
-    save.image_name.value = f"UpsampledIllum{ch}"
-    save.file_name_method.value = FN_SINGLE_NAME
-    save.single_file_name.value = f"\\g<Plate>_Illum{ch}"
-    save.wants_file_name_suffix.value = False
-    save.file_format.value = FF_NPY
+    save = module(SaveImages, save_image_or_figure=IF_IMAGE, image_name=f"UpsampledIllum{ch}",
+                  file_name_method=FN_SINGLE_NAME, single_file_name=f"\\g<Plate>_Illum{ch}",
+                  wants_file_name_suffix=False, file_format=FF_NPY, overwrite=True,
+                  when_to_save=WS_LAST_CYCLE, update_file_names=False,
+                  create_subdirectories=False)  # fmt: skip
     save.pathname.dir_choice = DEFAULT_OUTPUT_FOLDER_NAME
-    save.overwrite.value = True
-    save.when_to_save.value = WS_LAST_CYCLE
-    save.update_file_names.value = False
-    save.create_subdirectories.value = False
 
 with open(sys.argv[1], "w") as fp:
     pipeline.dump(fp, save_image_plane_details=False)
