@@ -1,9 +1,11 @@
 """The core flow in a real browser: headless Chromium driven by Playwright.
 
-``conductor serve`` runs on a free local port with a fresh SQLite database; the Dagster
-code location is ``STARRYNIGHT_DAGSTER_MODULE`` when set (the real asset graph), else
-the conductor tests' toy one. Screenshots of every page go to the test's tmp folder
-(and to ``CANVAS_SCREENSHOTS`` when set, to refresh docs/screenshots).
+``conductor serve`` runs on a free local port with a fresh SQLite database and the real
+asset graph (``dagster_defs.definitions``; ``STARRYNIGHT_DAGSTER_MODULE`` overrides it,
+e.g. ``tests.conductor.toy_defs`` for a faster run while working on the pages), so the
+run the browser launches processes the sample screen end to end. Screenshots of every
+page go to the test's tmp folder (and to ``CANVAS_SCREENSHOTS`` when set, to refresh
+docs/screenshots).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         CONDUCTOR_TOKENS=f"alice:{RW}:rw",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
         STARRYNIGHT_DAGSTER_MODULE=os.environ.get(
-            "STARRYNIGHT_DAGSTER_MODULE", "tests.conductor.toy_defs"
+            "STARRYNIGHT_DAGSTER_MODULE", "dagster_defs.definitions"
         ),
     )
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
@@ -116,6 +118,7 @@ def _shot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_core_flow_in_chromium(server: str, browser_page, small_sample, tmp_path: Path) -> None:
     page = browser_page
     expect = playwright.expect
