@@ -7,7 +7,9 @@ Dagster instance with dynamic partitions and materialisations (every per-plate a
 Then times each Canvas page through the app in-process (TestClient), first request
 (cold caches) and the median of repeated ones, and prints each with its ratio against
 the ``/api/v1`` JSON call for the same data measured in the same run. Target: every
-page under ~300 ms.
+page under ~300 ms. Last, a new server process on the same data (as after a restart)
+times its very first request of the heaviest pages: at once, and after the background
+warm-up that loads Dagster and the code location.
 
 Usage: ``.venv/bin/python bench/bench_canvas.py [--plates 20] [--repeat 5]``
 """
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import string
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -36,6 +41,9 @@ PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c63f8cfc0f01f0005000201a1b1c5d80000000049454e44ae426082"
 )
+
+
+COLD_PAGES = ("plate map, 20 plates", "well detail", "compare")
 
 
 def wells384() -> list[str]:
@@ -147,7 +155,52 @@ def timed(client, url: str, repeat: int) -> tuple[float, float]:
     return out[0], statistics.median(out[1:])
 
 
+def make_settings(url: str, data_dir: Path):
+    from conductor.settings import Settings, parse_tokens
+
+    return Settings(database_url=url, data_dir=data_dir,
+                    tokens=parse_tokens(f"bench:{TOKEN}:rw", "bench"),
+                    dagster_module=MODULE)  # fmt: skip
+
+
+def cold_child(spec: dict) -> None:
+    """In a fresh process: build the app, time the first request of each page (JSON out)."""
+    from fastapi.testclient import TestClient
+
+    from conductor.app import create_app
+
+    t = time.perf_counter()
+    app = create_app(make_settings(spec["url"], Path(spec["data_dir"])))
+    out = {"build": (time.perf_counter() - t) * 1000}
+    if spec["warm"]:
+        for thread in threading.enumerate():
+            if thread.name == "canvas-warm-up":
+                thread.join()
+        out["warm-up"] = (time.perf_counter() - t) * 1000
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        for name, page in spec["pages"]:
+            t = time.perf_counter()
+            r = client.get(page)
+            out[name] = (time.perf_counter() - t) * 1000
+            if r.status_code != 200:
+                raise SystemExit(f"{page}: HTTP {r.status_code}: {r.text[:300]}")
+    print(json.dumps(out))
+
+
+def cold_process(url: str, data_dir: Path, pages: list[tuple[str, str]], warm: bool) -> dict:
+    """First-request milliseconds of ``pages`` in a new process (``warm``: after warm-up)."""
+    spec = {"url": url, "data_dir": str(data_dir), "pages": pages, "warm": warm}
+    env = {**os.environ, "BENCH_CANVAS_CHILD": json.dumps(spec)}
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"cold process failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
+    if "BENCH_CANVAS_CHILD" in os.environ:
+        cold_child(json.loads(os.environ["BENCH_CANVAS_CHILD"]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plates", type=int, default=20, help="Plates of the project.")
     parser.add_argument("--sites", type=int, default=4, help="Sites per well.")
@@ -158,16 +211,13 @@ def main() -> None:
 
     from conductor import db
     from conductor.app import create_app
-    from conductor.settings import Settings, parse_tokens
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_canvas_"))
     dataset, ws = tmp / "dataset", tmp / "ws"
     dataset.mkdir()
     url = f"sqlite:///{tmp / 'conductor.db'}"
     db.upgrade(url)
-    settings = Settings(database_url=url, data_dir=tmp / "conductor",
-                        tokens=parse_tokens(f"bench:{TOKEN}:rw", "bench"),
-                        dagster_module=MODULE)  # fmt: skip
+    settings = make_settings(url, tmp / "conductor")
     plates = [f"Plate{i:02d}" for i in range(1, args.plates + 1)]
     t0 = time.perf_counter()
     images = write_index(ws, dataset, plates, args.sites)
@@ -213,6 +263,12 @@ def main() -> None:
             print(f"{name:24} {first:9.1f} {median:10.1f} {api_ms:8.1f} {median / api_ms:9.2f}x")
         verdict = "OK" if worst <= 300 else "OVER"
         print(f"slowest page median {worst:.1f} ms (target <= 300 ms: {verdict})")
+    heavy = [(name, page) for name, page, _ in cases if name in COLD_PAGES]
+    for warm in (False, True):
+        got = cold_process(url, settings.data_dir, heavy, warm)
+        when = f"after the {got['warm-up']:.0f} ms warm-up" if warm else "at once"
+        times = ", ".join(f"{name} {got[name]:.0f} ms" for name, _ in heavy)
+        print(f"new process, first requests {when}: {times}")
 
 
 if __name__ == "__main__":

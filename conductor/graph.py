@@ -178,24 +178,39 @@ def build_plan(
     if unknown:
         raise UserError(f"assets: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     chosen = [a for a in graph if not assets or a.name in assets]
+    dims_of = {a.name: a.dims for a in graph}
     included: dict[str, list[dict[str, str]]] = {}
     for info in chosen:
+        # Each kept parent's partitions by the dimensions this asset shares with it: "a
+        # partition this one reads is redone" (_agrees) is then a set look-up, not a scan
+        # (a 20-plate screen has 7,680 partitions per asset).
+        redone = []
+        for parent in info.parents:
+            if parent in included:
+                shared = tuple(d for d in dims_of[parent] if d in info.dims)
+                groups = {tuple(v[d] for d in shared) for v in included[parent]}
+                redone.append((shared, groups))
         keep = []
         for values in partition_values(info.dims, plates, wells_by_plate):
             if stale is not None:
                 status = stale.get(info.name, {}).get(partition_key(info.dims, values), "missing")
                 upstream_redone = any(
-                    _agrees(values, v) for p in info.parents for v in included.get(p, [])
+                    tuple(values[d] for d in shared) in groups for shared, groups in redone
                 )
                 if status == "done" and not upstream_redone:
                     continue
             keep.append(values)
         included[info.name] = keep
+    kept = {
+        name: {tuple(v[d] for d in dims_of[name]) for v in values}
+        for name, values in included.items()
+    }
     steps: list[dict[str, Any]] = []
     for dims, group in itertools.groupby(chosen, key=lambda a: a.dims):
         members = list(group)
         for values in partition_values(dims, plates, wells_by_plate):
-            names = [a.name for a in members if values in included[a.name]]
+            combo = tuple(values[d] for d in dims)
+            names = [a.name for a in members if combo in kept[a.name]]
             if names:
                 steps.append(
                     {
@@ -213,11 +228,9 @@ def dynamic_partitions_needed(
 ) -> dict[str, list[str]]:
     """Dynamic partitions definition name -> keys the plan's steps need to exist."""
     by_name = {a.name: a for a in graph}
-    need: dict[str, list[str]] = {}
+    need: dict[str, dict[str, None]] = {}  # dicts as ordered sets
     for step in steps:
         for asset in step["assets"]:
             for dim, def_name in by_name[asset].dynamic:
-                keys = need.setdefault(def_name, [])
-                if step["values"][dim] not in keys:
-                    keys.append(step["values"][dim])
-    return need
+                need.setdefault(def_name, {})[step["values"][dim]] = None
+    return {name: list(keys) for name, keys in need.items()}

@@ -16,13 +16,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from conductor.graph import UNPARTITIONED, AssetInfo, dynamic_partitions_needed, partition_values
+from conductor.graph import (
+    UNPARTITIONED,
+    AssetInfo,
+    dynamic_partitions_needed,
+    partition_values,
+)
 from conductor.models import Project, Run
 from conductor.settings import Settings
 from starrynight import storage
@@ -170,39 +177,102 @@ def _last_log_line(settings: Settings, run_id: int) -> str:
     return lines[-1][:500] if lines else ""
 
 
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}  # Dagster run statuses that never change
+_OBSERVED: dict[tuple[Any, ...], tuple[str, str | None, list[dict[str, Any]]]] = {}
+_OBSERVED_MAX = 256
+_OBSERVED_LOCK = threading.Lock()
+_BATCH = 500  # run ids per query: well under every database's parameter limit
+
+
+def dagster_run_records(inst: Any, run_ids: list[str]) -> dict[str, Any]:
+    """Run id -> Dagster ``RunRecord`` for the ids that exist, a few queries in all."""
+    from dagster import RunsFilter
+
+    out = {}
+    for i in range(0, len(run_ids), _BATCH):
+        for record in inst.get_run_records(RunsFilter(run_ids=run_ids[i : i + _BATCH])):
+            out[record.dagster_run.run_id] = record
+    return out
+
+
+def _materialized(inst: Any, run: Run, run_ids: set[str]) -> dict[str, set[str]]:
+    """Dagster run id -> assets it materialised, for the runs in ``run_ids``.
+
+    Read per asset from the cross-run asset index: on SQLite each Dagster run has its own
+    event file, and opening one costs ~50 ms the first time (a schema check).
+    """
+    from dagster import AssetKey, AssetRecordsFilter
+
+    out: dict[str, set[str]] = {}
+    assets = sorted({a for s in run.plan if s["run_id"] in run_ids for a in s["assets"]})
+    # Every step's Dagster run starts after the Conductor run was created; the margin
+    # only guards against clock rounding.
+    since = run.created_at.timestamp() - 60 if run.created_at else None
+    for asset in assets:
+        records_filter = AssetRecordsFilter(asset_key=AssetKey(asset), after_timestamp=since)
+        cursor = None
+        while True:
+            page = inst.fetch_materializations(records_filter, limit=1000, cursor=cursor)
+            for record in page.records:
+                if record.run_id in run_ids:
+                    out.setdefault(record.run_id, set()).add(asset)
+            if not page.has_more:
+                break
+            cursor = page.cursor
+    return out
+
+
+def _copy_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {**s, "assets": list(s["assets"]), "materialized": list(s["materialized"])} for s in steps
+    ]
+
+
 def observe(settings: Settings, run: Run) -> tuple[str, str | None, list[dict[str, Any]]]:
     """Status, message and per-step progress of ``run`` from Dagster's run storage.
+
+    A finished run whose Dagster runs have all finished cannot change any more: its
+    answer is kept (per process), so viewing old runs costs no Dagster queries.
 
     Returns
     -------
     tuple
         ``(status, message, steps)``; steps carry ``status`` and ``materialized``.
     """
-    from dagster import DagsterEventType
-
     inst = instance(settings, run.project_id)
+    cache_key = (str(inst.root_directory), run.id, run.status, run.message, len(run.plan))
+    if run.status in TERMINAL:
+        with _OBSERVED_LOCK:
+            known = _OBSERVED.get(cache_key)
+        if known is not None:
+            return known[0], known[1], _copy_steps(known[2])
     alive = run.status not in TERMINAL and launcher_alive(run.launcher_pid)
+    records = dagster_run_records(inst, [s["run_id"] for s in run.plan])
+    materialized = _materialized(inst, run, set(records)) if records else {}
     steps = []
     for step in run.plan:
-        dagster_run = inst.get_run_by_id(step["run_id"])
-        if dagster_run is None:
+        record = records.get(step["run_id"])
+        if record is None:
             status = "PENDING" if alive else "NOT_RUN"
-            done: list[str] = []
         else:
-            status = dagster_run.status.value
-            events = inst.all_logs(step["run_id"], of_type=DagsterEventType.ASSET_MATERIALIZATION)
-            done = sorted({e.dagster_event.asset_key.to_user_string() for e in events})
+            status = record.dagster_run.status.value
         steps.append(
             {
                 "dagster_run_id": step["run_id"],
                 "assets": step["assets"],
                 "partition": step["partition"],
                 "status": status,
-                "materialized": done,
+                "materialized": sorted(materialized.get(step["run_id"], ())),
             }
         )
     if run.status in TERMINAL:
-        return run.status, run.message, _not_run(steps)
+        steps = _not_run(steps)
+        if all(s["status"] in FINISHED or s["status"] == "NOT_RUN" for s in steps):
+            with _OBSERVED_LOCK:
+                if len(_OBSERVED) >= _OBSERVED_MAX:
+                    _OBSERVED.pop(next(iter(_OBSERVED)))
+                _OBSERVED[cache_key] = (run.status, run.message, _copy_steps(steps))
+        return run.status, run.message, steps
     statuses = [s["status"] for s in steps]
     message = None
     if not steps:
@@ -223,6 +293,19 @@ def observe(settings: Settings, run: Run) -> tuple[str, str | None, list[dict[st
     else:
         status = "QUEUED"
     return status, message, _not_run(steps) if status in TERMINAL else steps
+
+
+def step_seconds(settings: Settings, project_id: int, run_ids: list[str]) -> dict[str, float]:
+    """Dagster run id -> seconds from its start to its end, for runs that ended.
+
+    From the run records (one query per batch of ids), not the per-run event logs.
+    """
+    inst = instance(settings, project_id)
+    out = {}
+    for run_id, record in dagster_run_records(inst, run_ids).items():
+        if record.start_time and record.end_time:
+            out[run_id] = round(record.end_time - record.start_time, 2)
+    return out
 
 
 def _not_run(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -320,95 +403,366 @@ def stream_logs(
         time.sleep(poll_seconds)
 
 
+# --- Partition statuses ------------------------------------------------------------------
+#
+# A 20-plate screen has ~10^4 partition keys per well-level asset, and Dagster's storage
+# answers each per-asset question in 10-100 ms (SQLite opens an engine per query). So what
+# Dagster knows is kept per instance in a snapshot, read lazily per asset and re-read
+# only when the instance's token (newest event id, newest run update, run count) changes;
+# staleness is then computed with dictionary look-ups.
+
+SNAPSHOT_MAX_AGE = 60.0
+"""Seconds a snapshot is trusted while its token is unchanged.
+
+Covers what reading only the events newer than the last read cannot see: a wipe in the
+Dagster UI deletes events, and on Postgres an event may commit after one with a higher id.
+"""
+
+
+@dataclass
+class _AssetState:
+    """What a snapshot knows about one asset; each part is read on first use."""
+
+    # Event type -> partition key -> storage id of the newest such event (materialisation,
+    # planned materialisation), and the instance's newest event id when that was read.
+    newest: dict[str, dict[str, int]] = field(default_factory=dict)
+    as_of: dict[str, int | None] = field(default_factory=dict)
+    checked: set[str] = field(default_factory=set)  # keys whose Dagster status was read
+    flags: dict[str, str] = field(default_factory=dict)  # key -> "running" or "failed"
+
+
+@dataclass
+class _Snapshot:
+    """Dagster's partition facts of one instance, valid while ``token`` is unchanged."""
+
+    token: tuple[Any, ...] | None = None
+    born: float = 0.0
+    assets: dict[str, _AssetState] = field(default_factory=dict)
+    dynamic: dict[str, frozenset[str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_SNAPSHOTS: dict[str, _Snapshot] = {}
+_SNAPSHOTS_LOCK = threading.Lock()
+_SNAPSHOTS_MAX = 64  # like the instances cache: one per project served
+
+
+def _token(inst: Any) -> tuple[Any, ...] | None:
+    """What changes whenever an asset event is stored or a run changes (None: unknown)."""
+    newest_event = getattr(inst.event_log_storage, "get_maximum_record_id", None)
+    if newest_event is None:
+        return None
+    # Run status events reach the same table, but a run can also change without one
+    # (written straight to run storage, or deleted: its partitions stop being "running").
+    records = inst.get_run_records(limit=1, order_by="update_timestamp", ascending=False)
+    run = records[0] if records else None
+    newest_run = (
+        (run.dagster_run.run_id, run.dagster_run.status, run.update_timestamp) if run else None
+    )
+    return (newest_event(), newest_run, inst.get_runs_count())
+
+
+def _snapshot(inst: Any) -> _Snapshot:
+    """The instance's snapshot, brought up to date; the caller then holds its lock."""
+    with _SNAPSHOTS_LOCK:
+        home = str(inst.root_directory)
+        snap = _SNAPSHOTS.get(home)
+        if snap is None:
+            if len(_SNAPSHOTS) >= _SNAPSHOTS_MAX:
+                _SNAPSHOTS.pop(next(iter(_SNAPSHOTS)))
+            snap = _SNAPSHOTS[home] = _Snapshot()
+    snap.lock.acquire()
+    try:
+        token = _token(inst)
+        now = time.monotonic()
+        expired = token is None or snap.token is None or now - snap.born >= SNAPSHOT_MAX_AGE
+        if expired:
+            snap.assets.clear()
+            snap.born = now
+        elif token != snap.token:
+            # Event ids are kept (events only accumulate: _newest_ids fetches what is
+            # newer); what Dagster derives from run statuses is asked again.
+            for state in snap.assets.values():
+                state.checked, state.flags = set(), {}
+        if expired or token != snap.token:
+            snap.dynamic = {}
+        snap.token = token
+    except BaseException:
+        snap.lock.release()
+        raise
+    return snap
+
+
+def _newest_ids(snap: _Snapshot, inst: Any, info: AssetInfo, event_type: Any) -> dict[str, int]:
+    """Partition key -> storage id of the newest ``event_type`` event of ``info``."""
+    from dagster import AssetKey
+
+    state = snap.assets.setdefault(info.name, _AssetState())
+    newest = snap.token[0] if snap.token else None
+    kind = event_type.value
+    known = state.newest.get(kind)
+    if known is not None and newest is not None and state.as_of.get(kind) == newest:
+        return known
+    key = AssetKey(info.name)
+    if not info.dims:
+        records = inst.fetch_materializations(key, limit=1).records
+        ids = {UNPARTITIONED: records[0].storage_id} if records else {}
+    else:
+        after = state.as_of.get(kind) if known is not None else None
+        fetched = inst.event_log_storage.get_latest_storage_id_by_partition(
+            key, event_type, after_cursor=after
+        )
+        # A new dict, not an update: callers outside the lock may still read the old one.
+        ids = {**(known or {}), **fetched} if after is not None else dict(fetched)
+    state.newest[kind], state.as_of[kind] = ids, newest
+    return ids
+
+
+def _latest(snap: _Snapshot, inst: Any, info: AssetInfo) -> dict[str, int]:
+    """Partition key -> storage id of the newest materialisation of ``info``."""
+    from dagster import DagsterEventType
+
+    return _newest_ids(snap, inst, info, DagsterEventType.ASSET_MATERIALIZATION)
+
+
+def _flags(
+    snap: _Snapshot,
+    inst: Any,
+    info: AssetInfo,
+    module: str,
+    keys: list[str],
+    ids: dict[str, int],
+) -> dict[str, str]:
+    """``running`` or ``failed`` for the keys of ``keys`` that Dagster reports so.
+
+    Dagster calls a partition running or failed only while its newest planned
+    materialisation has no newer materialisation, so only those keys are asked about.
+    """
+    from dagster import AssetKey, AssetPartitionStatus, DagsterEventType
+
+    state = snap.assets.setdefault(info.name, _AssetState())
+    key = AssetKey(info.name)
+    planned = _newest_ids(snap, inst, info, DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    ask = [
+        k
+        for k, planned_id in planned.items()
+        if planned_id > ids.get(k, -1) and k not in state.checked
+    ]
+    if ask:
+        shown = set(keys)
+        ask = [k for k in ask if k in shown and _exists(snap, inst, info, k)]
+    if ask:
+        from conductor.graph import load_definitions
+
+        partitions_def = load_definitions(module).resolve_asset_graph().get(key).partitions_def
+        try:
+            found = dict(inst.get_status_by_partition(key, ask, partitions_def) or {})
+        except Exception:
+            # Status cache unavailable for this definition: storage ids decide alone.
+            found = {}
+        for k in ask:
+            if found.get(k) == AssetPartitionStatus.IN_PROGRESS:
+                state.flags[k] = "running"
+            elif found.get(k) == AssetPartitionStatus.FAILED:
+                state.flags[k] = "failed"
+        state.checked.update(ask)
+    return {k: state.flags[k] for k in keys if k in state.flags}
+
+
+def _exists(snap: _Snapshot, inst: Any, info: AssetInfo, key: str) -> bool:
+    """Whether each dynamic dimension value of ``key`` is a known partition."""
+    values = dict(zip(info.dims, key.split("|"), strict=True))
+    for dim, def_name in info.dynamic:
+        if def_name not in snap.dynamic:
+            snap.dynamic[def_name] = frozenset(inst.get_dynamic_partitions(def_name))
+        if values[dim] not in snap.dynamic[def_name]:
+            return False
+    return True
+
+
+def _group_of(picked: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """A function of a dict (or of a list, by position) giving its values at ``picked``.
+
+    One value is returned bare and several as a tuple, so both sides of a look-up
+    that use the same ``picked`` agree.
+    """
+    if not picked:
+        return lambda _: ()
+    return itemgetter(*picked)
+
+
+class UpstreamIndex:
+    """Newest materialisation of a parent's partitions, grouped as a child reads them.
+
+    A child partition reads every parent partition that agrees with it on the dimensions
+    both have (a well reads its plate; a plate reads all its wells; an unpartitioned
+    parent is read by all): see :func:`agrees`. Grouping the parent's ids by those
+    dimensions makes "the newest parent partition this partition reads" one dictionary
+    look-up instead of a scan of the parent's partitions.
+
+    Parameters
+    ----------
+    child_dims, parent_dims : tuple of str
+        Partition dimensions of the child and of the parent.
+    latest : dict
+        Parent partition key -> storage id of its newest materialisation.
+    """
+
+    def __init__(
+        self, child_dims: tuple[str, ...], parent_dims: tuple[str, ...], latest: dict[str, int]
+    ) -> None:
+        shared = tuple(d for d in parent_dims if d in child_dims)
+        self.parent_dims = parent_dims
+        self._child_group = _group_of(shared)
+        parent_group = _group_of(tuple(parent_dims.index(d) for d in shared))
+        self.newest: dict[Any, int] = {}
+        # Keys with fewer parts than dimensions agree on the missing ones: compared apart.
+        self.short: list[tuple[str, int]] = []
+        for key, storage_id in latest.items():
+            parts = key.split("|") if parent_dims else []
+            if len(parts) < len(parent_dims):
+                self.short.append((key, storage_id))
+                continue
+            group = parent_group(parts)
+            if storage_id > self.newest.get(group, -1):
+                self.newest[group] = storage_id
+
+    def newest_for(self, values: dict[str, str]) -> int:
+        """Newest storage id among the parent partitions ``values`` reads (-1: none)."""
+        best = self.newest.get(self._child_group(values), -1)
+        for key, storage_id in self.short:
+            if storage_id > best and agrees(self.parent_dims, key, values):
+                best = storage_id
+        return best
+
+
+def agrees(parent_dims: tuple[str, ...], parent_key: str, values: dict[str, str]) -> bool:
+    """Whether the child partition ``values`` reads the parent partition ``parent_key``.
+
+    The definition :class:`UpstreamIndex` implements with look-ups: the two agree on
+    every dimension both have (a parent key's missing parts agree with anything).
+    """
+    if not parent_dims:
+        return True
+    parent_values = dict(zip(parent_dims, parent_key.split("|"), strict=False))
+    return all(parent_values.get(d, v) == v for d, v in values.items())
+
+
+def partition_keys(dims: tuple[str, ...], all_values: list[dict[str, str]]) -> list[str]:
+    """:func:`conductor.graph.partition_key` of each of ``all_values``, in bulk."""
+    if not dims:
+        return [UNPARTITIONED] * len(all_values)
+    if len(dims) == 1:
+        return [v[dims[0]] for v in all_values]
+    pick = itemgetter(*dims)
+    return ["|".join(pick(v)) for v in all_values]
+
+
+def statuses_from_ids(
+    info: AssetInfo,
+    graph: tuple[AssetInfo, ...],
+    all_values: list[dict[str, str]],
+    latest: dict[str, dict[str, int]],
+    flags: dict[str, str],
+    keys: list[str] | None = None,
+) -> dict[str, str]:
+    """Status of each partition of ``info`` from storage ids and Dagster's run flags.
+
+    Parameters
+    ----------
+    info : AssetInfo
+        The asset.
+    graph : tuple of AssetInfo
+        Its parents that are in ``graph`` count as upstream; others are ignored.
+    all_values : list of dict
+        The partitions (dimension -> value) to give a status.
+    latest : dict
+        Asset -> partition key -> storage id of the newest materialisation, for ``info``
+        and its parents.
+    flags : dict
+        Partition key -> ``running`` or ``failed`` (Dagster's word wins).
+    keys : list of str, optional
+        The partition keys of ``all_values`` when the caller has them already.
+
+    Returns
+    -------
+    dict
+        Partition key -> ``done``, ``stale`` (some parent partition it reads has a
+        higher storage id), ``failed``, ``running`` or ``missing``.
+    """
+    dims_of = {a.name: a.dims for a in graph}
+    ids = latest.get(info.name, {})
+    upstream = [
+        UpstreamIndex(info.dims, dims_of[p], latest.get(p, {}))
+        for p in info.parents
+        if p in dims_of
+    ]
+    if keys is None:
+        keys = partition_keys(info.dims, all_values)
+    out = {}
+    for values, k in zip(all_values, keys, strict=True):
+        if k in flags:
+            out[k] = flags[k]
+        elif k in ids:
+            own = ids[k]
+            out[k] = "stale" if any(u.newest_for(values) > own for u in upstream) else "done"
+        else:
+            out[k] = "missing"
+    return out
+
+
 def partition_statuses(
     settings: Settings,
     project_id: int,
     graph: tuple[AssetInfo, ...],
     plates: list[str],
     wells_by_plate: dict[str, list[str]],
+    assets: Collection[str] | None = None,
 ) -> dict[str, dict[str, str]]:
     """Per asset, per partition key: ``done``, ``stale``, ``failed``, ``running``, ``missing``.
 
-    ``stale``: materialised, but an upstream partition it reads was materialised later.
+    ``stale``: materialised, but an upstream partition it reads was materialised later
+    (a higher storage id). ``running`` and ``failed`` are Dagster's partition statuses.
+
+    Parameters
+    ----------
+    settings : Settings
+        Where the project's Dagster instance lives, and its code location.
+    project_id : int
+        The project.
+    graph : tuple of AssetInfo
+        Assets to report; a parent outside ``graph`` does not make a partition stale.
+    plates, wells_by_plate
+        The partitions to report.
+    assets : collection of str, optional
+        Report only these assets of ``graph`` (the others still count as upstream).
+
+    Returns
+    -------
+    dict
+        Asset -> partition key -> status.
     """
-    from dagster import AssetKey, AssetPartitionStatus, DagsterEventType
-
-    from conductor.graph import load_definitions
-
     inst = instance(settings, project_id)
-    asset_graph = load_definitions(settings.dagster_module).resolve_asset_graph()
-    latest: dict[str, dict[str, int]] = {}
-    known: dict[str, set[str]] = {}
-    out: dict[str, dict[str, str]] = {}
-    for info in graph:
-        key = AssetKey(info.name)
-        if info.dims:
-            ids = dict(
-                inst.event_log_storage.get_latest_storage_id_by_partition(
-                    key, DagsterEventType.ASSET_MATERIALIZATION
-                )
-            )
-        else:
-            records = inst.fetch_materializations(key, limit=1).records
-            ids = {UNPARTITIONED: records[0].storage_id} if records else {}
-        latest[info.name] = ids
-        all_values = partition_values(info.dims, plates, wells_by_plate)
-        keys = [_key(info.dims, v) for v in all_values]
-        dagster_status: dict[str, Any] = {}
-        if info.dims:
-            existing = [k for k in keys if _exists(inst, info, k, known)]
-            partitions_def = asset_graph.get(key).partitions_def
-            try:
-                dagster_status = dict(
-                    inst.get_status_by_partition(key, existing, partitions_def) or {}
-                )
-            except Exception:
-                # Status cache unavailable for this definition: fall back to storage ids.
-                dagster_status = {}
-        statuses = {}
-        for values, k in zip(all_values, keys, strict=True):
-            st = dagster_status.get(k)
-            if st == AssetPartitionStatus.IN_PROGRESS:
-                statuses[k] = "running"
-            elif st == AssetPartitionStatus.FAILED:
-                statuses[k] = "failed"
-            elif k in ids:
-                newer = any(
-                    pid > ids[k]
-                    for parent in info.parents
-                    for pk, pid in latest.get(parent, {}).items()
-                    if _agrees_key(_parent_dims(graph, parent), pk, values)
-                )
-                statuses[k] = "stale" if newer else "done"
-            else:
-                statuses[k] = "missing"
-        out[info.name] = statuses
-    return out
-
-
-def _key(dims: tuple[str, ...], values: dict[str, str]) -> str:
-    from conductor.graph import partition_key
-
-    return partition_key(dims, values)
-
-
-def _exists(inst: Any, info: AssetInfo, key: str, known: dict[str, set[str]]) -> bool:
-    # One query per dynamic partitions definition, not one per key: a 20-plate screen
-    # has ~10^4 keys per asset.
-    values = dict(zip(info.dims, key.split("|"), strict=True))
-    dynamic = dict(info.dynamic)
-    for d in info.dims:
-        if d in dynamic and dynamic[d] not in known:
-            known[dynamic[d]] = set(inst.get_dynamic_partitions(dynamic[d]))
-    return all(values[d] in known[dynamic[d]] for d in info.dims if d in dynamic)
-
-
-def _parent_dims(graph: tuple[AssetInfo, ...], name: str) -> tuple[str, ...]:
-    return next(a.dims for a in graph if a.name == name)
-
-
-def _agrees_key(dims: tuple[str, ...], key: str, values: dict[str, str]) -> bool:
-    if not dims:
-        return True
-    parent_values = dict(zip(dims, key.split("|"), strict=False))
-    return all(parent_values.get(d, v) == v for d, v in values.items())
+    wanted = [a for a in graph if assets is None or a.name in assets]
+    by_name = {a.name: a for a in graph}
+    work = []
+    snap = _snapshot(inst)
+    try:
+        latest: dict[str, dict[str, int]] = {}
+        for info in wanted:
+            for name in (info.name, *info.parents):
+                if name in by_name and name not in latest:
+                    latest[name] = _latest(snap, inst, by_name[name])
+        for info in wanted:
+            all_values = partition_values(info.dims, plates, wells_by_plate)
+            keys = partition_keys(info.dims, all_values)
+            flags: dict[str, str] = {}
+            if info.dims:
+                flags = _flags(snap, inst, info, settings.dagster_module, keys, latest[info.name])
+            work.append((info, all_values, keys, flags))
+    finally:
+        snap.lock.release()
+    return {
+        info.name: statuses_from_ids(info, graph, all_values, latest, flags, keys)
+        for info, all_values, keys, flags in work
+    }

@@ -8,6 +8,7 @@ from fastapi import HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from conductor.graph import AssetInfo, asset_graph
+from conductor.indexcache import plates_and_wells
 from conductor.models import Project
 from conductor.settings import Settings
 from starrynight.errors import UserError
@@ -42,20 +43,7 @@ def graph_of(settings: Settings) -> tuple[AssetInfo, ...]:
 
 def dataset_partitions(project: Project) -> tuple[list[str], dict[str, list[str]]]:
     """Plates and wells per plate from the project's index; 409 before ``configure``."""
-    from starrynight import index, storage, workspace
-
-    if not storage.exists(workspace.index_path(project.workspace_uri)):
+    found = plates_and_wells(project.workspace_uri)
+    if found is None:
         raise HTTPException(409, f"project {project.name} is not configured: no index yet")
-    table = index.load_index(project.workspace_uri).select(["plate", "well"])
-    rows = table.group_by(["plate", "well"]).aggregate([]).to_pylist()
-    wells: dict[str, list[str]] = {}
-    for row in rows:
-        wells.setdefault(str(row["plate"]), []).append(str(row["well"]))
-    plates = sorted(wells)
-    return plates, {p: sorted(w, key=_well_order) for p, w in wells.items()}
-
-
-def _well_order(well: str) -> tuple[str, int, str]:
-    letters = well.rstrip("0123456789")
-    digits = well[len(letters) :]
-    return (letters, int(digits) if digits else 0, well)
+    return found

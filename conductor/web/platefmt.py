@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+from functools import lru_cache
 
 # rows x columns of the standard formats, smallest first
 FORMATS: dict[int, tuple[int, int]] = {6: (2, 3), 24: (4, 6), 96: (8, 12), 384: (16, 24)}
@@ -18,6 +19,7 @@ STATUS_LETTER = {
 }
 
 
+@lru_cache(maxsize=4096)  # a 20-plate map asks for the same 384 names 20 times
 def well_position(well: str) -> tuple[int, int] | None:
     """Zero-based (row, column) of ``A1``/``A01``/``p24``; None for other names."""
     m = _WELL.match(well)

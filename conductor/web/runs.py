@@ -160,19 +160,10 @@ def cancel(run_id: RunId, request: Request, session: SessionDep, _token: Writer)
 
 
 def _durations(request: Request, run: dict[str, Any]) -> list[dict[str, Any]]:
-    settings = settings_of(request)
-    inst = service.instance(settings, run["project_id"])
-    out = []
-    for step in run["steps"]:
-        seconds = None
-        try:
-            stats = inst.get_run_stats(step["dagster_run_id"])
-            if stats.start_time and stats.end_time:
-                seconds = round(stats.end_time - stats.start_time, 2)
-        except Exception:
-            seconds = None  # the run never started: no stats to show
-        out.append({**step, "seconds": seconds})
-    return out
+    ids = [step["dagster_run_id"] for step in run["steps"]]
+    seconds = service.step_seconds(settings_of(request), run["project_id"], ids)
+    # A step that never started has no duration to show.
+    return [{**step, "seconds": seconds.get(step["dagster_run_id"])} for step in run["steps"]]
 
 
 @router.get("/projects/{project_id}/compare", response_class=HTMLResponse)

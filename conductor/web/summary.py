@@ -1,25 +1,23 @@
 """What the pages show about a project's data: index summary, plates and wells.
 
 Reading an index of a large screen takes a while, so summaries are cached per index
-file version (modification time and size): a page pays for it once per ``configure``.
+file version (see :mod:`conductor.indexcache`): a page pays for it once per ``configure``.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from starrynight import index, storage, workspace
+from conductor.indexcache import cached, file_stamp, plates_and_wells, plates_wells_of
+from starrynight import index, workspace
 
-_CACHE: dict[tuple, Any] = {}
-_LOCK = threading.Lock()
-_CACHE_SIZE = 64
+__all__ = ["IndexSummary", "index_summary", "plates_and_wells"]
+
 MISSING_SHOWN = 20
 
 
@@ -51,61 +49,14 @@ class IndexSummary:
         return sum(len(w) for w in self.wells.values())
 
 
-def _stamp(uri: str) -> tuple[int, int] | None:
-    fs, path = storage.filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type.name != "File":
-        return None
-    mtime = info.mtime_ns if info.mtime_ns is not None else 0
-    return (mtime, info.size or 0)
-
-
-def _cached(key: tuple, build):
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-    value = build()
-    with _LOCK:
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = value
-    return value
-
-
-def well_order(well: str) -> tuple[str, int, str]:
-    """Sort key: ``A2`` before ``A10``."""
-    letters = well.rstrip("0123456789")
-    digits = well[len(letters) :]
-    return (letters, int(digits) if digits else 0, well)
-
-
-def plates_and_wells(ws: str) -> tuple[list[str], dict[str, list[str]]] | None:
-    """Plates and the wells of each from the index (None before ``configure``)."""
-    uri = workspace.index_path(ws)
-    stamp = _stamp(uri)
-    if stamp is None:
-        return None
-    return _cached(("pw", uri, stamp), lambda: _read_plates_wells(uri))
-
-
-def _read_plates_wells(uri: str) -> tuple[list[str], dict[str, list[str]]]:
-    fs, path = storage.filesystem(uri)
-    table = pq.read_table(path, filesystem=fs, columns=["plate", "well"])
-    pairs = table.group_by(["plate", "well"]).aggregate([]).to_pylist()
-    wells: dict[str, list[str]] = {}
-    for row in pairs:
-        wells.setdefault(str(row["plate"]), []).append(str(row["well"]))
-    return sorted(wells), {p: sorted(w, key=well_order) for p, w in sorted(wells.items())}
-
-
 def index_summary(ws: str) -> IndexSummary | None:
     """Plates, wells, sites, cycles and channels per arm, rejects, missing images."""
     uri = workspace.index_path(ws)
-    stamp = _stamp(uri)
+    stamp = file_stamp(uri)
     if stamp is None:
         return None
-    exp_stamp = _stamp(workspace.experiment_path(ws))
-    return _cached(("summary", uri, stamp, exp_stamp), lambda: _build_summary(ws))
+    exp_stamp = file_stamp(workspace.experiment_path(ws))
+    return cached(("summary", uri, stamp, exp_stamp), lambda: _build_summary(ws))
 
 
 def _channels(table: pa.Table) -> list[str]:
@@ -118,7 +69,7 @@ def _channels(table: pa.Table) -> list[str]:
 
 def _build_summary(ws: str) -> IndexSummary:
     table = index.load_index(ws)
-    plates, wells = _read_plates_wells(workspace.index_path(ws))
+    plates, wells = plates_wells_of(table)  # not a second read of the file
     arms: dict[str, ArmSummary] = {}
     for arm in sorted(pc.unique(table.column("arm")).to_pylist()):
         part = table.filter(pc.equal(table.column("arm"), arm))

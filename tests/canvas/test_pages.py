@@ -164,6 +164,8 @@ def test_run_from_the_form_then_plate_map_and_compare(
     cmp = ui.get(f"/ui/projects/{pid}/compare?a={ids[0]}&b={ids[1]}").text
     assert f"Compare run {ids[0]} and run {ids[1]}" in cmp
     assert "inventory, illum_cp" in cmp and "Stale only</th><td>yes" in cmp
+    # Each finished step's duration, from Dagster's run records.
+    assert len(re.findall(r"</span></td><td>\d+(?:\.\d+)?</td></tr>", cmp)) == 2, cmp
     status = ui.get(f"/ui/runs/{ids[0]}/status.json").json()
     assert status["status"] == "SUCCESS" and status["percent"] == 100
     events = ui.get(f"/ui/runs/{ids[0]}/events").text

@@ -39,3 +39,17 @@ def test_grid_places_wells_and_keeps_odd_names_apart() -> None:
     assert rows[0][1][1].well is None
     assert outside == ["7", "Q1"]
     assert {platefmt.Cell("x", "x", s).letter for s in platefmt.STATUS_LETTER} == set("DRFSM")
+
+
+def test_grid_body_links_each_well_and_escapes_names() -> None:
+    from conductor.web.platemap import grid_body
+
+    _, rows, _ = platefmt.grid(["A1", "B2"], {"A1": "done", "B2": "stale"}, 6)
+    body = str(grid_body(3, "P 1&<x>", rows))
+    assert body.count("<tr>") == 2 and body.count("<td") == 6
+    href = "/ui/projects/3/plates/P%201%26%3Cx%3E/wells/A1"
+    assert (
+        f'<td class="st-done"><a href="{href}" title="A1: done" aria-label="A1: done">D</a>' in body
+    )
+    assert 'aria-label="B2: stale">S</a>' in body
+    assert '<td class="st-none" title="A2: no images"><span class="sr-only">A2: no images' in body

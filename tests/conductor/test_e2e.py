@@ -84,6 +84,15 @@ def test_sample_project_end_to_end(e2e_client: TestClient, small_sample, tmp_pat
     ]
     expected = {(a, k) for a, keys in after["assets"].items() for k in keys}
     assert {(a, p or "default") for a, p in materialized} == expected
+    # Each step's "materialized" (read from the asset index) is what its run's log says.
+    from_log: dict[str, set[str]] = {}
+    for kind, e in events:
+        if kind == "log" and e["event_type"] == "ASSET_MATERIALIZATION":
+            from_log.setdefault(e["dagster_run_id"], set()).add(e["asset"])
+    steps = {s["dagster_run_id"]: s["materialized"] for s in run["steps"]}
+    assert steps == {r: sorted(assets) for r, assets in from_log.items()}
+    again = client.get(f"{API}/runs/{run['id']}").json()  # a finished run: kept, same answer
+    assert again["steps"] == run["steps"]
 
     runs = client.get(f"{API}/projects/{project_id}/runs").json()
     assert runs["total"] == 1

@@ -1,0 +1,77 @@
+"""A project's plates and wells from its index, cached per index file version.
+
+Reading the index of a 20-plate screen takes longer than computing every partition
+status, so what is read from it is kept per (path, modification time, size): the API and
+the pages pay for it once per ``configure``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from starrynight import storage, workspace
+
+_CACHE: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+_CACHE_SIZE = 64
+
+
+def file_stamp(uri: str) -> tuple[int, int] | None:
+    """``(modification time ns, size)`` of a file, or None when there is no such file."""
+    fs, path = storage.filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type.name != "File":
+        return None
+    mtime = info.mtime_ns if info.mtime_ns is not None else 0
+    return (mtime, info.size or 0)
+
+
+def cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``'s value, kept under ``key`` (the oldest of 64 entries is dropped).
+
+    Two threads missing the same key may both build it; the values are equal.
+    """
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    value = build()
+    with _LOCK:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = value
+    return value
+
+
+def well_order(well: str) -> tuple[str, int, str]:
+    """Sort key: ``A2`` before ``A10``."""
+    letters = well.rstrip("0123456789")
+    digits = well[len(letters) :]
+    return (letters, int(digits) if digits else 0, well)
+
+
+def plates_and_wells(ws: str) -> tuple[list[str], dict[str, list[str]]] | None:
+    """Plates and the wells of each from the index (None before ``configure``)."""
+    uri = workspace.index_path(ws)
+    stamp = file_stamp(uri)
+    if stamp is None:
+        return None
+    return cached(("pw", uri, stamp), lambda: _read_plates_wells(uri))
+
+
+def _read_plates_wells(uri: str) -> tuple[list[str], dict[str, list[str]]]:
+    fs, path = storage.filesystem(uri)
+    return plates_wells_of(pq.read_table(path, filesystem=fs, columns=["plate", "well"]))
+
+
+def plates_wells_of(table: pa.Table) -> tuple[list[str], dict[str, list[str]]]:
+    """Sorted plates and each plate's wells in plate order (``A2`` before ``A10``)."""
+    pairs = table.group_by(["plate", "well"]).aggregate([]).to_pylist()
+    wells: dict[str, list[str]] = {}
+    for row in pairs:
+        wells.setdefault(str(row["plate"]), []).append(str(row["well"]))
+    return sorted(wells), {p: sorted(w, key=well_order) for p, w in sorted(wells.items())}
