@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from conductor.api.common import Limit, Offset, ProjectId, get_project, settings_of
-from conductor.app import get_read_session, get_session
+from conductor.app import get_session, run_read
 from conductor.auth import reader, writer
 from conductor.models import Project, Run
 from conductor.runs import TERMINAL, instance_dir
@@ -22,7 +22,6 @@ from starrynight.errors import UserError
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 SessionDep = Annotated[Session, Depends(get_session)]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 
 
 MARKER = ".conductor-workspace"
@@ -85,9 +84,12 @@ def _claim_workspace(ws: str) -> None:
 
 
 @router.get("", response_model=ProjectPage, dependencies=[Depends(reader)])
-def list_projects(session: ReadSessionDep, limit: Limit = 50, offset: Offset = 0) -> dict:
+async def list_projects(request: Request, limit: Limit = 50, offset: Offset = 0) -> dict:
     """Projects ordered by id, one page at a time."""
-    # The total rides along with the page (one round trip); an empty page counts apart.
+    return await run_read(request, lambda session: _page(session, limit, offset))
+
+
+def _page(session: Session, limit: int, offset: int) -> dict:
     # Plain rows, not ORM objects (hydrating 50 of them dominated the request), and the
     # total rides along with the page (one round trip); an empty page counts apart.
     table = Project.__table__
@@ -104,9 +106,9 @@ def list_projects(session: ReadSessionDep, limit: Limit = 50, offset: Offset = 0
 
 
 @router.get("/{project_id}", response_model=ProjectOut, dependencies=[Depends(reader)])
-def read_project(project_id: ProjectId, session: ReadSessionDep) -> Project:
+async def read_project(project_id: ProjectId, request: Request) -> Project:
     """One project."""
-    return get_project(session, project_id)
+    return await run_read(request, lambda session: get_project(session, project_id))
 
 
 @router.patch("/{project_id}", response_model=ProjectOut, dependencies=[Depends(writer)])
