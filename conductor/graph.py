@@ -33,12 +33,20 @@ class AssetInfo:
         Upstream assets that are materialisable in this graph.
     dynamic : dict
         Dimension name -> Dagster dynamic partitions definition name.
+    arms : tuple of str
+        Arms (``cp``, ``sbs``) whose images a well needs for this asset to apply to it,
+        from the asset's ``starrynight/arms`` metadata (empty: every well).
     """
 
     name: str
     dims: tuple[str, ...]
     parents: tuple[str, ...]
     dynamic: tuple[tuple[str, str], ...]
+    arms: tuple[str, ...] = ()
+
+    def applies_to(self, well_arms: frozenset[str]) -> bool:
+        """Whether a well holding images of ``well_arms`` can have this asset."""
+        return set(self.arms) <= well_arms
 
 
 @lru_cache(maxsize=8)
@@ -97,7 +105,8 @@ def asset_graph(spec: str) -> tuple[AssetInfo, ...]:
     for name, node in nodes.items():
         dims, dynamic = _dims(node.partitions_def)
         parents = tuple(p.to_user_string() for p in node.parent_keys if p.to_user_string() in nodes)
-        infos[name] = AssetInfo(name, dims, parents, dynamic)
+        arms = tuple(a for a in str(node.metadata.get("starrynight/arms") or "").split(",") if a)
+        infos[name] = AssetInfo(name, dims, parents, dynamic, arms)
     ordered: list[AssetInfo] = []
     done: set[str] = set()
     while len(ordered) < len(infos):

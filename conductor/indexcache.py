@@ -75,3 +75,21 @@ def plates_wells_of(table: pa.Table) -> tuple[list[str], dict[str, list[str]]]:
     for row in pairs:
         wells.setdefault(str(row["plate"]), []).append(str(row["well"]))
     return sorted(wells), {p: sorted(w, key=well_order) for p, w in sorted(wells.items())}
+
+
+def well_arms(ws: str) -> dict[tuple[str, str], frozenset[str]]:
+    """``(plate, well)`` -> arms (``cp``, ``sbs``) with images there (empty before configure)."""
+    uri = workspace.index_path(ws)
+    stamp = file_stamp(uri)
+    if stamp is None:
+        return {}
+    return cached(("arms", uri, stamp), lambda: _read_well_arms(uri))
+
+
+def _read_well_arms(uri: str) -> dict[tuple[str, str], frozenset[str]]:
+    fs, path = storage.filesystem(uri)
+    table = pq.read_table(path, filesystem=fs, columns=["plate", "well", "arm"])
+    found: dict[tuple[str, str], set[str]] = {}
+    for row in table.group_by(["plate", "well", "arm"]).aggregate([]).to_pylist():
+        found.setdefault((str(row["plate"]), str(row["well"])), set()).add(str(row["arm"]))
+    return {k: frozenset(v) for k, v in found.items()}

@@ -35,6 +35,7 @@ from conductor.settings import Settings
 from starrynight import storage
 
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+NOT_APPLICABLE = "n/a"  # partition status of a well lacking the images an asset needs
 _DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 _PROCS: dict[int, subprocess.Popen] = {}
 _PROCS_LOCK = threading.Lock()
@@ -766,3 +767,27 @@ def partition_statuses(
         info.name: statuses_from_ids(info, graph, all_values, latest, flags, keys)
         for info, all_values, keys, flags in work
     }
+
+
+def mark_not_applicable(
+    graph: tuple[AssetInfo, ...],
+    statuses: dict[str, dict[str, str]],
+    well_arms: dict[tuple[str, str], frozenset[str]],
+) -> dict[str, dict[str, str]]:
+    """``statuses`` with ``n/a`` for the plate x well keys whose well lacks the arms
+    (``cp``, ``sbs``) the asset needs; ``statuses`` itself is left as it is.
+
+    Dagster records such products as materialised with ``absent`` metadata (see
+    ``dagster_defs.assets.wells``), which would otherwise read as ``done``.
+    """
+    out = dict(statuses)
+    for info in graph:
+        if not info.arms or len(info.dims) != 2 or info.name not in statuses:
+            continue
+        out[info.name] = {
+            key: NOT_APPLICABLE
+            if not info.applies_to(well_arms.get(tuple(key.split("|", 1)), frozenset()))
+            else status
+            for key, status in statuses[info.name].items()
+        }
+    return out

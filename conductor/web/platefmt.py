@@ -16,6 +16,7 @@ STATUS_LETTER = {
     "failed": "F",
     "stale": "S",
     "missing": "M",
+    "n/a": "N",  # the well lacks the images the asset needs (e.g. SBS of a CP-only well)
 }
 
 

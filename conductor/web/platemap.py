@@ -13,7 +13,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conductor import runs
+from conductor import indexcache, runs
 from conductor.api.common import ProjectId, get_project, graph_of, settings_of
 from conductor.app import get_session
 from conductor.graph import UNPARTITIONED, AssetInfo
@@ -25,7 +25,8 @@ from conductor.web.session import Reader
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 SessionDep = Annotated[Session, Depends(get_session)]
 Name = Annotated[str, Query(max_length=100)]
-ALL_PLATES_MAX = 4  # more plates than this: the map opens on the first plate
+ALL_PLATES_MAX = 4
+NOT_APPLICABLE = runs.NOT_APPLICABLE  # more plates than this: the map opens on the first plate
 
 
 def configured_partitions(project: Project) -> tuple[list[str], dict[str, list[str]]]:
@@ -67,8 +68,9 @@ def grid_body(project_id: int, plate: str, rows: list[tuple[str, list[platefmt.C
                 well, status = escape(c.well), escape(c.status)
                 href = escape(base + _quoted(c.well))
                 label = f"{well}: {status}"
+                css = status.replace("/", "")
                 out.append(
-                    f'<td class="st-{status}"><a href="{href}" title="{label}" '
+                    f'<td class="st-{css}"><a href="{href}" title="{label}" '
                     f'aria-label="{label}">{c.letter}</a></td>'
                 )
             else:
@@ -120,6 +122,9 @@ def plate_map(
     statuses = runs.partition_statuses(
         settings, project.id, graph, shown, {p: wells[p] for p in shown}, assets=[info.name]
     )
+    if info.arms:
+        arms = indexcache.well_arms(project.workspace_uri)
+        statuses = runs.mark_not_applicable((info,), statuses, arms)
     maps = []
     for p in shown:
         per_well = {w: status_of(info, statuses[info.name], p, w) or "missing" for w in wells[p]}
@@ -173,6 +178,9 @@ def well_detail(
     if plate not in plates or well not in wells[plate]:
         raise HTTPException(404, f"well {plate} {well} holds no images of this project")
     statuses = runs.partition_statuses(settings, project.id, graph, [plate], {plate: [well]})
+    statuses = runs.mark_not_applicable(
+        graph, statuses, indexcache.well_arms(project.workspace_uri)
+    )
     rows = []
     for info in graph:
         key = {0: UNPARTITIONED, 1: plate}.get(len(info.dims), f"{plate}|{well}")

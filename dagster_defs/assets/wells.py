@@ -48,6 +48,17 @@ def _plate_dep(key: str) -> dg.AssetDep:
     return dg.AssetDep(key, partition_mapping=plate_of_well)
 
 
+#: Arms (cp, sbs) whose images each product needs; also published as the asset's
+#: ``starrynight/arms`` metadata, so Conductor can tell "not applicable" from "missing".
+NEEDS = {
+    "corrected_cp": ("cp",),
+    "aligned_sbs": ("sbs",),
+    "segmentation": ("cp",),
+    "barcode_calls": ("sbs",),
+    "cell_features": ("cp", "sbs"),
+}
+
+
 def _spec(key: dg.AssetKey, deps: list, description: str) -> dg.AssetSpec:
     return dg.AssetSpec(
         key,
@@ -56,6 +67,7 @@ def _spec(key: dg.AssetKey, deps: list, description: str) -> dg.AssetSpec:
         group_name="wells",
         automation_condition=follow_upstream(),
         skippable=True,
+        metadata={"starrynight/arms": ",".join(NEEDS[key.to_user_string()])},
     )
 
 
@@ -97,14 +109,7 @@ def _arms(ws: str, plate: str, well: str) -> set[str]:
 
 
 def _steps_for(arms: set[str], selected: set[dg.AssetKey]) -> list[str]:
-    need = {
-        "corrected_cp": {"cp"},
-        "aligned_sbs": {"sbs"},
-        "segmentation": {"cp"},
-        "barcode_calls": {"sbs"},
-        "cell_features": {"cp", "sbs"},
-    }
-    return [s for s in WELL_STEPS if KEYS[s] in selected and need[s] <= arms]
+    return [s for s in WELL_STEPS if KEYS[s] in selected and set(NEEDS[s]) <= arms]
 
 
 def _segmentation_preview(ws: str, plate: str, well: str) -> dg.MetadataValue | None:

@@ -38,7 +38,7 @@ def test_grid_places_wells_and_keeps_odd_names_apart() -> None:
     assert (b2.well, b2.status, b2.letter) == ("B2", None, "·")
     assert rows[0][1][1].well is None
     assert outside == ["7", "Q1"]
-    assert {platefmt.Cell("x", "x", s).letter for s in platefmt.STATUS_LETTER} == set("DRFSM")
+    assert {platefmt.Cell("x", "x", s).letter for s in platefmt.STATUS_LETTER} == set("DRFSMN")
 
 
 def test_grid_body_links_each_well_and_escapes_names() -> None:

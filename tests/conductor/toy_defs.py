@@ -46,7 +46,8 @@ def illum_cp(context: AssetExecutionContext) -> None:
     (folder / f"{context.partition_key}_IllumDAPI.png").write_bytes(png)
 
 
-@dg.asset(partitions_def=plate_well, deps=[illum_cp])
+# Like the real graph's well products, it declares the arm whose images it needs.
+@dg.asset(partitions_def=plate_well, deps=[illum_cp], metadata={"starrynight/arms": "cp"})
 def corrected_cp(context: AssetExecutionContext) -> None:
     """Write one text file per plate x well; optionally slow or failing."""
     keys = context.partition_key.keys_by_dimension
