@@ -6,8 +6,10 @@ retry strategy, with ``dependsOn`` for its DAG edges. Nodes made by the same ste
 :class:`~pipecraft.Scatter` become one array job when they share image, resources and
 retries: each child runs ``python -m pipecraft.run_node --array SPEC`` and picks its node
 with ``AWS_BATCH_JOB_ARRAY_INDEX``; SPEC is inline JSON, or a JSON file uploaded under
-``staging_uri`` when too large for a request. Batch allows 20 dependencies per job, so
-wider fan-ins go through small barrier jobs.
+``staging_uri`` when too large for a request. When a scatter's second step reads only
+its own item of the first (child k on child k), the two arrays are linked ``N_TO_N``, so
+each item moves on as soon as its previous step is done. Batch allows 20 dependencies per
+job, so wider fan-ins go through small barrier jobs.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class Submission:
     array_size: int | None = None
     depends_on: list[str] = field(default_factory=list)  # names of other submissions
     job_id: str | None = None
+    # Array dependencies whose child k needs only child k: Batch starts each child as
+    # soon as its own upstream child succeeded, not after the whole upstream array.
+    n_to_n: set[str] = field(default_factory=set)
 
 
 class AwsBatchBackend:
@@ -237,8 +242,10 @@ class AwsBatchBackend:
                 command = [self.python, "-m", "pipecraft.run_node", "--array", spec]
                 size = len(u)
             deps = [sub_of_unit[d] for d in unit_deps[i]]
+            aligned = {sub_of_unit[d] for d in unit_deps[i] if _aligned(dag, u, units[d])}
             deps = _barriers(deps, name, image, subs)
-            subs.append(Submission(name, list(u), image, command, size, deps))
+            aligned &= set(deps)
+            subs.append(Submission(name, list(u), image, command, size, deps, None, aligned))
             sub_of_unit[i] = name
         return subs
 
@@ -357,7 +364,10 @@ class AwsBatchBackend:
             "retryStrategy": {"attempts": retries + 1},
         }
         if s.depends_on:
-            kwargs["dependsOn"] = [{"jobId": ids[d]} for d in s.depends_on]
+            kwargs["dependsOn"] = [
+                {"jobId": ids[d], "type": "N_TO_N"} if d in s.n_to_n else {"jobId": ids[d]}
+                for d in s.depends_on
+            ]
         if s.array_size:
             kwargs["arrayProperties"] = {"size": s.array_size}
         return kwargs
@@ -381,6 +391,20 @@ def _unit_order(unit_deps: list[list[int]]) -> list[int] | None:
             if indeg[j] == 0:
                 ready.append(j)
     return out if len(out) == len(unit_deps) else None
+
+
+def _aligned(dag: DAG, unit: list[str], upstream: list[str]) -> bool:
+    """Whether two array units of one size depend child k on child k only (N_TO_N).
+
+    A barrier stands between jobs only above 20 dependencies, and then this unit's
+    dependency list is rewritten, so :meth:`AwsBatchBackend.plan` keeps only names that
+    are still direct dependencies.
+    """
+    if len(unit) < 2 or len(unit) != len(upstream):
+        return False
+    inside = set(upstream)
+    pairs = zip(unit, upstream, strict=True)
+    return all({d for d in dag.deps[n] if d in inside} == {up} for n, up in pairs)
 
 
 def _barriers(deps: list[str], name: str, image: str, subs: list[Submission]) -> list[str]:

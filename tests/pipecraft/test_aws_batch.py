@@ -237,6 +237,57 @@ def test_wide_fan_in_uses_barrier_jobs(moto_batch, tmp_path: Path) -> None:
     assert sorted(len(b["dependsOn"]) for b in barriers) == [5, 20]
 
 
+def test_per_item_chains_use_n_to_n_array_dependencies(moto_batch, tmp_path: Path) -> None:
+    rec = Recorder(moto_batch)
+
+    def site(i: int) -> Seq:
+        return Seq(
+            Command(name=f"correct-{i}", argv=["true"]),
+            Command(name=f"segment-{i}", argv=["true"]),
+        )
+
+    p = Pipeline(
+        "chain",
+        Seq(
+            Command(name="illum", argv=["true"]),
+            Scatter("site", range(3), site),
+            Command(name="summary", argv=["true"]),
+        ),
+    )
+    h = backend(rec).run(p)
+    assert h.wait(10) is RunStatus.SUCCEEDED
+    subs = {s["jobName"].split("-", 2)[2]: s for s in rec.calls_to("submit_job")}
+    id_to_name = {s.job_id: s.name.split("-", 2)[2] for s in h.submissions}
+    deps = {
+        name: [(id_to_name[d["jobId"]], d.get("type")) for d in s.get("dependsOn", [])]
+        for name, s in subs.items()
+    }
+    # site-0 is the scatter's first step (correct), site-1 its second (segment):
+    # segment-k waits for correct-k only; illum and summary stay whole-job edges.
+    assert deps == {
+        "illum": [],
+        "site-0": [("illum", None)],
+        "site-1": [("site-0", "N_TO_N")],
+        "summary": [("site-1", None)],
+    }
+    assert all(s.get("arrayProperties", {}).get("size", 3) == 3 for s in subs.values())
+
+
+def test_unaligned_array_dependency_stays_whole_job() -> None:
+    def item(i: int) -> Command:
+        return Command(name=f"b-{i}", argv=["true"])
+
+    # every b-k reads every a-k: not child-to-child, so a plain dependency on the array
+    p = Pipeline(
+        "cross",
+        Seq(Scatter("a", range(3), lambda i: Command(name=f"a-{i}", argv=["true"])),
+            Scatter("b", range(3), item)),
+    )  # fmt: skip
+    subs = backend(None).plan(p, "r1")
+    b = next(s for s in subs if s.array_size and s.nodes[0].startswith("b-"))
+    assert b.depends_on and b.n_to_n == set()
+
+
 def test_large_scatter_is_staged_to_s3_and_runs_by_array_index(moto_batch, tmp_path: Path) -> None:
     boto3.client("s3", region_name=BATCH_REGION).create_bucket(Bucket="stage")
     p = Pipeline(
