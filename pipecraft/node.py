@@ -185,7 +185,8 @@ class Command(Node):
     argv : sequence of str
         Program and arguments; never passed through a shell.
     image : str, optional
-        Container image for backends that run containers (AWS Batch).
+        Container image for backends that run containers (AWS Batch; Snakemake with
+        ``--software-deployment-method apptainer``). The local backend runs on the host.
     """
 
     argv: tuple[str, ...] = ()

@@ -7,7 +7,8 @@ order never depends on Snakemake matching data file names. The hash covers the n
 command and paths, so a changed node re-runs. Commands are quoted with :func:`shlex.quote`
 and brace-escaped for Snakemake's formatter, so arguments with spaces, commas, quotes or
 braces reach the program unchanged. ``PyFunction`` nodes run as
-``python -m pipecraft.run_node <json>``.
+``python -m pipecraft.run_node <json>``. A node's container image becomes the rule's
+``container:`` (used with ``--software-deployment-method apptainer``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ from pipecraft.node import Node, node_argv
 from pipecraft.pipeline import DAG, Pipeline, as_dag
 
 _BUILTIN_EXECUTORS = {"local", "dryrun", "touch"}
+
+
+def _container(node: Node) -> list[str]:
+    # Honoured when Snakemake runs with --software-deployment-method apptainer (pass it in
+    # extra_args); otherwise Snakemake ignores the directive and runs on the host.
+    image = getattr(node, "image", None)
+    if not image:
+        return []
+    uri = image if "://" in image else f"docker://{image}"
+    return [f"    container: {uri!r}"]
 
 
 def _braces(s: str) -> str:
@@ -150,6 +161,7 @@ class SnakemakeBackend:
                 f"    threads: {node.resources.cpus}",
                 f"    resources: mem_mb={node.resources.memory_mb}",
                 f"    retries: {node.retries}",
+                *_container(node),
                 f"    shell: {_braces(cmd)!r}",
                 "",
             ]

@@ -102,17 +102,20 @@ def test_snakefile_encodes_every_edge_resources_and_retries(tmp_path: Path) -> N
             Command(
                 name="a", argv=["true"], resources=Resources(cpus=3, memory_mb=2048), retries=2
             ),
-            Command(name="b", argv=["true"]),
+            Command(name="b", argv=["true"], image="repo/starrynight:1"),
         ),
     )
     backend = SnakemakeBackend(tmp_path / "wd")
     text = backend.compile(p)
+    assert backend.dry_run(p) == ["a", "b"]  # Snakemake accepts the container directive
     flag_a = str(backend.flag_path(p.compile().nodes["a"]))
     rule_b = text[text.index("rule n1_b:") :]
     assert f"input: [{flag_a!r}]" in rule_b
     rule_a = text[text.index("rule n0_a:") : text.index("rule n1_b:")]
     assert "threads: 3" in rule_a and "mem_mb=2048" in rule_a and "retries: 2" in rule_a
     assert "input: []" in rule_a
+    assert "container:" not in rule_a
+    assert "container: 'docker://repo/starrynight:1'" in rule_b
 
 
 def test_resume_after_snakemake_is_killed(tmp_path: Path) -> None:
