@@ -13,7 +13,8 @@ from conductor.settings import Token
 _bearer = HTTPBearer(auto_error=False, description="A token from CONDUCTOR_TOKENS.")
 
 
-def _match(tokens: tuple[Token, ...], secret: str) -> Token | None:
+def match_token(tokens: tuple[Token, ...], secret: str) -> Token | None:
+    """The configured token whose secret is ``secret``, or None (constant-time compare)."""
     found = None
     for token in tokens:
         # Compare against every token so timing does not reveal which one matched.
@@ -30,7 +31,7 @@ def _authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) 
             "missing bearer token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    token = _match(tokens, creds.credentials)
+    token = match_token(tokens, creds.credentials)
     if token is None:
         raise HTTPException(401, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
     return token

@@ -13,6 +13,7 @@ from conductor import files
 from conductor.api.common import ProjectId, get_project
 from conductor.app import get_read_session
 from conductor.auth import reader
+from conductor.models import Project
 from conductor.schemas import FileList
 from starrynight import storage
 
@@ -60,7 +61,11 @@ def download(project_id: ProjectId, session: SessionDep, path: RelPath) -> Respo
 )
 def preview(project_id: ProjectId, session: SessionDep, path: RelPath) -> Response:
     """A PNG QC image of the workspace, served inline for display."""
-    project = get_project(session, project_id)
+    return png_response(get_project(session, project_id), path)
+
+
+def png_response(project: Project, path: str) -> Response:
+    """A PNG of the project's workspace served inline (404 when there is no such file)."""
     try:
         data = files.read_png(project.workspace_uri, path)
     except FileNotFoundError as exc:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
-from conductor import files
 from conductor.api.common import ProjectId, get_project
+from conductor.api.files import png_response
 from conductor.app import get_session
 from conductor.web import qcdata, summary
 from conductor.web.render import PageRoute, render
@@ -83,9 +83,4 @@ def preview(
     path: Annotated[str, Query(max_length=1000)],
 ) -> Response:
     """A PNG of the workspace for an ``<img>`` (same checks as the files API)."""
-    project = get_project(session, project_id)
-    try:
-        data = files.read_png(project.workspace_uri, path)
-    except FileNotFoundError as exc:
-        raise HTTPException(404, f"path {path!r}: no such file in the workspace") from exc
-    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+    return png_response(get_project(session, project_id), path)

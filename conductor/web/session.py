@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from conductor.auth import match_token
 from conductor.settings import Token
 from conductor.web.render import (
     COOKIE,
@@ -30,15 +31,6 @@ router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 Form = Annotated[dict[str, list[str]], Depends(read_form)]
 
 
-def _match(tokens: tuple[Token, ...], secret: str) -> Token | None:
-    found = None
-    for token in tokens:
-        # Compare against every token so timing does not reveal which one matched.
-        if hmac.compare_digest(token.secret.encode(), secret.encode()):
-            found = token
-    return found
-
-
 def _secret(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
@@ -49,7 +41,7 @@ def _secret(request: Request) -> str | None:
 async def page_reader(request: Request) -> Token:
     """Any valid token from the cookie or header; else the browser goes to the login form."""
     secret = _secret(request)
-    token = _match(request.app.state.settings.tokens, secret) if secret else None
+    token = match_token(request.app.state.settings.tokens, secret) if secret else None
     if token is None:
         raise LoginRequired
     request.state.canvas_token = token
@@ -94,7 +86,7 @@ def login(request: Request, form: Form) -> Response:
     """Check the token and keep it in the cookie; a wrong token re-shows the form."""
     secret = field(form, "token")
     target = _safe_next(field(form, "next", "/ui/projects"))
-    token = _match(request.app.state.settings.tokens, secret) if secret else None
+    token = match_token(request.app.state.settings.tokens, secret) if secret else None
     if token is None:
         message = "enter a token" if not secret else "unknown token; check CONDUCTOR_TOKENS"
         return render(request, "login.html", status_code=401, next=target, error=message)
