@@ -8,7 +8,7 @@ the pages pay for it once per ``configure``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -60,20 +60,22 @@ def plates_and_wells(ws: str) -> tuple[list[str], dict[str, list[str]]] | None:
     stamp = file_stamp(uri)
     if stamp is None:
         return None
-    return cached(("pw", uri, stamp), lambda: _read_plates_wells(uri))
-
-
-def _read_plates_wells(uri: str) -> tuple[list[str], dict[str, list[str]]]:
-    fs, path = storage.filesystem(uri)
-    return plates_wells_of(pq.read_table(path, filesystem=fs, columns=["plate", "well"]))
+    # Derived from the arms per well: one read of the index serves both.
+    return cached(("pw", uri, stamp), lambda: _sorted_plates_wells(well_arms(ws)))
 
 
 def plates_wells_of(table: pa.Table) -> tuple[list[str], dict[str, list[str]]]:
     """Sorted plates and each plate's wells in plate order (``A2`` before ``A10``)."""
     pairs = table.group_by(["plate", "well"]).aggregate([]).to_pylist()
+    return _sorted_plates_wells((str(r["plate"]), str(r["well"])) for r in pairs)
+
+
+def _sorted_plates_wells(
+    pairs: Iterable[tuple[str, str]],
+) -> tuple[list[str], dict[str, list[str]]]:
     wells: dict[str, list[str]] = {}
-    for row in pairs:
-        wells.setdefault(str(row["plate"]), []).append(str(row["well"]))
+    for plate, well in pairs:
+        wells.setdefault(plate, []).append(well)
     return sorted(wells), {p: sorted(w, key=well_order) for p, w in sorted(wells.items())}
 
 
