@@ -1,5 +1,5 @@
 """``python -m starrynight.cli``: the same as the ``starrynight`` console script."""
 
-from starrynight.cli.main import main
+from starrynight.cli.main import console
 
-main()
+console()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -73,5 +76,27 @@ def run_group(group: click.Group, argv: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``starrynight`` console script."""
+    """Run the ``starrynight`` command line in this process (tests call it directly)."""
     run_group(cli, argv)
+
+
+def console(argv: list[str] | None = None) -> NoReturn:
+    """Entry point of the console script and ``python -m starrynight.cli``.
+
+    :func:`main`, then a hard exit. Arrow's native thread pools can abort the interpreter
+    at exit ("terminate called without an active exception", SIGABRT, apache/arrow#34314)
+    after all the work is done: seen here as a failed pipeline node whose outputs were
+    complete. Every output is written (atomically) before this point, so the process
+    flushes its streams and logs and leaves without running native destructors.
+    """
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
