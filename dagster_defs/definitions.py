@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_defs.assets import ALL_ASSETS
+from dagster_defs.assets import all_assets
 from dagster_defs.resources import build_resources, load_settings
 from dagster_defs.sensors import TICK_SECONDS, make_automation_sensor, make_new_plate_sensor
 
@@ -25,7 +25,7 @@ def build_defs(settings: Mapping[str, Any] | None = None) -> dg.Definitions:
     resources = build_resources(settings)
     tick = int(settings.get("tick_seconds") or TICK_SECONDS)
     return dg.Definitions(
-        assets=ALL_ASSETS,
+        assets=all_assets(),
         sensors=[make_new_plate_sensor(tick), make_automation_sensor(tick)],
         resources=resources,
         executor=dg.in_process_executor,

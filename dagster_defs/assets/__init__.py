@@ -1,10 +1,26 @@
 """Asset definitions, grouped by the data they hold."""
 
+import dagster as dg
+
 from dagster_defs.assets.catalog import catalog, experiment
 from dagster_defs.assets.illum import illumination
 from dagster_defs.assets.summary import gene_summary
-from dagster_defs.assets.wells import well_products
+from dagster_defs.assets.wells import make_well_products, well_products
 
 ALL_ASSETS = [catalog, experiment, illumination, well_products, gene_summary]
 
-__all__ = ["ALL_ASSETS", "catalog", "experiment", "gene_summary", "illumination", "well_products"]
+
+def all_assets() -> list[dg.AssetsDefinition]:
+    """Every asset, the plate x well products built from the registry as it is now."""
+    return [catalog, experiment, illumination, make_well_products(), gene_summary]
+
+
+__all__ = [
+    "ALL_ASSETS",
+    "all_assets",
+    "catalog",
+    "experiment",
+    "gene_summary",
+    "illumination",
+    "well_products",
+]

@@ -16,14 +16,26 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.compute as pc
 
-from dagster_defs.assets.common import digest, fail_if_any, node_metadata, run_env
+from dagster_defs.assets.common import (
+    digest,
+    fail_if_any,
+    node_metadata,
+    run_env,
+    step_deps,
+    step_spec,
+)
 from dagster_defs.execution import run_pipeline
 from dagster_defs.partitions import WELL, plate_partitions, valid_key
 from dagster_defs.resources import PipecraftBackend, StarryNightProject
-from starrynight import storage
+from starrynight import registry, storage
 from starrynight import workspace as wsp
 from starrynight.errors import UserError
-from starrynight.pipelines import catalog_pipeline, experiment_pipeline
+from starrynight.pipelines import (
+    CATALOG_STEPS,
+    catalog_pipeline,
+    experiment_pipeline,
+    nodes_of,
+)
 
 INVENTORY = dg.AssetKey("inventory")
 INDEX = dg.AssetKey("index")
@@ -53,23 +65,7 @@ def plate_index(ws: str, plate: str):
 
 
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            INVENTORY,
-            description="Every file of the plate: key, size, modified time "
-            "(inventory/inventory.parquet, the plate's rows).",
-            group_name="catalog",
-            skippable=True,
-        ),
-        dg.AssetSpec(
-            INDEX,
-            deps=[INVENTORY],
-            description="One row per image of the plate: arm, cycle, well, site, channels "
-            "(index/index.parquet, the plate's rows).",
-            group_name="catalog",
-            skippable=True,
-        ),
-    ],
+    specs=[step_spec(name, automated=False, skippable=True) for name in CATALOG_STEPS],
     partitions_def=plate_partitions,
     can_subset=True,
     pool=CATALOG_POOL,
@@ -84,7 +80,7 @@ def catalog(
     pipeline = catalog_pipeline(dataset, ws, plate, backend.runner(run_env(context)), steps)
     with catalog_lock(ws):
         outcome = run_pipeline(context, backend, pipeline, ws)
-    nodes = {s: [n for n in outcome.states if n.startswith(f"{s}-")] for s in steps}
+    nodes = {s: nodes_of(s, outcome.states) for s in steps}
     if "inventory" in steps and outcome.ok(nodes["inventory"]):
         from starrynight.inventory import load_inventory
 
@@ -142,10 +138,9 @@ def catalog(
 
 @dg.asset(
     key=EXPERIMENT,
-    deps=[INDEX],
-    description="Which channel plays which role, per arm; frame; barcode table "
-    "(experiment/experiment.json).",
-    group_name="catalog",
+    deps=step_deps(registry.step("experiment")),
+    description=registry.step("experiment").description,
+    group_name=registry.step("experiment").group,
 )
 def experiment(
     context: dg.AssetExecutionContext, project: StarryNightProject, backend: PipecraftBackend

@@ -10,8 +10,10 @@ from collections.abc import Iterable
 import dagster as dg
 import numpy as np
 
+from dagster_defs.automation import follow_upstream
 from dagster_defs.execution import PipelineOutcome
-from starrynight import storage
+from dagster_defs.partitions import plate_of_well
+from starrynight import registry, storage
 
 
 def run_env(context: dg.AssetExecutionContext) -> dict[str, str]:
@@ -75,3 +77,39 @@ def fail_if_any(outcome: PipelineOutcome, what: str) -> None:
             description=f"{what}: {reasons or outcome.status.value}",
             metadata={"failed_nodes": ", ".join(outcome.failures) or "none"},
         )
+
+
+def step_deps(step: registry.Step) -> list[dg.AssetDep]:
+    """Dagster dependencies of a step: the registry's ``needs``, mapped across levels.
+
+    Between a plate x well and a per-plate product (either way) the mapping is
+    :data:`plate_of_well`; the project-level experiment is unpartitioned.
+    """
+    deps = []
+    for need in step.needs:
+        upstream = registry.step(need)
+        if {step.level, upstream.level} == {"well", "plate"}:
+            deps.append(dg.AssetDep(need, partition_mapping=plate_of_well))
+        else:
+            deps.append(dg.AssetDep(need))
+    return deps
+
+
+def step_spec(name: str, automated: bool = True, **extra: object) -> dg.AssetSpec:
+    """The asset spec of a registry step: key, dependencies, description, group.
+
+    Plate x well products also publish the arms they need as ``starrynight/arms``
+    metadata, so Conductor can tell "not applicable" from "missing".
+    """
+    s = registry.step(name)
+    metadata = {"starrynight/arms": ",".join(s.arms)} if s.level == "well" else {}
+    kwargs: dict[str, object] = {"automation_condition": follow_upstream()} if automated else {}
+    return dg.AssetSpec(
+        dg.AssetKey(name),
+        deps=step_deps(s),
+        description=s.description,
+        group_name=s.group,
+        metadata=metadata or None,
+        **kwargs,
+        **extra,
+    )

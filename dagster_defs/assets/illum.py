@@ -5,21 +5,21 @@ from collections.abc import Iterator
 import dagster as dg
 
 from dagster_defs import checks
-from dagster_defs.assets.catalog import EXPERIMENT, INDEX, plate_index
+from dagster_defs.assets.catalog import plate_index
 from dagster_defs.assets.common import (
     fail_if_any,
     file_digest,
     node_metadata,
     png_markdown,
     run_env,
+    step_spec,
 )
-from dagster_defs.automation import follow_upstream
 from dagster_defs.execution import run_pipeline
 from dagster_defs.partitions import plate_partitions
 from dagster_defs.resources import PipecraftBackend, StarryNightProject
 from starrynight import storage
 from starrynight import workspace as wsp
-from starrynight.pipelines import illum_pipeline
+from starrynight.pipelines import ILLUM_STEPS, illum_pipeline, nodes_of
 
 ILLUM_CP = checks.ILLUM_CP
 ILLUM_SBS = checks.ILLUM_SBS
@@ -47,26 +47,7 @@ def _stats_metadata(ws: str, plate: str, cycles: list[int | None]) -> dict[str, 
 
 
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            ILLUM_CP,
-            deps=[INDEX, EXPERIMENT],
-            description="Cell Painting illumination function per channel "
-            "(illum/<plate>/<plate>_Illum<Ch>.npy).",
-            group_name="illumination",
-            automation_condition=follow_upstream(),
-            skippable=True,
-        ),
-        dg.AssetSpec(
-            ILLUM_SBS,
-            deps=[INDEX, EXPERIMENT],
-            description="SBS illumination functions per cycle and channel "
-            "(illum/<plate>/<plate>_Cycle<k>_Illum<Ch>.npy).",
-            group_name="illumination",
-            automation_condition=follow_upstream(),
-            skippable=True,
-        ),
-    ],
+    specs=[step_spec(name, skippable=True) for name in ILLUM_STEPS],
     check_specs=[*checks.SPECS[ILLUM_CP], *checks.SPECS[ILLUM_SBS]],
     partitions_def=plate_partitions,
     can_subset=True,
@@ -105,7 +86,7 @@ def illumination(
         ("illum_cp", ILLUM_CP, [None]),
         ("illum_sbs", ILLUM_SBS, cycles),
     ):
-        nodes = [n for n in outcome.states if n.startswith(f"{step}-")]
+        nodes = nodes_of(step, outcome.states)
         if step not in steps or not outcome.ok(nodes):
             continue
         stats = [wsp.illum_stats_path(ws, plate, c) for c in groups]

@@ -3,23 +3,28 @@
 import dagster as dg
 
 from dagster_defs import checks
-from dagster_defs.assets.common import fail_if_any, file_digest, node_metadata, run_env
-from dagster_defs.assets.wells import FEATURES
+from dagster_defs.assets.common import (
+    fail_if_any,
+    file_digest,
+    node_metadata,
+    run_env,
+    step_deps,
+)
 from dagster_defs.automation import follow_upstream
 from dagster_defs.execution import run_pipeline
-from dagster_defs.partitions import plate_of_well, plate_partitions
+from dagster_defs.partitions import plate_partitions
 from dagster_defs.resources import PipecraftBackend, StarryNightProject
+from starrynight import registry
 from starrynight import workspace as wsp
 from starrynight.pipelines import gene_summary_pipeline
 
 
 @dg.asset(
     key="gene_summary",
-    deps=[dg.AssetDep(FEATURES, partition_mapping=plate_of_well)],
+    deps=step_deps(registry.step("gene_summary")),
     partitions_def=plate_partitions,
-    description="Per-gene cell counts and median features of a plate "
-    "(features/<plate>_gene_summary.parquet).",
-    group_name="analysis",
+    description=registry.step("gene_summary").description,
+    group_name=registry.step("gene_summary").group,
     automation_condition=follow_upstream(),
 )
 def gene_summary(

@@ -6,13 +6,14 @@ body hands one pipecraft pipeline (with the steps' real dependencies) to the bac
 on AWS Batch that is one submission of dependent jobs, locally one worker pool.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import dagster as dg
 import pyarrow.compute as pc
 
 from dagster_defs import checks
-from dagster_defs.assets.catalog import EXPERIMENT, plate_index
+from dagster_defs.assets.catalog import plate_index
 from dagster_defs.assets.common import (
     digest,
     fail_if_any,
@@ -21,95 +22,26 @@ from dagster_defs.assets.common import (
     png_markdown,
     rgb_png,
     run_env,
+    step_spec,
 )
-from dagster_defs.automation import follow_upstream
 from dagster_defs.execution import run_pipeline
-from dagster_defs.partitions import plate_of_well, plate_well_partitions, split_key
+from dagster_defs.partitions import plate_well_partitions, split_key
 from dagster_defs.resources import PipecraftBackend, StarryNightProject
-from starrynight import storage
+from starrynight import registry, storage
 from starrynight import workspace as wsp
-from starrynight.pipelines import WELL_STEPS, well_pipeline
+from starrynight.pipelines import nodes_of, well_pipeline
 
 CORRECTED = dg.AssetKey("corrected_cp")
 ALIGNED = checks.ALIGNED
 SEGMENTATION = checks.SEGMENTATION
 BARCODES = checks.BARCODES
 FEATURES = dg.AssetKey("cell_features")
-KEYS = {
-    "corrected_cp": CORRECTED,
-    "aligned_sbs": ALIGNED,
-    "segmentation": SEGMENTATION,
-    "barcode_calls": BARCODES,
-    "cell_features": FEATURES,
-}
-
-
-def _plate_dep(key: str) -> dg.AssetDep:
-    return dg.AssetDep(key, partition_mapping=plate_of_well)
-
-
-#: Arms (cp, sbs) whose images each product needs; also published as the asset's
-#: ``starrynight/arms`` metadata, so Conductor can tell "not applicable" from "missing".
-NEEDS = {
-    "corrected_cp": ("cp",),
-    "aligned_sbs": ("sbs",),
-    "segmentation": ("cp",),
-    "barcode_calls": ("sbs",),
-    "cell_features": ("cp", "sbs"),
-}
-
-
-def _spec(key: dg.AssetKey, deps: list, description: str) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        key,
-        deps=deps,
-        description=description,
-        group_name="wells",
-        automation_condition=follow_upstream(),
-        skippable=True,
-        metadata={"starrynight/arms": ",".join(NEEDS[key.to_user_string()])},
-    )
-
-
-SPECS = [
-    _spec(
-        CORRECTED,
-        [_plate_dep("illum_cp"), _plate_dep("index")],
-        "Illumination-corrected CP images, one TIFF per site and channel "
-        "(images_corrected/painting/<plate>-<well>/).",
-    ),
-    _spec(
-        ALIGNED,
-        [_plate_dep("illum_sbs"), _plate_dep("index")],
-        "SBS cycles corrected and aligned to cycle 1, with per-site QC "
-        "(images_aligned/barcoding/, alignment/<plate>-<well>/).",
-    ),
-    _spec(
-        SEGMENTATION,
-        [CORRECTED, dg.AssetDep(EXPERIMENT)],
-        "Nuclei and cell label masks and per-object tables (segmentation/<plate>-<well>/).",
-    ),
-    _spec(
-        BARCODES,
-        [ALIGNED, dg.AssetDep(EXPERIMENT)],
-        "Spots, reads and the barcode of every SBS cell (barcodes/<plate>-<well>/).",
-    ),
-    _spec(
-        FEATURES,
-        [SEGMENTATION, BARCODES],
-        "One row per CP cell: barcode, gene and features (features/<plate>-<well>/).",
-    ),
-]
 
 
 def _arms(ws: str, plate: str, well: str) -> set[str]:
     rows = plate_index(ws, plate)
     rows = rows.filter(pc.equal(rows.column("well"), well))
     return set(rows.column("arm").to_pylist())
-
-
-def _steps_for(arms: set[str], selected: set[dg.AssetKey]) -> list[str]:
-    return [s for s in WELL_STEPS if KEYS[s] in selected and set(NEEDS[s]) <= arms]
 
 
 def _segmentation_preview(ws: str, plate: str, well: str) -> dg.MetadataValue | None:
@@ -137,61 +69,58 @@ def _segmentation_preview(ws: str, plate: str, well: str) -> dg.MetadataValue | 
     return png_markdown(rgb_png(overlay(image, nuclei, cells)), f"site {site} outlines")
 
 
-def _metadata(
-    ws: str, plate: str, well: str, step: str
-) -> tuple[dict[str, object], dg.DataVersion]:
-    """Metadata of one product and its data version (from its content)."""
-    md, files = _describe(ws, plate, well, step)
-    if files:
-        return md, file_digest(files)
+def _corrected_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], list[str]]:
     folder = wsp.corrected_dir(ws, plate, well)
-    return md, digest(f"{e.key}:{e.size}" for e in storage.list_files(folder))
+    entries = sorted(storage.list_files(folder), key=lambda e: e.key)
+    md = {
+        "folder": dg.MetadataValue.path(folder),
+        "files": len(entries),
+        "bytes": sum(e.size for e in entries),
+    }
+    return md, []
 
 
-def _describe(ws: str, plate: str, well: str, step: str) -> tuple[dict[str, object], list[str]]:
-    if step == "corrected_cp":
-        folder = wsp.corrected_dir(ws, plate, well)
-        entries = sorted(storage.list_files(folder), key=lambda e: e.key)
-        md = {
-            "folder": dg.MetadataValue.path(folder),
-            "files": len(entries),
-            "bytes": sum(e.size for e in entries),
-        }
-        return md, []
-    if step == "aligned_sbs":
-        path = wsp.alignment_table_path(ws, plate, well)
-        t = checks.read_parquet(path).to_pydict()
-        md = {
-            "table": dg.MetadataValue.path(path),
-            "sites": len(set(t["site"])),
-            "cycles": len(set(t["cycle"])),
-            "max_shift_px": round(max(t["shift_px"], default=0.0), 3),
-            "min_correlation": round(min(t["correlation"], default=0.0), 4),
-            "flagged_cycles": sum(s == "flagged" for s in t["status"]),
-        }
-        return md, [path]
-    if step == "segmentation":
-        path = wsp.segmentation_counts_path(ws, plate, well)
-        t = checks.read_parquet(path).to_pydict()
-        md = {
-            "counts": dg.MetadataValue.path(path),
-            "sites": len(t["site"]),
-            "nuclei": sum(t["n_nuclei"]),
-            "cells": sum(t["n_cells"]),
-        }
-        preview = _segmentation_preview(ws, plate, well)
-        if preview is not None:
-            md["preview"] = preview
-        return md, [path, wsp.segmentation_objects_path(ws, plate, well)]
-    if step == "barcode_calls":
-        path = wsp.cell_barcodes_path(ws, plate, well)
-        status = checks.read_parquet(path).column("status").to_pylist()
-        md = {
-            "cells": dg.MetadataValue.path(path),
-            "sbs_cells": len(status),
-            "assigned": sum(s == "assigned" for s in status),
-        }
-        return md, [path]
+def _aligned_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], list[str]]:
+    path = wsp.alignment_table_path(ws, plate, well)
+    t = checks.read_parquet(path).to_pydict()
+    md = {
+        "table": dg.MetadataValue.path(path),
+        "sites": len(set(t["site"])),
+        "cycles": len(set(t["cycle"])),
+        "max_shift_px": round(max(t["shift_px"], default=0.0), 3),
+        "min_correlation": round(min(t["correlation"], default=0.0), 4),
+        "flagged_cycles": sum(s == "flagged" for s in t["status"]),
+    }
+    return md, [path]
+
+
+def _segmentation_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], list[str]]:
+    path = wsp.segmentation_counts_path(ws, plate, well)
+    t = checks.read_parquet(path).to_pydict()
+    md: dict[str, object] = {
+        "counts": dg.MetadataValue.path(path),
+        "sites": len(t["site"]),
+        "nuclei": sum(t["n_nuclei"]),
+        "cells": sum(t["n_cells"]),
+    }
+    preview = _segmentation_preview(ws, plate, well)
+    if preview is not None:
+        md["preview"] = preview
+    return md, [path, wsp.segmentation_objects_path(ws, plate, well)]
+
+
+def _barcodes_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], list[str]]:
+    path = wsp.cell_barcodes_path(ws, plate, well)
+    status = checks.read_parquet(path).column("status").to_pylist()
+    md = {
+        "cells": dg.MetadataValue.path(path),
+        "sbs_cells": len(status),
+        "assigned": sum(s == "assigned" for s in status),
+    }
+    return md, [path]
+
+
+def _features_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], list[str]]:
     path = wsp.cell_features_path(ws, plate, well)
     t = checks.read_parquet(path)
     genes = t.column("gene_symbol").to_pylist() if "gene_symbol" in t.column_names else []
@@ -202,6 +131,30 @@ def _describe(ws: str, plate: str, well: str, step: str) -> tuple[dict[str, obje
         "columns": t.num_columns,
     }
     return md, [path]
+
+
+Describe = Callable[[str, str, str], tuple[dict[str, object], list[str]]]
+
+#: Step name -> the product's Dagster metadata and the files its data version is read
+#: from (none: the version comes from the listing of the step's output folder).
+DESCRIBE: dict[str, Describe] = {
+    "corrected_cp": _corrected_md,
+    "aligned_sbs": _aligned_md,
+    "segmentation": _segmentation_md,
+    "barcode_calls": _barcodes_md,
+    "cell_features": _features_md,
+}
+
+
+def _metadata(
+    ws: str, plate: str, well: str, step: str
+) -> tuple[dict[str, object], dg.DataVersion]:
+    """Metadata of one product and its data version (from its content)."""
+    md, files = DESCRIBE[step](ws, plate, well)
+    if files:
+        return md, file_digest(files)
+    (folder,) = registry.step(step).outputs(ws, plate, well)
+    return md, digest(f"{e.key}:{e.size}" for e in storage.list_files(folder))
 
 
 ABSENT = dg.DataVersion("absent")
@@ -219,66 +172,95 @@ def _absent(key: dg.AssetKey, plate: str, well: str, arms: set[str]) -> dg.Mater
 
 
 def _check(ws: str, plate: str, well: str, step: str, project: StarryNightProject):
-    qc = project.qc
-    if step == "aligned_sbs":
-        return checks.alignment_check(ws, plate, well, qc.max_flagged_site_share)
-    if step == "segmentation":
-        return checks.segmentation_check(
-            ws,
-            plate,
-            well,
-            qc.min_cells_per_site,
-            qc.max_cells_per_site,
-            qc.max_flagged_segmentation_share,
-        )
-    if step == "barcode_calls":
-        return checks.barcode_check(ws, plate, well, qc.min_assignment_rate)
-    return None
+    """The QC check of a step's product, if it has one (see :data:`CHECKS`)."""
+    check = CHECKS.get(step)
+    return None if check is None else check(ws, plate, well, project.qc)
 
 
-@dg.multi_asset(
-    specs=SPECS,
-    check_specs=[*checks.SPECS[ALIGNED], *checks.SPECS[SEGMENTATION], *checks.SPECS[BARCODES]],
-    partitions_def=plate_well_partitions,
-    can_subset=True,
-)
-def well_products(
-    context: dg.AssetExecutionContext, project: StarryNightProject, backend: PipecraftBackend
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Run the selected per-well steps of one plate x well as one pipeline."""
-    _, ws = project.require()
-    plate, well = split_key(context.partition_key)
-    arms = _arms(ws, plate, well)
-    selected = set(context.selected_asset_keys)
-    steps = _steps_for(arms, selected)
-    outcome = None
-    if steps:
-        pipeline = well_pipeline(ws, plate, well, backend.runner(run_env(context)), steps)
-        outcome = run_pipeline(context, backend, pipeline, ws)
-    # In WELL_STEPS order: Dagster wants a multi-asset's results in topological order.
-    for step in WELL_STEPS:
-        if KEYS[step] not in selected:
-            continue
-        if step not in steps:
-            # A product this plate x well cannot have (no such well on this plate, or an
-            # arm it lacks) is recorded as absent rather than left missing: wells are one
-            # dimension shared by all plates, and a plate's gene summary waits for every
-            # well key of its plate.
-            yield _absent(KEYS[step], plate, well, arms)
-            continue
-        nodes = [n for n in outcome.states if n.startswith(f"{step}-")]
-        if not outcome.ok(nodes):
-            continue
-        md, version = _metadata(ws, plate, well, step)
-        yield dg.MaterializeResult(
-            asset_key=KEYS[step],
-            metadata={**md, **node_metadata(outcome, nodes)},
-            data_version=version,
-        )
-        check = _check(ws, plate, well, step, project)
-        if check is not None and (
-            dg.AssetCheckKey(KEYS[step], check.check_name) in context.selected_asset_check_keys
-        ):
-            yield check
-    if outcome is not None:
-        fail_if_any(outcome, f"plate {plate} well {well}")
+#: Step name -> its asset check, from the step's own outputs and the project's QC limits.
+CHECKS: dict[str, Callable[[str, str, str, Any], dg.AssetCheckResult]] = {
+    "aligned_sbs": lambda ws, p, w, qc: checks.alignment_check(
+        ws, p, w, qc.max_flagged_site_share
+    ),
+    "segmentation": lambda ws, p, w, qc: checks.segmentation_check(
+        ws, p, w, qc.min_cells_per_site, qc.max_cells_per_site,
+        qc.max_flagged_segmentation_share,
+    ),
+    "barcode_calls": lambda ws, p, w, qc: checks.barcode_check(ws, p, w, qc.min_assignment_rate),
+}  # fmt: skip
+
+
+def make_well_products(names: Sequence[str] | None = None) -> dg.AssetsDefinition:
+    """The plate x well multi-asset over the registry's plate x well steps.
+
+    Parameters
+    ----------
+    names : sequence of str, optional
+        The steps it holds (default: every plate x well row of the registry, read now,
+        so a step added to the registry is an asset without further code).
+
+    Raises
+    ------
+    ValueError
+        When a step has no :data:`DESCRIBE` entry (its Dagster metadata).
+    """
+    names = list(registry.names_at("well") if names is None else names)
+    undescribed = [n for n in names if n not in DESCRIBE]
+    if undescribed:
+        raise ValueError(f"plate x well step(s) {undescribed} lack a DESCRIBE entry")
+    keys = {name: dg.AssetKey(name) for name in names}
+
+    @dg.multi_asset(
+        name="well_products",
+        specs=[step_spec(name, skippable=True) for name in names],
+        check_specs=[spec for name in names if name in CHECKS for spec in checks.SPECS[keys[name]]],
+        partitions_def=plate_well_partitions,
+        can_subset=True,
+    )
+    def well_products(
+        context: dg.AssetExecutionContext, project: StarryNightProject, backend: PipecraftBackend
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        """Run the selected per-well steps of one plate x well as one pipeline."""
+        _, ws = project.require()
+        plate, well = split_key(context.partition_key)
+        arms = _arms(ws, plate, well)
+        selected = set(context.selected_asset_keys)
+        steps = [
+            s for s in names if keys[s] in selected and registry.applicable(registry.step(s), arms)
+        ]
+        outcome = None
+        if steps:
+            pipeline = well_pipeline(ws, plate, well, backend.runner(run_env(context)), steps)
+            outcome = run_pipeline(context, backend, pipeline, ws)
+        # In registry order: Dagster wants a multi-asset's results in topological order.
+        for step in names:
+            if keys[step] not in selected:
+                continue
+            if step not in steps:
+                # A product this plate x well cannot have (no such well on this plate, or
+                # an arm it lacks) is recorded as absent rather than left missing: wells
+                # are one dimension shared by all plates, and a plate's gene summary waits
+                # for every well key of its plate.
+                yield _absent(keys[step], plate, well, arms)
+                continue
+            nodes = nodes_of(step, outcome.states)
+            if not outcome.ok(nodes):
+                continue
+            md, version = _metadata(ws, plate, well, step)
+            yield dg.MaterializeResult(
+                asset_key=keys[step],
+                metadata={**md, **node_metadata(outcome, nodes)},
+                data_version=version,
+            )
+            check = _check(ws, plate, well, step, project)
+            if check is not None and (
+                dg.AssetCheckKey(keys[step], check.check_name) in context.selected_asset_check_keys
+            ):
+                yield check
+        if outcome is not None:
+            fail_if_any(outcome, f"plate {plate} well {well}")
+
+    return well_products
+
+
+well_products = make_well_products()

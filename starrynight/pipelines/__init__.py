@@ -15,6 +15,8 @@ from starrynight.pipelines.steps import (
     experiment_pipeline,
     gene_summary_pipeline,
     illum_pipeline,
+    node_name,
+    nodes_of,
     well_pipeline,
 )
 
@@ -27,5 +29,7 @@ __all__ = [
     "experiment_pipeline",
     "gene_summary_pipeline",
     "illum_pipeline",
+    "node_name",
+    "nodes_of",
     "well_pipeline",
 ]

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 
 from pipecraft import Command, Parallel, Pipeline, Scatter, Seq
 from pipecraft.node import Resources
+from starrynight import registry
 from starrynight import workspace as wsp
 
 #: Steps of the per-plate catalog, in order.
-CATALOG_STEPS = ("inventory", "index")
+CATALOG_STEPS = tuple(s.name for s in registry.steps_at("plate") if s.group == "catalog")
 #: Steps of the per-plate illumination functions.
-ILLUM_STEPS = ("illum_cp", "illum_sbs")
+ILLUM_STEPS = tuple(s.name for s in registry.steps_at("plate") if s.group == "illumination")
 #: Steps of one plate x well, in dependency order.
-WELL_STEPS = ("corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "cell_features")
+WELL_STEPS = registry.names_at("well")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=@+-]")
 
@@ -75,6 +76,27 @@ def _safe(name: str) -> str:
     return _UNSAFE.sub("_", name)
 
 
+def node_name(step: str, *unit: str) -> str:
+    """Name of the pipeline node running ``step`` for ``unit`` (plate[, well][, ...]).
+
+    Nodes of a step are named ``<step>-<unit parts>``; :func:`nodes_of` finds them.
+    """
+    return _safe("-".join((step, *unit)))
+
+
+def nodes_of(step: str, nodes: Iterable[str]) -> list[str]:
+    """The nodes among ``nodes`` that run ``step`` (see :func:`node_name`)."""
+    return [n for n in nodes if n.startswith(f"{step}-")]
+
+
+def _cmd(step: str) -> tuple[str, ...]:
+    return registry.step(step).command
+
+
+def _outputs(step: str, ws: str, plate: str = "", well: str = "") -> list[str]:
+    return registry.step(step).outputs(ws, plate, well)
+
+
 def _select(steps: Collection[str] | None, known: tuple[str, ...]) -> list[str]:
     chosen = list(known) if steps is None else [s for s in known if s in steps]
     unknown = set(steps or ()) - set(known)
@@ -118,18 +140,18 @@ def catalog_pipeline(
     if "inventory" in chosen:
         nodes.append(
             r.command(
-                f"inventory-{plate}",
-                ["inventory", "gen", "-d", dataset, "-o", ws, "--plate", plate, "--no-progress"],
-                outputs=[wsp.inventory_path(ws)],
+                node_name("inventory", plate),
+                [*_cmd("inventory"), "-d", dataset, "-o", ws, "--plate", plate, "--no-progress"],
+                outputs=_outputs("inventory", ws, plate),
             )
         )
     if "index" in chosen:
         nodes.append(
             r.command(
-                f"index-{plate}",
-                ["index", "gen", "-i", ws, "-o", ws],
-                inputs=[wsp.inventory_path(ws)],
-                outputs=[wsp.index_path(ws)],
+                node_name("index", plate),
+                [*_cmd("index"), "-i", ws, "-o", ws],
+                inputs=_outputs("inventory", ws, plate),
+                outputs=_outputs("index", ws, plate),
             )
         )
     return Pipeline(f"catalog-{_safe(plate)}", Seq(*nodes), check_inputs=False)
@@ -204,19 +226,19 @@ def illum_pipeline(
     chosen = _select(steps, ILLUM_STEPS)
     cycles = sorted(set(sbs_cycles))
     parts = []
-    base = ["illum", "calc", "-w", ws, "--plate", plate, "--workers", str(r.workers)]
+    base = [*_cmd("illum_cp"), "-w", ws, "--plate", plate, "--workers", str(r.workers)]
     if "illum_cp" in chosen:
         parts.append(
             r.command(
-                f"illum_cp-{plate}",
+                node_name("illum_cp", plate),
                 [*base, "--arm", "cp"],
-                outputs=[wsp.illum_stats_path(ws, plate)],
+                outputs=_outputs("illum_cp", ws, plate),
             )
         )
     if "illum_sbs" in chosen and cycles and not fan_out_cycles:
         parts.append(
             r.command(
-                f"illum_sbs-{plate}",
+                node_name("illum_sbs", plate),
                 [*base, "--arm", "sbs"],
                 outputs=[wsp.illum_stats_path(ws, plate, k) for k in cycles],
             )
@@ -225,7 +247,7 @@ def illum_pipeline(
 
         def cycle_node(k: int) -> Command:
             return r.command(
-                f"illum_sbs-{plate}-c{k}",
+                node_name("illum_sbs", plate, f"c{k}"),
                 [*base, "--arm", "sbs", "--cycle", str(k)],
                 outputs=[wsp.illum_stats_path(ws, plate, k)],
             )
@@ -245,33 +267,26 @@ def well_pipeline(
 ) -> Pipeline:
     """Every per-well step of one plate x well (or the chosen subset).
 
-    ``corrected_cp`` (``illum apply``) and ``aligned_sbs`` (``align``) are independent;
-    ``segmentation`` needs the corrected images, ``barcode_calls`` the aligned cycles and
-    ``cell_features`` both tables. Steps outside the subset are assumed complete.
+    One node per :data:`WELL_STEPS` row of the registry: its CLI invocation, its
+    outputs, and as inputs the outputs of the same-level steps it needs (so pipecraft
+    orders ``segmentation`` after ``corrected_cp``, ``cell_features`` after both
+    tables). Steps outside the subset are assumed complete.
     """
     r = runner or Runner()
-    chosen = _select(steps, WELL_STEPS)
-    unit = ["-w", ws, "--plate", plate, "--well", well]
-    workers = ["--workers", str(r.workers)]
-    corrected = wsp.corrected_dir(ws, plate, well)
-    alignment = wsp.alignment_table_path(ws, plate, well)
-    counts = wsp.segmentation_counts_path(ws, plate, well)
-    calls = wsp.cell_barcodes_path(ws, plate, well)
-    features = wsp.cell_features_path(ws, plate, well)
-    tag = f"{plate}-{well}"
-    spec = {
-        "corrected_cp": (["illum", "apply", *unit, *workers], [], [corrected]),
-        "aligned_sbs": (["align", *unit, *workers], [], [alignment]),
-        "segmentation": (["segment", *unit, *workers], [corrected], [counts]),
-        "barcode_calls": (["barcodes", "call", *unit, *workers], [alignment], [calls]),
-        "cell_features": (["analysis", "run", *unit, *workers], [counts, calls], [features]),
-    }
-    nodes = [
-        r.command(f"{step}-{tag}", spec[step][0], spec[step][1], spec[step][2], cpus=1)
-        for step in chosen
-    ]
+    nodes = []
+    for name in _select(steps, registry.names_at("well")):
+        s = registry.step(name)
+        nodes.append(
+            r.command(
+                node_name(name, plate, well),
+                s.argv(ws, plate, well, r.workers),
+                registry.same_level_inputs(s, ws, plate, well),
+                s.outputs(ws, plate, well),
+                cpus=1,
+            )
+        )
     # Order comes from the declared inputs and outputs.
-    return Pipeline(f"well-{_safe(tag)}", Parallel(*nodes), check_inputs=False)
+    return Pipeline(f"well-{_safe(f'{plate}-{well}')}", Parallel(*nodes), check_inputs=False)
 
 
 def gene_summary_pipeline(ws: str, plate: str, runner: Runner | None = None) -> Pipeline:
@@ -280,9 +295,9 @@ def gene_summary_pipeline(ws: str, plate: str, runner: Runner | None = None) -> 
     return Pipeline(
         f"gene_summary-{_safe(plate)}",
         r.command(
-            f"gene_summary-{plate}",
-            ["analysis", "summary", "-w", ws, "--plate", plate],
-            outputs=[wsp.gene_summary_path(ws, plate)],
+            node_name("gene_summary", plate),
+            [*_cmd("gene_summary"), "-w", ws, "--plate", plate],
+            outputs=_outputs("gene_summary", ws, plate),
         ),
         check_inputs=False,
     )

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from starrynight import registry
 from tests.dagster_defs.helpers import dagster_dev, make_sample, post_graphql
 
-PLATE_ASSETS = ["inventory", "index", "illum_cp", "illum_sbs", "gene_summary"]
-WELL_ASSETS = ["corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "cell_features"]
+PLATE_ASSETS = list(registry.names_at("plate"))
+WELL_ASSETS = list(registry.names_at("well"))
 DAGSTER_YAML = """\
 concurrency:
   runs:

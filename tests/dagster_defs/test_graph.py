@@ -11,10 +11,11 @@ import pytest
 from dagster_defs.definitions import build_defs
 from dagster_defs.driver import drive, execute
 from dagster_defs.partitions import plate_well_key
+from starrynight import registry
 from tests.dagster_defs.helpers import age, make_sample, settings
 
-WELL_ASSETS = ["corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "cell_features"]
-PLATE_ASSETS = ["inventory", "index", "illum_cp", "illum_sbs", "gene_summary"]
+WELL_ASSETS = list(registry.names_at("well"))
+PLATE_ASSETS = list(registry.names_at("plate"))
 
 
 @pytest.fixture(scope="module")

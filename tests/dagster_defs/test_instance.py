@@ -11,6 +11,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from starrynight import registry
 from tests.dagster_defs.helpers import REPO, dagster_dev, post_graphql
 
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -89,19 +90,7 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
             time.sleep(1)
         assert nodes, (tmp_path / "dev.log").read_text()[-3000:]
         keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
-        assert keys == {
-            "inventory",
-            "index",
-            "experiment",
-            "illum_cp",
-            "illum_sbs",
-            "corrected_cp",
-            "aligned_sbs",
-            "segmentation",
-            "barcode_calls",
-            "cell_features",
-            "gene_summary",
-        }
+        assert keys == {s.name for s in registry.STEPS}
         sensors = post_graphql(
             url,
             "{ sensorsOrError(repositorySelector: {repositoryName: "

@@ -12,9 +12,10 @@ import pytest
 
 from dagster_defs.definitions import build_defs
 from dagster_defs.driver import drive
+from starrynight import registry
 from tests.dagster_defs.helpers import age, make_sample, settings
 
-WELL_ASSETS = ["corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "cell_features"]
+WELL_ASSETS = list(registry.names_at("well"))
 
 
 def _metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:

@@ -1,0 +1,200 @@
+"""The step registry: one data row per processing step.
+
+A row says what a step is called, at which level it runs (the whole project, a plate,
+or a plate x well), which arms' images it needs, how its ``starrynight`` CLI command is
+invoked, which steps' products it reads and which workspace files it writes. The
+pipeline builders (:mod:`starrynight.pipelines`), the Dagster assets and their
+dependencies (:mod:`dagster_defs`), Conductor's asset list (read from the Dagster graph)
+and the tests' asset lists all derive from :data:`STEPS`.
+
+A module author adds a step by writing the algorithm, the module, the CLI command and
+one row here (``docs/adding-a-step.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from starrynight import workspace as wsp
+
+Level = Literal["project", "plate", "well"]
+
+#: ``outputs(ws, plate, well)`` -> the workspace URIs a step writes for one partition
+#: (``plate``/``well`` are ``""`` at the levels that lack them).
+Outputs = Callable[[str, str, str], list[str]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One processing step.
+
+    Parameters
+    ----------
+    name : str
+        Step and Dagster asset name (``[a-z_]+``).
+    level : {"project", "plate", "well"}
+        The partition it runs for.
+    command : tuple of str
+        The ``starrynight`` sub-command words, e.g. ``("illum", "apply")``.
+    description : str
+        One line: what the product is and where it lands.
+    group : str
+        Dagster asset group.
+    needs : tuple of str
+        Steps whose products it reads: its Dagster dependencies and, at the same level,
+        the file inputs of its pipeline node.
+    arms : tuple of str
+        Arms (``cp``, ``sbs``) whose images it needs; a partition lacking one of them
+        has no such product ("not applicable").
+    outputs : callable
+        The workspace URIs it writes for a partition (see :data:`Outputs`).
+    site_parallel : bool
+        Whether the command takes ``--workers`` (sites processed in parallel).
+    """
+
+    name: str
+    level: Level
+    command: tuple[str, ...]
+    description: str
+    group: str
+    outputs: Outputs
+    needs: tuple[str, ...] = ()
+    arms: tuple[str, ...] = ()
+    site_parallel: bool = True
+
+    def argv(self, ws: str, plate: str, well: str, workers: int) -> list[str]:
+        """CLI arguments of a plate x well step for one partition."""
+        if self.level != "well":
+            raise ValueError(f"step {self.name}: argv() is for plate x well steps")
+        args = [*self.command, "-w", ws, "--plate", plate, "--well", well]
+        if self.site_parallel:
+            args += ["--workers", str(workers)]
+        return args
+
+
+def _well(fn: Callable[[str, str, str], str]) -> Outputs:
+    return lambda ws, plate, well: [fn(ws, plate, well)]
+
+
+STEPS: tuple[Step, ...] = (
+    Step(
+        "inventory", "plate", ("inventory", "gen"),
+        "Every file of the plate: key, size, modified time "
+        "(inventory/inventory.parquet, the plate's rows).",
+        "catalog", lambda ws, p, w: [wsp.inventory_path(ws)], site_parallel=False,
+    ),
+    Step(
+        "index", "plate", ("index", "gen"),
+        "One row per image of the plate: arm, cycle, well, site, channels "
+        "(index/index.parquet, the plate's rows).",
+        "catalog", lambda ws, p, w: [wsp.index_path(ws)], needs=("inventory",),
+        site_parallel=False,
+    ),
+    Step(
+        "experiment", "project", ("exp", "new"),
+        "Which channel plays which role, per arm; frame; barcode table "
+        "(experiment/experiment.json).",
+        "catalog", lambda ws, p, w: [wsp.experiment_path(ws)], needs=("index",),
+        site_parallel=False,
+    ),
+    Step(
+        "illum_cp", "plate", ("illum", "calc"),
+        "Cell Painting illumination function per channel "
+        "(illum/<plate>/<plate>_Illum<Ch>.npy).",
+        "illumination", lambda ws, p, w: [wsp.illum_stats_path(ws, p)],
+        needs=("index", "experiment"), arms=("cp",),
+    ),
+    Step(
+        "illum_sbs", "plate", ("illum", "calc"),
+        "SBS illumination functions per cycle and channel "
+        "(illum/<plate>/<plate>_Cycle<k>_Illum<Ch>.npy).",
+        # one statistics file per cycle; the builder names them from the index's cycles
+        "illumination", lambda ws, p, w: [], needs=("index", "experiment"), arms=("sbs",),
+    ),
+    Step(
+        "corrected_cp", "well", ("illum", "apply"),
+        "Illumination-corrected CP images, one TIFF per site and channel "
+        "(images_corrected/painting/<plate>-<well>/).",
+        "wells", _well(wsp.corrected_dir), needs=("illum_cp", "index"), arms=("cp",),
+    ),
+    Step(
+        "aligned_sbs", "well", ("align",),
+        "SBS cycles corrected and aligned to cycle 1, with per-site QC "
+        "(images_aligned/barcoding/, alignment/<plate>-<well>/).",
+        "wells", _well(wsp.alignment_table_path), needs=("illum_sbs", "index"), arms=("sbs",),
+    ),
+    Step(
+        "segmentation", "well", ("segment",),
+        "Nuclei and cell label masks and per-object tables (segmentation/<plate>-<well>/).",
+        "wells", _well(wsp.segmentation_counts_path), needs=("corrected_cp", "experiment"),
+        arms=("cp",),
+    ),
+    Step(
+        "barcode_calls", "well", ("barcodes", "call"),
+        "Spots, reads and the barcode of every SBS cell (barcodes/<plate>-<well>/).",
+        "wells", _well(wsp.cell_barcodes_path), needs=("aligned_sbs", "experiment"),
+        arms=("sbs",),
+    ),
+    Step(
+        "cell_features", "well", ("analysis", "run"),
+        "One row per CP cell: barcode, gene and features (features/<plate>-<well>/).",
+        "wells", _well(wsp.cell_features_path), needs=("segmentation", "barcode_calls"),
+        arms=("cp", "sbs"),
+    ),
+    Step(
+        "gene_summary", "plate", ("analysis", "summary"),
+        "Per-gene cell counts and median features of a plate "
+        "(features/<plate>_gene_summary.parquet).",
+        "analysis", lambda ws, p, w: [wsp.gene_summary_path(ws, p)], needs=("cell_features",),
+        site_parallel=False,
+    ),
+)  # fmt: skip
+
+BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
+
+
+def step(name: str) -> Step:
+    """The registry row of ``name``.
+
+    Raises
+    ------
+    KeyError
+        Naming the known steps.
+    """
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown step {name!r}; known: {', '.join(BY_NAME)}") from None
+
+
+def steps_at(level: Level) -> tuple[Step, ...]:
+    """The steps of one level, in registry (dependency) order."""
+    return tuple(s for s in STEPS if s.level == level)
+
+
+def names_at(level: Level) -> tuple[str, ...]:
+    """Names of :func:`steps_at`."""
+    return tuple(s.name for s in steps_at(level))
+
+
+def same_level_inputs(s: Step, ws: str, plate: str, well: str) -> list[str]:
+    """The files ``s`` reads that steps of its own level write (its node's inputs)."""
+    return [
+        uri
+        for need in s.needs
+        if BY_NAME[need].level == s.level
+        for uri in BY_NAME[need].outputs(ws, plate, well)
+    ]
+
+
+def applicable(s: Step, arms: Iterable[str]) -> bool:
+    """Whether a partition holding images of ``arms`` can have the product of ``s``."""
+    return set(s.arms) <= set(arms)
+
+
+def topological(names: Sequence[str]) -> list[str]:
+    """``names`` in registry order (which is a dependency order)."""
+    wanted = set(names)
+    return [s.name for s in STEPS if s.name in wanted]
