@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow as pa
@@ -17,13 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from starrynight import storage, workspace
 from starrynight.errors import UserError
+from starrynight.index import dataset_root, load_index, normalise_channel
 
 CP_ROLES = ("nuclei", "cell", "mito")
 # Roles every CP experiment must fill; the others may be left empty ("" is dropped).
 CP_REQUIRED = ("nuclei", "cell")
 SBS_ROLES = ("nuclei", "A", "C", "G", "T")
 
-_NUCLEI = re.compile(r"dapi|hoechst|dna|nuc", re.IGNORECASE)
+#: Names of nuclear stains: the one guess of a nuclear channel, wherever one is needed.
+NUCLEAR_NAMES = re.compile(r"dapi|hoechst|dna|draq|nuc", re.IGNORECASE)
 _CELL = re.compile(r"phallo|zo1|wga|actin|cell|concanavalin|cona", re.IGNORECASE)
 _MITO = re.compile(r"mito|tom20|tomm20", re.IGNORECASE)
 
@@ -143,6 +147,19 @@ def load_experiment(ws: str) -> Experiment:
     return parse_experiment(storage.read_bytes(path), path)
 
 
+def load_experiment_or_none(ws: str) -> Experiment | None:
+    """The workspace's experiment, or None when it has none yet.
+
+    Raises
+    ------
+    UserError
+        When the file exists but is invalid.
+    """
+    if not storage.exists(workspace.experiment_path(ws)):
+        return None
+    return load_experiment(ws)
+
+
 def init_path(ws: str) -> str:
     """``experiment/experiment.init.json``: the template ``exp init`` writes."""
     return storage.join(ws, "experiment", "experiment.init.json")
@@ -173,14 +190,14 @@ def template(index_table: pa.Table, dataset_root: str) -> dict:
     cp = index_table.filter(pc.equal(arm, "cp"))
     if cp.num_rows:
         chans = _channels_in_order(cp)
-        nuclei = _guess(chans, _NUCLEI, set())
+        nuclei = _guess(chans, NUCLEAR_NAMES, set())
         cell = _guess(chans, _CELL, {nuclei})
         mito = _guess(chans, _MITO, {nuclei, cell})
         out["cp"] = {"channels": chans, "roles": {"nuclei": nuclei, "cell": cell, "mito": mito}}
     sbs = index_table.filter(pc.equal(arm, "sbs"))
     if sbs.num_rows:
         chans = _channels_in_order(sbs)
-        roles = {"nuclei": _guess(chans, _NUCLEI, set())}
+        roles = {"nuclei": _guess(chans, NUCLEAR_NAMES, set())}
         for base in "ACGT":
             roles[base] = next((c for c in chans if c.upper() == base), "")
         cycles = sorted(pc.unique(sbs.column("cycle")).to_pylist())
@@ -210,8 +227,6 @@ def init(ws: str) -> str:
     str
         The path written.
     """
-    from starrynight.index import dataset_root, load_index
-
     data = template(load_index(ws), dataset_root(ws))
     path = init_path(ws)
     storage.write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
@@ -235,8 +250,6 @@ def new(ws: str, choices: str) -> Experiment:
         message lists the channels that do), an arm or cycle absent from the index,
         or a barcode table that does not exist.
     """
-    from starrynight.index import load_index
-
     if not storage.exists(choices):
         raise UserError(f"{choices}: file not found")
     exp = parse_experiment(storage.read_bytes(choices), choices)
@@ -281,3 +294,127 @@ def validate_against_index(exp: Experiment, index_table: pa.Table, where: str) -
     datasets = pc.unique(index_table.column("dataset")).to_pylist()
     if exp.dataset not in datasets:
         raise UserError(f"{where}: dataset: {exp.dataset!r} not in the index; found {datasets}")
+
+
+# --------------------------------------------------------------------------- roles
+
+Arm = Literal["cp", "sbs"]
+
+
+@dataclass(frozen=True)
+class ArmRoles:
+    """An arm's channels (as written in file names, in frame order) and their roles.
+
+    ``source`` is ``"experiment"`` when they come from ``experiment.json``, ``"guessed"``
+    when they were guessed from the channels seen (no experiment yet).
+    """
+
+    channels: list[str]
+    roles: dict[str, str]
+    source: Literal["experiment", "guessed"]
+
+    def normalised(self) -> dict[str, str]:
+        """Role -> channel as it appears in output file names."""
+        return {role: normalise_channel(ch) for role, ch in self.roles.items()}
+
+
+def guess_nuclear(channels: Iterable[str]) -> str | None:
+    """The first channel named like a nuclear stain (DAPI, Hoechst, DNA, DRAQ), or None."""
+    return next((c for c in channels if NUCLEAR_NAMES.search(c)), None)
+
+
+def guess_roles(arm: Arm, channels: Sequence[str]) -> dict[str, str]:
+    """Roles guessed from channel names: nuclei, and for SBS the bases named A/C/G/T."""
+    roles: dict[str, str] = {}
+    nuclear = guess_nuclear(channels)
+    if nuclear is not None:
+        roles["nuclei"] = nuclear
+    if arm == "sbs":
+        for base in "ACGT":
+            match = [c for c in channels if c.strip().upper() == base]
+            if match:
+                roles[base] = match[0]
+    return roles
+
+
+def arm_roles(ws: str, arm: Arm, seen: Iterable[str]) -> ArmRoles:
+    """Channels and roles of an arm: the experiment's, else guessed from ``seen``.
+
+    Parameters
+    ----------
+    ws : str
+        Workspace (its ``experiment.json``, when present, decides).
+    arm : {"cp", "sbs"}
+    seen : iterable of str
+        Channel names as written, in the order first seen (used without an experiment).
+    """
+    exp = load_experiment_or_none(ws)
+    part = None if exp is None else (exp.cp if arm == "cp" else exp.sbs)
+    if part is not None:
+        return ArmRoles(list(part.channels), dict(part.roles), "experiment")
+    channels = list(dict.fromkeys(seen))
+    return ArmRoles(channels, guess_roles(arm, channels), "guessed")
+
+
+def resolve_channels(
+    ws: str,
+    arm: Arm,
+    available: Collection[str],
+    wanted: Sequence[str],
+    given: Mapping[str, str | None] | None = None,
+    what: str = "images",
+) -> dict[str, str]:
+    """The channel (normalised name) of each wanted role among ``available``.
+
+    Each role takes, in this order: the channel ``given`` for it (a command option),
+    the experiment's, a guess (nuclei: the nuclear-named channel; SBS bases: channels
+    named A/C/G/T; CP ``cell``: the first other channel in alphabetical order).
+
+    Parameters
+    ----------
+    ws : str
+        Workspace.
+    arm : {"cp", "sbs"}
+    available : collection of str
+        Normalised channel names present (e.g. of the corrected or aligned images).
+    wanted : sequence of str
+        Roles to resolve, e.g. ``("nuclei", "cell")`` or ``("nuclei", "A", "C", "G", "T")``.
+    given : mapping of str to str or None, optional
+        Role -> channel chosen by the user (None: not given).
+    what : str
+        What ``available`` are, for messages ("corrected images", ...).
+
+    Raises
+    ------
+    UserError
+        When a role cannot be resolved or names a channel that has no images.
+    """
+    given = given or {}
+    ordered = sorted(available)
+    roles = arm_roles(ws, arm, ordered).normalised()
+    out: dict[str, str] = {}
+    for role in wanted:
+        channel = given.get(role) or roles.get(role) or _fallback(arm, role, ordered, out)
+        if channel is None:
+            option = " (give --nuclei-channel)" if role == "nuclei" else ""
+            raise UserError(
+                f"{arm} role {role!r}: no channel for it among the {what}' channels "
+                f"{', '.join(ordered) or 'none'}; set it in the experiment{option}"
+            )
+        if channel not in available:
+            raise UserError(
+                f"{arm} role {role!r} is channel {channel!r}, which has no {what} "
+                f"(channels found: {', '.join(ordered) or 'none'})"
+            )
+        out[role] = channel
+    return out
+
+
+def _fallback(arm: Arm, role: str, ordered: Sequence[str], chosen: Mapping[str, str]) -> str | None:
+    if role == "nuclei":
+        return guess_nuclear(ordered)
+    if arm == "cp" and role == "cell":
+        return next((c for c in ordered if c not in chosen.values()), None)
+    if arm == "sbs" and role in "ACGT":
+        return next((c for c in ordered if c.strip().upper() == role), None)
+    return None

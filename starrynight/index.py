@@ -66,7 +66,9 @@ class IndexSummary:
         return text + f"; missing {self.missing} image(s)"
 
 
-def generate(inventory_uri: str, ws: str, grammar_path: str | None = None) -> IndexSummary:
+def generate(
+    inventory_uri: str, ws: str, grammar_path: str | None = None, experiment=None
+) -> IndexSummary:
     """Parse an inventory into ``index/index.parquet`` and ``index/rejects.parquet``.
 
     Parameters
@@ -77,6 +79,9 @@ def generate(inventory_uri: str, ws: str, grammar_path: str | None = None) -> In
         Workspace to write to.
     grammar_path : str, optional
         A pattern file for another naming scheme (see :mod:`starrynight.pathgrammar`).
+    experiment : starrynight.experiment.Experiment, optional
+        When given, the summary's missing images are counted against its cycles and
+        channels (see :func:`completeness`).
 
     Returns
     -------
@@ -108,7 +113,7 @@ def generate(inventory_uri: str, ws: str, grammar_path: str | None = None) -> In
         written = pool.submit(_write, encoded, workspace.index_path(ws))
         _write(rejects, workspace.rejects_path(ws))
         channels = (parsed.channel_codes, parsed.channel_lists)
-        summary = _summary(parsed.encoded, rejects, ws, channels)
+        summary = _summary(parsed.encoded, rejects, experiment, channels)
         written.result()
     return summary
 
@@ -168,7 +173,7 @@ def _write(table: pa.Table, uri: str) -> None:
 
 
 def _summary(
-    encoded: pa.Table, rejects: pa.Table, ws: str, channels: tuple | None = None
+    encoded: pa.Table, rejects: pa.Table, experiment=None, channels: tuple | None = None
 ) -> IndexSummary:
     arm, arms = _codes(encoded.column("arm")) if encoded.num_rows else (np.zeros(0, int), [])
     counts = np.bincount(arm, minlength=len(arms)).tolist()
@@ -183,7 +188,7 @@ def _summary(
         plates = len(_unique(plate_key))
         wells = len(_unique(plate_key * max(len(well_values), 1) + well))
     reasons = Counter(rejects.column("reason").to_pylist())
-    missing = _completeness(encoded, _experiment_or_none(ws), channels).num_rows
+    missing = _completeness(encoded, experiment, channels).num_rows
     return IndexSummary(
         images=encoded.num_rows,
         rejects=rejects.num_rows,
@@ -193,14 +198,6 @@ def _summary(
         reject_reasons=dict(reasons.most_common()),
         missing=missing,
     )
-
-
-def _experiment_or_none(ws: str):
-    if not storage.exists(workspace.experiment_path(ws)):
-        return None
-    from starrynight.experiment import load_experiment
-
-    return load_experiment(ws)
 
 
 def _connect(index_table: pa.Table, rejects: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
@@ -427,12 +424,16 @@ def _completeness(index_table: pa.Table, experiment=None, channels: tuple | None
     )
 
 
-def check(ws: str) -> pa.Table:
-    """The missing images and channels of the workspace's index (see :func:`completeness`)."""
-    return completeness(load_index(ws), _experiment_or_none(ws))
+def check(ws: str, experiment=None) -> pa.Table:
+    """The missing images and channels of the workspace's index (see :func:`completeness`).
+
+    ``experiment`` (optional) sets the expected cycles and channels; the index does not
+    read it itself, as the experiment is validated against the index, not the reverse.
+    """
+    return completeness(load_index(ws), experiment)
 
 
-def show(ws: str) -> list[dict]:
+def show(ws: str, experiment=None) -> list[dict]:
     """Rows of the per plate/well/arm/cycle summary printed by ``index show``.
 
     Each row: plate, well, arm, cycle, sites (images present), channels (comma
@@ -440,7 +441,7 @@ def show(ws: str) -> list[dict]:
     :func:`completeness`).
     """
     table = load_index(ws)
-    missing = completeness(table, _experiment_or_none(ws))
+    missing = completeness(table, experiment)
     con = _connect(table)
     con.register("missing", missing)
     sql = """

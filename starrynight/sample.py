@@ -38,10 +38,10 @@ from skimage.segmentation import expand_labels, find_boundaries
 
 from starrynight import storage
 from starrynight.errors import UserError
+from starrynight.experiment import NUCLEAR_NAMES
 from starrynight.imageio import write_tiff
 
 BASES = ("A", "C", "G", "T")
-NUCLEAR_NAMES = re.compile(r"dapi|hoechst|dna|draq", re.IGNORECASE)
 # Dyes of A/C and of G/T overlap spectrally in the usual four-colour SBS chemistry.
 CROSSTALK = {("A", "C"): 0.25, ("C", "A"): 0.2, ("G", "T"): 0.25, ("T", "G"): 0.2}
 GENES = (

@@ -31,7 +31,7 @@ def configure(project_id: ProjectId, body: ConfigureRequest, session: SessionDep
     project = get_project(session, project_id)
     ws = project.workspace_uri
     inv = inventory.generate(project.dataset_uri, ws, progress=False)
-    summary = index.generate(inv.path, ws, project.grammar)
+    summary = index.generate(inv.path, ws, project.grammar, experiment.load_experiment_or_none(ws))
     choices = body.experiment
     if choices is None:
         choices = experiment.template(index.load_index(ws), index.dataset_root(ws))

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from conductor.indexcache import cached, file_stamp, plates_and_wells, plates_wells_of
 from starrynight import index, workspace
+from starrynight.experiment import load_experiment_or_none
 
 __all__ = ["IndexSummary", "index_summary", "plates_and_wells"]
 
@@ -78,7 +79,7 @@ def _build_summary(ws: str) -> IndexSummary:
     per_well = table.group_by(["plate", "well", "arm", "cycle"]).aggregate([("site", "count")])
     sites = max(per_well.column("site_count").to_pylist(), default=0)
     reasons = Counter(index.load_rejects(ws).column("reason").to_pylist())
-    missing = index.check(ws)
+    missing = index.check(ws, load_experiment_or_none(ws))
     examples = missing.slice(0, MISSING_SHOWN).to_pylist()
     return IndexSummary(
         plates=plates,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from starrynight import index as index_mod
+from starrynight.experiment import load_experiment_or_none
 
 
 @click.group()
@@ -27,14 +28,15 @@ def index() -> None:
 )  # fmt: skip
 def gen(inventory_uri: str, ws: str, grammar: str | None) -> None:
     """Parse the inventory's paths into the index; other paths go to the rejects table."""
-    click.echo(index_mod.generate(inventory_uri, ws, grammar).line())
+    summary = index_mod.generate(inventory_uri, ws, grammar, load_experiment_or_none(ws))
+    click.echo(summary.line())
 
 
 @index.command("show")
 @click.argument("ws", metavar="WORKSPACE")
 def show(ws: str) -> None:
     """Per plate/well/arm/cycle: sites present, channels, missing images or channels."""
-    rows = index_mod.show(ws)
+    rows = index_mod.show(ws, load_experiment_or_none(ws))
     cols = ["plate", "well", "arm", "cycle", "sites", "channels", "missing"]
     _print_table(cols, [[r[c] for c in cols] for r in rows])
 
@@ -55,7 +57,7 @@ def query(ws: str, sql: str) -> None:
 @click.argument("ws", metavar="WORKSPACE")
 def check(ws: str) -> None:
     """List every missing image or channel (per plate/well/site/cycle); exit 1 if any."""
-    missing = index_mod.check(ws)
+    missing = index_mod.check(ws, load_experiment_or_none(ws))
     rows = [[r["plate"], r["well"], r["site"], r["arm"], r["cycle"], ",".join(r["missing"])]
             for r in missing.to_pylist()]  # fmt: skip
     if rows:

@@ -25,8 +25,6 @@ from starrynight.algorithms import segmentation as seg
 from starrynight.errors import UserError
 from starrynight.imageio import read_image
 from starrynight.modules.segment import (
-    NUCLEAR_NAMES,
-    _experiment_roles,
     empty_sites,
     read_table,
     run_well,
@@ -173,21 +171,11 @@ class BarcodeResult:
 
 
 def _sbs_roles(ws: str, channels: set[str]) -> tuple[str, list[str]]:
-    roles = _experiment_roles(ws, "sbs")
-    bases = [roles.get(b, b) for b in bc.BASES]
-    missing = [b for b in bases if b not in channels]
-    if missing:
-        raise UserError(
-            f"aligned SBS images lack base channel(s) {', '.join(missing)} "
-            f"(found: {', '.join(sorted(channels))}); expected A, C, G, T"
-        )
-    nuclei = roles.get("nuclei")
-    if nuclei is None:
-        nuclear = sorted(c for c in channels if NUCLEAR_NAMES.search(c))
-        if not nuclear:
-            raise UserError(f"no nuclear channel among SBS channels {sorted(channels)}")
-        nuclei = nuclear[0]
-    return nuclei, bases
+    """Nuclear channel and the A, C, G, T channels of the aligned images (normalised)."""
+    from starrynight.experiment import resolve_channels
+
+    found = resolve_channels(ws, "sbs", channels, ("nuclei", *bc.BASES), what="aligned images")
+    return found["nuclei"], [found[b] for b in bc.BASES]
 
 
 def _call_job(*args: Any) -> dict[str, Any]:

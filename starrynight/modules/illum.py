@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -31,9 +30,6 @@ from starrynight import storage, workspace
 from starrynight.algorithms import illum as alg
 from starrynight.errors import InputFileError, UserError
 from starrynight.imageio import read_image, write_tiff
-
-NUCLEAR_NAMES = re.compile(r"dapi|hoechst|dna|draq", re.IGNORECASE)
-
 
 # --------------------------------------------------------------------------- index
 
@@ -86,34 +82,15 @@ def plate_rows(ws: str, plate: str) -> list[ImageRow]:
 
 
 def arm_channels(ws: str, arm: str, rows: Sequence[ImageRow]) -> tuple[list[str], dict[str, str]]:
-    """Channels (as written) and roles of an arm: from the experiment, else from the index.
+    """Channels (as written) and roles of an arm (see :func:`experiment.arm_roles`).
 
     Without an experiment file every channel seen in ``rows`` is used, in the order first
-    seen, and the nuclei role goes to the DAPI-like channel, the bases to channels named
-    A, C, G and T.
+    seen, and the roles are guessed from the names.
     """
-    if storage.exists(workspace.experiment_path(ws)):
-        from starrynight.experiment import load_experiment
+    from starrynight.experiment import arm_roles
 
-        experiment = load_experiment(ws)
-        part = experiment.cp if arm == "cp" else experiment.sbs
-        if part is not None:
-            return list(part.channels), dict(part.roles)
-    seen: dict[str, None] = {}
-    for row in rows:
-        for ch in row.channels:
-            seen.setdefault(ch, None)
-    channels = list(seen)
-    roles: dict[str, str] = {}
-    nuclear = [c for c in channels if NUCLEAR_NAMES.search(c)]
-    if nuclear:
-        roles["nuclei"] = nuclear[0]
-    if arm == "sbs":
-        for base in "ACGT":
-            match = [c for c in channels if c.strip().upper() == base]
-            if match:
-                roles[base] = match[0]
-    return channels, roles
+    found = arm_roles(ws, arm, (ch for row in rows for ch in row.channels))  # type: ignore[arg-type]
+    return found.channels, found.roles
 
 
 def normalise(channel: str) -> str:

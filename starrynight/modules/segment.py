@@ -28,9 +28,6 @@ from starrynight.algorithms import segmentation as seg
 from starrynight.errors import UserError
 from starrynight.imageio import read_image, write_tiff
 
-NUCLEAR_NAMES = re.compile(r"dapi|hoechst|dna|draq", re.IGNORECASE)
-
-
 # --------------------------------------------------------------------------- shared I/O
 
 
@@ -161,47 +158,21 @@ def corrected_sites(ws: str, plate: str, well: str) -> dict[int, set[str]]:
     return sites
 
 
-def _experiment_roles(ws: str, arm: str) -> dict[str, str]:
-    if not storage.exists(workspace.experiment_path(ws)):
-        return {}
-    from starrynight.experiment import load_experiment
-    from starrynight.index import normalise_channel
-
-    exp = load_experiment(ws)
-    part = exp.cp if arm == "cp" else exp.sbs
-    if part is None:
-        return {}
-    return {role: normalise_channel(ch) for role, ch in part.roles.items()}
-
-
 def cp_channel_roles(
     ws: str, available: set[str], nuclei: str | None, cell: str | None
 ) -> tuple[str, str]:
     """Nuclei and cell channels (normalised names): options, else experiment, else guess.
 
     The guess takes the DAPI-like channel for nuclei and the first other channel in
-    alphabetical order for cells.
+    alphabetical order for cells (see :func:`experiment.resolve_channels`).
     """
-    roles = _experiment_roles(ws, "cp")
-    nuclei = nuclei or roles.get("nuclei")
-    cell = cell or roles.get("cell")
-    if nuclei is None:
-        nuclear = sorted(c for c in available if NUCLEAR_NAMES.search(c))
-        if not nuclear:
-            raise UserError(f"no nuclear channel among {sorted(available)}: give --nuclei-channel")
-        nuclei = nuclear[0]
-    if cell is None:
-        others = sorted(c for c in available if c != nuclei)
-        if not others:
-            raise UserError(f"no cell-stain channel among {sorted(available)}: give --cell-channel")
-        cell = others[0]
-    for role, ch in (("nuclei", nuclei), ("cell", cell)):
-        if ch not in available:
-            raise UserError(
-                f"{role} channel {ch!r}: no corrected images of it "
-                f"(channels found: {', '.join(sorted(available))})"
-            )
-    return nuclei, cell
+    from starrynight.experiment import resolve_channels
+
+    found = resolve_channels(
+        ws, "cp", available, ("nuclei", "cell"), {"nuclei": nuclei, "cell": cell},
+        what="corrected images",
+    )  # fmt: skip
+    return found["nuclei"], found["cell"]
 
 
 def _one_blas_thread() -> None:
