@@ -6,6 +6,7 @@ order its file name lists them. Arrays are ``(channels, height, width)``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Sequence
 
@@ -58,6 +59,37 @@ def read_image(uri: str, expected_channels: int | None = None) -> np.ndarray:
             uri, f"expected {expected_channels} channel frames, found {arr.shape[0]}"
         )
     return arr
+
+
+def read_header(uri: str) -> tuple[int, tuple[int, int], np.dtype]:
+    """Frames, frame shape and dtype of a TIFF, from its header (no pixels are read).
+
+    On S3 the header is read with ranged reads of a random-access file.
+
+    Raises
+    ------
+    InputFileError
+        When the file is missing or not a readable TIFF.
+    """
+    try:
+        with contextlib.ExitStack() as stack:
+            if storage.is_s3(uri):
+                fs, path = storage.filesystem(uri)
+                handle = stack.enter_context(fs.open_input_file(path))
+                tif = stack.enter_context(tifffile.TiffFile(handle, is_ome=False))
+            else:
+                tif = stack.enter_context(tifffile.TiffFile(uri, is_ome=False))
+            page = tif.pages.first
+            shape = tuple(int(n) for n in page.shape)
+            n_frames = len(tif.pages)
+            dtype = np.dtype(page.dtype)
+    except FileNotFoundError as exc:
+        raise InputFileError(uri, "file not found") from exc
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise InputFileError(uri, f"not a readable TIFF ({_reason(exc)})") from exc
+    if len(shape) != 2:
+        raise InputFileError(uri, f"expected frames of 2-D images, got frames of shape {shape}")
+    return n_frames, (shape[0], shape[1]), dtype
 
 
 def write_tiff(

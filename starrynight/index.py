@@ -232,6 +232,21 @@ def load_index(ws: str) -> pa.Table:
     return table
 
 
+def well_sites(ws: str, plate: str, well: str, arm: str) -> list[int] | None:
+    """The sites of one arm of a plate x well in the workspace's index, sorted.
+
+    These are the sites a per-well step must produce. None when the workspace has no
+    index (inputs made by hand): the steps then take the sites their inputs have.
+    """
+    if not storage.exists(workspace.index_path(ws)):
+        return None
+    t = load_index(ws).select(["plate", "well", "arm", "site"])
+    mask = pc.and_(
+        pc.and_(pc.equal(t["plate"], plate), pc.equal(t["well"], well)), pc.equal(t["arm"], arm)
+    )
+    return sorted({int(s) for s in t.filter(mask).column("site").to_pylist()})
+
+
 def load_rejects(ws: str) -> pa.Table:
     """Read ``WORKSPACE/index/rejects.parquet`` (empty table when absent)."""
     path = workspace.rejects_path(ws)

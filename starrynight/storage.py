@@ -16,10 +16,12 @@ import contextlib
 import functools
 import os
 import posixpath
+import re
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG as stat_is_file
@@ -170,7 +172,9 @@ def atomic_local_path(uri: str, suffix: str = "") -> Iterator[str]:
         return
     target = Path(uri).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    # The writer's pid in the name lets clean_temporary tell a dead writer's leftovers
+    # from a live writer's file.
+    tmp = target.parent / f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}"
     try:
         yield str(tmp)
         os.replace(tmp, target)
@@ -458,3 +462,88 @@ def _is_temporary(key: str) -> bool:
 
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def stat_many(uris: Sequence[str]) -> list[tuple[int, int] | None]:
+    """``(size, mtime_ns)`` of each file, None for one that does not exist.
+
+    Local paths are stat-ed directly; S3 keys are asked for in one call per bucket
+    through pyarrow (a HEAD per key).
+    """
+    out: list[tuple[int, int] | None] = []
+    remote = [u for u in uris if is_s3(u)]
+    infos: dict[str, tuple[int, int] | None] = {}
+    if remote:
+        fs, _ = filesystem(remote[0])
+        paths = [filesystem(u)[1] for u in remote]
+        for uri, info in zip(remote, fs.get_file_info(paths), strict=True):
+            ok = info.type == pafs.FileType.File
+            mtime = (info.mtime_ns or 0) if ok else 0
+            infos[uri] = (int(info.size), int(mtime)) if ok else None
+    for uri in uris:
+        if is_s3(uri):
+            out.append(infos[uri])
+            continue
+        try:
+            st = os.stat(os.path.expanduser(uri))
+        except (FileNotFoundError, NotADirectoryError):
+            out.append(None)
+            continue
+        out.append((st.st_size, st.st_mtime_ns))
+    return out
+
+
+_TEMP_NAME = re.compile(r"\..+\.(\d+)-[0-9a-f]{8}\.tmp.*")
+
+
+def clean_temporary(folder: str) -> int:
+    """Remove temporary files that dead writers left in a local folder.
+
+    :func:`atomic_local_path` names its temporary file after the writing process; a
+    file whose process no longer runs on this machine is a killed write's leftover.
+    Older-style names without a pid are removed when older than an hour. S3 writes
+    leave no temporary objects.
+
+    Returns
+    -------
+    int
+        Files removed.
+    """
+    if is_s3(folder):
+        return 0
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for path in root.iterdir():
+        if not _is_temporary(path.name):
+            continue
+        m = _TEMP_NAME.fullmatch(path.name)
+        stale = False
+        if m:
+            stale = not _pid_alive(int(m.group(1)))
+        else:
+            with contextlib.suppress(OSError):
+                stale = time.time() - path.stat().st_mtime > 3600
+        if stale:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove(uri: str) -> None:
+    """Delete a file if it exists (local or S3)."""
+    fs, path = filesystem(uri)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.delete_file(path)

@@ -73,6 +73,15 @@ def well_product_dir(workspace: str, product: str, plate: str, well: str) -> str
     return storage.join(workspace, product, f"{plate}-{well}")
 
 
+def site_manifest_path(workspace: str, step: str, plate: str, well: str) -> str:
+    """Which sites of a plate x well a step computed, from which inputs.
+
+    ``manifests/<step>/<plate>-<well>.json``, written by
+    :func:`starrynight.siterunner.run_sites`: site -> fingerprint of its inputs.
+    """
+    return storage.join(workspace, "manifests", step, f"{plate}-{well}.json")
+
+
 def illum_stats_path(workspace: str, plate: str, cycle: int | None = None) -> str:
     """Statistics of one ``illum calc`` group (written last: marks the group complete).
 

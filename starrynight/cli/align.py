@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from starrynight.algorithms.align import AlignmentQC
-from starrynight.cli.options import well_unit
+from starrynight.cli.options import echo_bad, well_step
 from starrynight.modules.align import align_well
 
 
 @click.command("align")
-@well_unit
+@well_step
 @click.option(
     "--interpolation", type=click.Choice(["cubic", "linear", "integer"]), default="cubic",
     show_default=True,
@@ -32,14 +32,6 @@ from starrynight.modules.align import align_well
     "--warn-correlation", type=click.FloatRange(-1, 1), default=0.9, show_default=True,
     help="QC: warn below this correlation.",
 )  # fmt: skip
-@click.option("--force", is_flag=True, help="Redo sites whose outputs are already complete.")
-@click.option(
-    "--skip-bad", is_flag=True,
-    help="Skip sites with unreadable images and list them (default: stop).",
-)  # fmt: skip
-@click.option(
-    "--workers", default=2, show_default=True, type=click.IntRange(1), help="Sites in parallel."
-)
 def align(
     workspace: str,
     plate: str,
@@ -52,12 +44,14 @@ def align(
     force: bool,
     skip_bad: bool,
     workers: int,
+    progress: bool | None,
 ) -> None:
     """Illumination-correct (when SBS functions exist) and align a well's SBS cycles."""
     qc = AlignmentQC(max_shift, min_correlation, warn_correlation)
     r = align_well(
         workspace, plate, well, interpolation=interpolation,  # type: ignore[arg-type]
         upsample=upsample, qc=qc, force=force, skip_bad=skip_bad, workers=workers,
+        progress=progress,
     )  # fmt: skip
     source = "illumination-corrected" if r.illum_corrected else "raw (no SBS illum functions)"
     click.echo(
@@ -69,6 +63,5 @@ def align(
         click.echo(f"FLAG site {site} cycle {cycle}: {reason}")
     for site, cycle, reason in r.warned:
         click.echo(f"warn site {site} cycle {cycle}: {reason}")
-    for path, problem in r.bad_files:
-        click.echo(f"skipped bad image: {path}: {problem}", err=True)
+    echo_bad(r.bad_files)
     click.echo(f"table: {r.table}")

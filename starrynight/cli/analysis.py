@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from starrynight.cli.options import PLATE, SITE_WORKERS, WORKSPACE, echo_well, well_unit
+from starrynight.cli.options import PLATE, WORKSPACE, echo_bad, echo_well, well_step
 from starrynight.modules.analysis import analyse_well, summarise_plate
 
 
@@ -16,7 +16,7 @@ def analysis() -> None:
 
 
 @analysis.command("run")
-@well_unit
+@well_step
 @click.option(
     "--scale", type=float,
     help="SBS pixels per CP pixel [try 1 and the magnification ratio of the index].",
@@ -25,17 +25,17 @@ def analysis() -> None:
     "--max-distance", type=float, default=6.0, show_default=True,
     help="Largest distance in pixels between matched CP and SBS nuclei after registration.",
 )  # fmt: skip
-@SITE_WORKERS
-@click.option("--force", is_flag=True, help="Recompute when the well's table exists.")
 def run(**kw: Any) -> None:
     """One row per CP cell: barcode, gene and features (needs segment + barcodes call)."""
     res = analyse_well(
         kw["workspace"], kw["plate"], kw["well"], scale=kw["scale"],
         max_distance=kw["max_distance"], workers=kw["workers"], force=kw["force"],
+        skip_bad=kw["skip_bad"], progress=kw["progress"],
     )  # fmt: skip
     echo_well(
         res, f"{res.cells} cells, {res.matched} matched to SBS, {res.with_barcode} with a barcode"
     )
+    echo_bad(res.bad_files)
 
 
 @analysis.command("summary")

@@ -8,7 +8,7 @@ import click
 
 from starrynight.algorithms.barcodes import SpotParams
 from starrynight.algorithms.segmentation import NucleiParams
-from starrynight.cli.options import SITE_WORKERS, echo_well, well_unit
+from starrynight.cli.options import echo_bad, echo_well, well_step
 from starrynight.modules.barcodes import BarcodeParams, call_well
 
 
@@ -18,7 +18,7 @@ def barcodes() -> None:
 
 
 @barcodes.command("call")
-@well_unit
+@well_step
 @click.option(
     "--barcodes", "barcodes_csv", help="Barcodes.csv [experiment, else dataset metadata]."
 )
@@ -67,8 +67,6 @@ def barcodes() -> None:
     type=float,
     help="Pixels a cell extends beyond its nucleus [0.75 x diameter].",
 )
-@SITE_WORKERS
-@click.option("--force", is_flag=True, help="Recompute when the well's tables exist.")
 def call(**kw: Any) -> None:
     """Detect spots, read bases, match Barcodes.csv and assign a barcode to each cell."""
     params = BarcodeParams(
@@ -84,7 +82,8 @@ def call(**kw: Any) -> None:
     )
     res = call_well(
         kw["workspace"], kw["plate"], kw["well"], barcodes=kw["barcodes_csv"], params=params,
-        workers=kw["workers"], force=kw["force"],
+        workers=kw["workers"], force=kw["force"], skip_bad=kw["skip_bad"],
+        progress=kw["progress"],
     )  # fmt: skip
     reasons = sorted(res.reasons.items(), key=lambda kv: -kv[1])
     echo_well(
@@ -92,3 +91,4 @@ def call(**kw: Any) -> None:
         f"{res.sites} site(s), {res.spots} spots, {res.cells} cells, {res.assigned} with a barcode",
         [f"unassigned ({why}): {n}" for why, n in reasons],
     )
+    echo_bad(res.bad_files)

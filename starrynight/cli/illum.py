@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import click
 
-from starrynight.cli.options import PLATE, WELL, WORKSPACE
+from starrynight.cli.options import FORCE, PLATE, SKIP_BAD, WORKSPACE, echo_bad, well_step
 from starrynight.modules.illum import apply_illum, calc_illum
 
-SKIP_BAD = click.option(
-    "--skip-bad", is_flag=True,
-    help="Continue past unreadable or inconsistent images and list them (default: stop).",
-)  # fmt: skip
-FORCE = click.option("--force", is_flag=True, help="Redo work whose outputs are already complete.")
 WORKERS = click.option(
     "--workers", default=2, show_default=True, type=click.IntRange(1), help="Reading threads."
 )
@@ -70,28 +65,21 @@ def calc_cmd(
             f"{plate} {what}: {len(g.channels)} function(s) from {g.n_images} images "
             f"(dark level {darks})"
         )
-    _report_bad(result.bad_files)
+    echo_bad(result.bad_files)
 
 
 @illum.command("apply")
-@WORKSPACE
-@PLATE
-@WELL
-@FORCE
-@SKIP_BAD
-@WORKERS
+@well_step
 def apply_cmd(
-    workspace: str, plate: str, well: str, force: bool, skip_bad: bool, workers: int
-) -> None:
+    workspace: str, plate: str, well: str, force: bool, skip_bad: bool, workers: int,
+    progress: bool | None,
+) -> None:  # fmt: skip
     """Correct one well's Cell Painting images: one uint16 TIFF per site and channel."""
-    r = apply_illum(workspace, plate, well, force=force, skip_bad=skip_bad, workers=workers)
+    r = apply_illum(
+        workspace, plate, well, force=force, skip_bad=skip_bad, workers=workers, progress=progress
+    )
     click.echo(
         f"{plate} {well}: corrected {r.sites_written} site(s) ({r.files_written} files), "
         f"{r.sites_skipped} already complete"
     )
-    _report_bad(r.bad_files)
-
-
-def _report_bad(bad: list[tuple[str, str]]) -> None:
-    for path, problem in bad:
-        click.echo(f"skipped bad image: {path}: {problem}", err=True)
+    echo_bad(r.bad_files)

@@ -30,9 +30,38 @@ SITE_WORKERS = click.option(
 )  # fmt: skip
 
 
+FORCE = click.option("--force", is_flag=True, help="Redo work whose outputs are already complete.")
+SKIP_BAD = click.option(
+    "--skip-bad", is_flag=True,
+    help="Continue past unreadable or inconsistent images and list them (default: stop).",
+)  # fmt: skip
+PROGRESS = click.option(
+    "--progress/--no-progress", default=None,
+    help="Progress line: sites done / total, rate, time left [default: on a terminal].",
+)  # fmt: skip
+
+
 def well_unit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a per plate x well command with ``-w/--workspace``, ``--plate``, ``--well``."""
     return WORKSPACE(PLATE(WELL(fn)))
+
+
+def well_step(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Every per plate x well step's options, spelled the same way everywhere.
+
+    ``-w/--workspace``, ``--plate``, ``--well``, ``--workers``, ``--force``,
+    ``--skip-bad`` and ``--progress/--no-progress`` (the site runner's options, see
+    :func:`starrynight.siterunner.run_sites`).
+    """
+    for option in (PROGRESS, SKIP_BAD, FORCE, SITE_WORKERS):
+        fn = option(fn)
+    return well_unit(fn)
+
+
+def echo_bad(bad: Iterable[tuple[str, str]]) -> None:
+    """Print the inputs a ``--skip-bad`` run left out, one a line on stderr."""
+    for path, problem in bad:
+        click.echo(f"skipped bad image: {path}: {problem}", err=True)
 
 
 class WellOutcome(Protocol):

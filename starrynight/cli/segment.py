@@ -8,15 +8,12 @@ from typing import Any
 import click
 
 from starrynight.algorithms.segmentation import NucleiParams
-from starrynight.cli.options import PLATE, SITE_WORKERS, WELL, WORKSPACE
+from starrynight.cli.options import SITE_WORKERS, echo_bad, well_step, well_unit
 from starrynight.modules.segment import SegmentParams, SegmentResult, segcheck_well, segment_well
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        WORKSPACE,
-        PLATE,
-        WELL,
         click.option("--nuclei-channel", help="Nuclear stain (normalised name, e.g. DAPI)."),
         click.option("--cell-channel", help="Cell stain to grow cells on (e.g. PhalloAF750)."),
         click.option(
@@ -37,7 +34,6 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--max-cell-distance", type=float, default=40.0, show_default=True,
             help="Largest distance in pixels a cell extends beyond its nucleus.",
         ),
-        SITE_WORKERS,
     ]  # fmt: skip
     for option in reversed(options):
         fn = option(fn)
@@ -72,19 +68,23 @@ def _report(res: SegmentResult) -> None:
 
 
 @click.command("segment")
+@well_step
 @_common
-@click.option("--force", is_flag=True, help="Recompute sites and tables that already exist.")
 def segment(**kw: Any) -> None:
     """Segment nuclei and cells on every site of a plate x well (corrected CP images)."""
     res = segment_well(
         kw["workspace"], kw["plate"], kw["well"],
         nuclei_channel=kw["nuclei_channel"], cell_channel=kw["cell_channel"],
-        params=_params(kw), workers=kw["workers"], force=kw["force"],
+        params=_params(kw), workers=kw["workers"], force=kw["force"], skip_bad=kw["skip_bad"],
+        progress=kw["progress"],
     )  # fmt: skip
     _report(res)
+    echo_bad(res.bad_files)
 
 
 @click.command("segcheck")
+@well_unit
+@SITE_WORKERS
 @_common
 @click.option(
     "--every", type=click.IntRange(1), default=4, show_default=True,

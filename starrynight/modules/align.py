@@ -11,17 +11,13 @@ their images are still written.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from threadpoolctl import threadpool_limits
 
 from starrynight import storage, workspace
 from starrynight.algorithms import align as alg
@@ -35,6 +31,7 @@ from starrynight.modules.illum import (
     normalise,
     plate_rows,
 )
+from starrynight.siterunner import SiteTask, run_sites
 
 WINDOW_ALPHA = 0.25
 SCHEMA = pa.schema(
@@ -84,6 +81,7 @@ def align_well(
     force: bool = False,
     skip_bad: bool = False,
     workers: int = 2,
+    progress: bool | None = None,
 ) -> AlignResult:
     """Align every SBS cycle of every site of a well to cycle 1 and write the images.
 
@@ -104,6 +102,8 @@ def align_well(
         Skip sites with an unreadable image (listed in the result).
     workers : int
         Sites processed concurrently (threads).
+    progress : bool, optional
+        Progress line (default: on a terminal).
 
     Returns
     -------
@@ -153,30 +153,45 @@ def align_well(
         )
     job = _WellJob(
         ws, plate, well, cycles, channels, channels.index(nuclei), functions, corrected,
-        interpolation, upsample, qc, force, skip_bad,
+        interpolation, upsample, qc,
     )  # fmt: skip
-    with _one_blas_thread(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        outcomes = list(pool.map(job.site, sorted(sites.items())))
-    errors = [exc for _, exc in outcomes if exc is not None]
-    if errors and not skip_bad:
-        for uri in job.written:
-            _remove(uri)
-        raise errors[0]
-    tables = [t for t, _ in outcomes if t is not None]
+    job.reader.settle(well_rows)
+    function_uris = tuple(f.uri for fs in functions.values() if fs for f in fs.values())
+    tasks = [
+        SiteTask(
+            site,
+            (*(by_cycle[k].uri for k in cycles), *function_uris),
+            (*job.outputs(site), workspace.alignment_site_path(ws, plate, well, site)),
+            (by_cycle,),
+        )
+        for site, by_cycle in sorted(sites.items())
+    ]
+    run = run_sites(
+        "align", job.site, tasks,
+        manifest=workspace.site_manifest_path(ws, "aligned_sbs", plate, well),
+        load=_read_site_table, workers=workers, force=force, skip_bad=skip_bad,
+        progress=progress,
+        missing_hint="the index lists images that are gone (re-run inventory gen and index gen)",
+    )  # fmt: skip
     table_uri = workspace.alignment_table_path(ws, plate, well)
+    tables = run.ordered()
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     with storage.atomic_local_path(table_uri, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     result = AlignResult(
-        plate, well, cycles, corrected, job.sites_written, job.sites_skipped, table_uri
+        plate, well, cycles, corrected, len(run.computed), len(run.current), table_uri
     )
     for r in table.to_pylist():
         if r["status"] == "flag":
             result.flagged.append((r["site"], r["cycle"], _reason(r, qc)))
         elif r["status"] == "warn":
             result.warned.append((r["site"], r["cycle"], _reason(r, qc)))
-    result.bad_files = [(e.path, e.problem) for e in errors if isinstance(e, InputFileError)]
+    result.bad_files = run.bad_files
     return result
+
+
+def _read_site_table(task: SiteTask) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.read_bytes(task.outputs[-1])))
 
 
 def _reason(row: dict, qc: alg.AlignmentQC) -> str:
@@ -198,17 +213,11 @@ class _WellJob:
     interpolation: alg.Interpolation
     upsample: int
     qc: alg.AlignmentQC
-    force: bool
-    skip_bad: bool
-    written: list[str] = field(default_factory=list)
-    sites_written: int = 0
-    sites_skipped: int = 0
 
     def __post_init__(self) -> None:
         self.reader = GroupReader(self.channels)
         self.names = [normalise(c) for c in self.channels]
         self.lock = threading.Lock()
-        self.stop = threading.Event()
         self.windows: dict[tuple[int, int], np.ndarray] = {}
 
     def outputs(self, site: int) -> list[str]:
@@ -218,24 +227,10 @@ class _WellJob:
             for n in self.names
         ]
 
-    def site(
-        self, item: tuple[int, dict[int, ImageRow]]
-    ) -> tuple[pa.Table | None, Exception | None]:
-        site, by_cycle = item
-        table_uri = workspace.alignment_site_path(self.ws, self.plate, self.well, site)
-        complete = storage.exists(table_uri) and all(storage.exists(o) for o in self.outputs(site))
-        if complete and not self.force:
-            with self.lock:
-                self.sites_skipped += 1
-            return pq.read_table(io.BytesIO(storage.read_bytes(table_uri))), None
-        if self.stop.is_set():
-            return None, None
-        try:
-            images = {k: self._load(by_cycle[k], k) for k in self.cycles}
-        except InputFileError as exc:
-            if not self.skip_bad:
-                self.stop.set()
-            return None, exc
+    def site(self, task: SiteTask) -> pa.Table:
+        """Register, shift and write one site's cycles; its table is written last."""
+        site, (by_cycle,) = task.site, task.args
+        images = {k: self._load(by_cycle[k], k) for k in self.cycles}
         shape = images[self.cycles[0]].shape[1:]
         with self.lock:
             window = self.windows.setdefault(shape, alg.tukey_window(shape, WINDOW_ALPHA))
@@ -253,8 +248,6 @@ class _WellJob:
             for i, name in enumerate(self.names):
                 uri = workspace.aligned_path(self.ws, self.plate, self.well, site, k, name)
                 write_tiff(uri, alg.shift_image(planes[i], shift, self.interpolation))
-                with self.lock:
-                    self.written.append(uri)
             status = alg.qc_status(shift, correlation, self.qc)
             records.append(
                 {
@@ -273,12 +266,9 @@ class _WellJob:
                 }
             )
         table = pa.Table.from_pylist(records, schema=SCHEMA)
-        with storage.atomic_local_path(table_uri, suffix=".parquet") as tmp:
+        with storage.atomic_local_path(task.outputs[-1], suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
-        with self.lock:
-            self.written.append(table_uri)
-            self.sites_written += 1
-        return table, None
+        return table
 
     def _load(self, row: ImageRow, cycle: int) -> np.ndarray:
         image = self.reader.read(row)
@@ -296,17 +286,3 @@ class _WellJob:
                 )
             f.apply(image[i], out=out[i])
         return out
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """Keep BLAS single-threaded: sites already run in parallel, and oversubscribed
-    OpenBLAS threads make the small refinement matrix products 10x slower."""
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
-def _remove(uri: str) -> None:
-    fs, path = storage.filesystem(uri)
-    with contextlib.suppress(OSError):
-        fs.delete_file(path)

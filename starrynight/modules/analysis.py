@@ -12,6 +12,7 @@ median of every feature.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,15 +27,15 @@ from starrynight.algorithms import matching
 from starrynight.errors import UserError
 from starrynight.imageio import read_image
 from starrynight.modules.segment import (
+    concat_typed,
     corrected_sites,
     empty_sites,
     read_mask,
     read_table,
-    run_well,
     typed_table,
-    well_done,
     write_table,
 )
+from starrynight.siterunner import SiteTask, mark_well_done, run_sites, well_current
 
 META = ("plate", "well", "site", "cell", "sbs_cell", "barcode", "sgRNA", "gene_symbol")
 
@@ -82,6 +83,7 @@ class AnalysisResult:
     offsets: dict[int, tuple[float, float]]
     outputs: list[str]
     no_cells: list[int] = field(default_factory=list)  # sites without a single cell
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def magnification_ratio(ws: str, plate: str) -> float | None:
@@ -102,8 +104,8 @@ def magnification_ratio(ws: str, plate: str) -> float | None:
     return next(iter(mags["sbs"])) / next(iter(mags["cp"]))
 
 
-def _site_job(*args: Any) -> dict[str, Any]:
-    ws, plate, well, site, channels, sbs_cells, scales, max_distance = args
+def _site_job(task: SiteTask) -> dict[str, Any]:
+    ws, plate, well, site, channels, sbs_cells, scales, max_distance = task.args
     nuclei = read_mask(workspace.segmentation_mask_path(ws, plate, well, site, "Nuclei"))
     cells = read_mask(workspace.segmentation_mask_path(ws, plate, well, site, "Cells"))
     images = {
@@ -173,6 +175,8 @@ def analyse_well(
     max_distance: float = 6.0,
     workers: int = 2,
     force: bool = False,
+    skip_bad: bool = False,
+    progress: bool | None = None,
 ) -> AnalysisResult:
     """Join CP and SBS cells of a well, attach barcode and gene, measure features.
 
@@ -191,6 +195,10 @@ def analyse_well(
         Sites processed in parallel.
     force : bool
         Recompute when the well's table exists.
+    skip_bad : bool
+        Leave out sites whose image or mask cannot be read (listed in the result).
+    progress : bool, optional
+        Progress line (default: on a terminal).
 
     Returns
     -------
@@ -198,28 +206,44 @@ def analyse_well(
     """
     out_uri = workspace.cell_features_path(ws, plate, well)
     counts_uri = workspace.segmentation_counts_path(ws, plate, well)
-    if well_done([out_uri], force):
-        t = read_table(out_uri)
-        segmented = read_table(counts_uri)["site"].to_pylist() if storage.exists(counts_uri) else []
-        return AnalysisResult(
-            plate, well, t.num_rows, _valid(t["sbs_cell"]), _valid(t["barcode"]), True, {},
-            [out_uri], empty_sites(segmented, t),
-        )  # fmt: skip
-    sites = corrected_sites(ws, plate, well)
+    calls_uri = workspace.cell_barcodes_path(ws, plate, well)
+    manifest = workspace.site_manifest_path(ws, "cell_features", plate, well)
+    listed = corrected_sites(ws, plate, well)
     if not storage.exists(counts_uri):
         raise UserError(
             f"plate {plate!r} well {well!r}: no segmentation ({counts_uri} missing); "
             "run `starrynight segment` first"
         )
-    calls_uri = workspace.cell_barcodes_path(ws, plate, well)
     if not storage.exists(calls_uri):
         raise UserError(
             f"plate {plate!r} well {well!r}: no barcode calls ({calls_uri} missing); "
             "run `starrynight barcodes call` first"
         )
-    by_site: dict[int, list[dict[str, Any]]] = {}
-    for r in read_table(calls_uri).to_pylist():
-        by_site.setdefault(int(r["site"]), []).append(r)
+    from starrynight.index import well_sites
+
+    sites = well_sites(ws, plate, well, "cp") or sorted(listed)
+    channels = sorted(set.intersection(*listed.values()))
+    tasks = [
+        SiteTask(
+            s,
+            (
+                counts_uri,
+                calls_uri,
+                workspace.segmentation_mask_path(ws, plate, well, s, "Nuclei"),
+                workspace.segmentation_mask_path(ws, plate, well, s, "Cells"),
+                *(workspace.corrected_path(ws, plate, well, s, ch) for ch in channels),
+            ),
+            (),
+        )
+        for s in sites
+    ]
+    if well_current(manifest, tasks, [out_uri], force):
+        t = read_table(out_uri)
+        segmented = read_table(counts_uri)["site"].to_pylist()
+        return AnalysisResult(
+            plate, well, t.num_rows, _valid(t["sbs_cell"]), _valid(t["barcode"]), True, {},
+            [out_uri], empty_sites(segmented, t),
+        )  # fmt: skip
     segmented = {int(s) for s in read_table(counts_uri).column("site").to_pylist()}
     missing = sorted(set(sites) - segmented)
     if missing:
@@ -227,24 +251,36 @@ def analyse_well(
             f"plate {plate!r} well {well!r}: sites {missing} are not segmented; "
             "re-run `starrynight segment`"
         )
-    channels = sorted(set.intersection(*sites.values()))
+    by_site: dict[int, list[dict[str, Any]]] = {}
+    for r in read_table(calls_uri).to_pylist():
+        by_site.setdefault(int(r["site"]), []).append(r)
     if scale is not None:
         scales: tuple[float, ...] = (scale,)
     else:
         ratio = magnification_ratio(ws, plate)
         scales = (1.0,) if ratio is None or ratio == 1.0 else (1.0, ratio)
-    jobs = [
-        (ws, plate, well, s, channels, {s: by_site.get(s, [])}, scales, max_distance)
-        for s in sorted(sites)
-    ]
-    results, tables = run_well(
-        _site_job, jobs, workers, {"table": (out_uri, cells_schema(channels))}
-    )
-    table = tables["table"]
+    tasks = [
+        dataclasses.replace(
+            t,
+            args=(ws, plate, well, t.site, channels, {t.site: by_site.get(t.site, [])}, scales,
+                  max_distance),
+        )
+        for t in tasks
+    ]  # fmt: skip
+    run = run_sites(
+        "analysis run", _site_job, tasks, manifest=manifest, workers=workers, processes=True,
+        force=force, skip_bad=skip_bad, progress=progress,
+        missing_hint=f"run 'starrynight segment -w {ws} --plate {plate} --well {well}'",
+    )  # fmt: skip
+    results = run.ordered()
+    schema = cells_schema(channels)
+    table = concat_typed([r["table"] for r in results], schema)
+    write_table(out_uri, table, schema)
+    mark_well_done(manifest, tasks)
     return AnalysisResult(
         plate, well, table.num_rows, sum(r["matched"] for r in results),
         _valid(table["barcode"]), False, {r["site"]: r["offset"] for r in results}, [out_uri],
-        empty_sites(sites, table),
+        empty_sites(sites, table), run.bad_files,
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ analysis join).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from dataclasses import dataclass, field
@@ -25,13 +26,14 @@ from starrynight.algorithms import segmentation as seg
 from starrynight.errors import UserError
 from starrynight.imageio import read_image
 from starrynight.modules.segment import (
+    concat_typed,
     empty_sites,
     read_table,
-    run_well,
     typed_table,
-    well_done,
     write_mask,
+    write_table,
 )
+from starrynight.siterunner import SiteTask, mark_well_done, run_sites, well_current
 
 REQUIRED_COLUMNS = ("sgRNA", "gene_symbol")
 
@@ -168,6 +170,7 @@ class BarcodeResult:
     reasons: dict[str, int]
     outputs: list[str]
     no_cells: list[int] = field(default_factory=list)  # sites without a single cell
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _sbs_roles(ws: str, channels: set[str]) -> tuple[str, list[str]]:
@@ -178,8 +181,8 @@ def _sbs_roles(ws: str, channels: set[str]) -> tuple[str, list[str]]:
     return found["nuclei"], [found[b] for b in bc.BASES]
 
 
-def _call_job(*args: Any) -> dict[str, Any]:
-    ws, plate, well, site, cycles, nuclei_ch, bases, library, params = args
+def _call_job(task: SiteTask) -> dict[str, Any]:
+    ws, plate, well, site, cycles, nuclei_ch, bases, library, params = task.args
     stack = np.stack(
         [
             np.stack(
@@ -249,6 +252,8 @@ def call_well(
     params: BarcodeParams | None = None,
     workers: int = 2,
     force: bool = False,
+    skip_bad: bool = False,
+    progress: bool | None = None,
 ) -> BarcodeResult:
     """Call the barcode of every SBS cell of a well.
 
@@ -265,6 +270,10 @@ def call_well(
         Sites processed in parallel.
     force : bool
         Recompute when the well's tables exist.
+    skip_bad : bool
+        Leave out sites whose aligned image cannot be read (listed in the result).
+    progress : bool, optional
+        Progress line (default: on a terminal).
 
     Returns
     -------
@@ -274,11 +283,8 @@ def call_well(
     cells_uri = workspace.cell_barcodes_path(ws, plate, well)
     spots_uri = workspace.spots_path(ws, plate, well)
     outputs = [cells_uri, spots_uri]
+    manifest = workspace.site_manifest_path(ws, "barcode_calls", plate, well)
     inventory = aligned_inventory(ws, plate, well)
-    if well_done(outputs, force):
-        cells = read_table(cells_uri)
-        n_spots = read_table(spots_uri).num_rows
-        return _summary(plate, well, sorted(inventory), cells, n_spots, True, outputs)
     cycle_sets = {tuple(sorted(c)) for c in inventory.values()}
     if len(cycle_sets) != 1:
         raise UserError(
@@ -288,17 +294,45 @@ def call_well(
     cycles = next(iter(cycle_sets))
     channels = set.intersection(*(ch for site in inventory.values() for ch in site.values()))
     nuclei_ch, bases = _sbs_roles(ws, channels)
-    library = load_barcodes(barcodes or default_barcodes_uri(ws), len(cycles))
-    jobs = [
-        (ws, plate, well, s, list(cycles), nuclei_ch, bases, library, params)
-        for s in sorted(inventory)
-    ]
-    _, tables = run_well(
-        _call_job, jobs, workers,
-        {"spots": (spots_uri, SPOTS_SCHEMA), "cells": (cells_uri, CELLS_SCHEMA)},
+    library_uri = barcodes or default_barcodes_uri(ws)
+    from starrynight.index import well_sites
+
+    sites = well_sites(ws, plate, well, "sbs") or sorted(inventory)
+    tasks = [
+        SiteTask(
+            s,
+            (
+                library_uri,
+                *(workspace.aligned_path(ws, plate, well, s, k, ch)
+                  for k in cycles for ch in dict.fromkeys([*bases, nuclei_ch])),
+            ),
+            (
+                workspace.sbs_mask_path(ws, plate, well, s, "Cells"),
+                workspace.sbs_mask_path(ws, plate, well, s, "Nuclei"),
+            ),
+        )
+        for s in sites
+    ]  # fmt: skip
+    if well_current(manifest, tasks, outputs, force):
+        cells = read_table(cells_uri)
+        n_spots = read_table(spots_uri).num_rows
+        return _summary(plate, well, sites, cells, n_spots, True, outputs)
+    library = load_barcodes(library_uri, len(cycles))
+    args = (list(cycles), nuclei_ch, bases, library, params)
+    tasks = [dataclasses.replace(t, args=(ws, plate, well, t.site, *args)) for t in tasks]
+    run = run_sites(
+        "barcodes call", _call_job, tasks, manifest=manifest, workers=workers, processes=True,
+        force=force, skip_bad=skip_bad, progress=progress,
+        missing_hint=f"run 'starrynight align -w {ws} --plate {plate} --well {well}'",
     )  # fmt: skip
-    cells = tables["cells"]
-    return _summary(plate, well, sorted(inventory), cells, tables["spots"].num_rows, False, outputs)
+    results = run.ordered()
+    spots = concat_typed([r["spots"] for r in results], SPOTS_SCHEMA)
+    cells = concat_typed([r["cells"] for r in results], CELLS_SCHEMA)
+    write_table(spots_uri, spots, SPOTS_SCHEMA)
+    write_table(cells_uri, cells, CELLS_SCHEMA)
+    mark_well_done(manifest, tasks)
+    res = _summary(plate, well, sites, cells, spots.num_rows, False, outputs)
+    return dataclasses.replace(res, bad_files=run.bad_files)
 
 
 def _summary(

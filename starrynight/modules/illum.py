@@ -13,7 +13,6 @@ writes one uint16 TIFF per site and channel.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -111,6 +110,34 @@ class GroupReader:
         self.channels = list(channels)
         self.reference: tuple[tuple[int, int], np.dtype, str] | None = None
         self._lock = threading.Lock()
+
+    def settle(self, rows: Sequence[ImageRow], sample: int = 9) -> None:
+        """Decide the group's frame shape and dtype before any pixel is read.
+
+        The majority of the headers of up to ``sample`` files spread evenly over the
+        group in key order (ties: the earliest key). Without it the first file a thread
+        happened to read would decide, and one odd file could make ``--skip-bad`` skip
+        the good ones.
+        """
+        from collections import Counter
+
+        from starrynight.imageio import read_header
+
+        ordered = sorted(rows, key=lambda r: r.key)
+        picks = ordered[:: max(1, len(ordered) // sample)][:sample]
+        votes: Counter[tuple[tuple[int, int], str]] = Counter()
+        first: dict[tuple[tuple[int, int], str], str] = {}
+        for row in picks:
+            try:
+                _, shape, dtype = read_header(row.uri)
+            except InputFileError:
+                continue  # an unreadable file has no vote; reading it fails later
+            votes[(shape, dtype.str)] += 1
+            first.setdefault((shape, dtype.str), row.uri)
+        if votes:
+            order = list(first)
+            (shape, dtype), _ = max(votes.items(), key=lambda kv: (kv[1], -order.index(kv[0])))
+            self.reference = (shape, np.dtype(dtype), first[(shape, dtype)])
 
     def read(self, row: ImageRow) -> np.ndarray:
         """``(len(channels), H, W)`` frames of ``row`` in the group's channel order."""
@@ -264,6 +291,7 @@ def _calc_group(
             {c["channel"]: c["dark_level"] for c in stats["channels"]}, outputs,
         )  # fmt: skip
     reader = GroupReader(channels)
+    reader.settle(rows)
     acc, bad = accumulate(rows, reader.read, workers=workers, skip_bad=skip_bad)
     bad_files.extend(bad)
     if acc.count == 0:
@@ -509,14 +537,17 @@ def apply_illum(
     force: bool = False,
     skip_bad: bool = False,
     workers: int = 2,
+    progress: bool | None = None,
 ) -> IllumApplyResult:
     """Correct the Cell Painting images of one well and write one TIFF per site and channel.
 
     Each image is corrected as ``dark + (image - dark) / function`` (``dark`` = the
     dark level its function was computed without; 0 for the cellprofiler preset, which
-    is then CellProfiler's division), rounded and clipped to uint16. A site whose
-    outputs all exist is skipped unless ``force``. If the run stops on a bad image,
-    the files it wrote are removed again, so a failed run leaves nothing behind.
+    is then CellProfiler's division), rounded and clipped to uint16. Every CP site of
+    the well in the index is a site of the step (:func:`starrynight.siterunner.run_sites`):
+    a site whose outputs exist and whose image and functions are unchanged is skipped
+    unless ``force``. If the run stops on a bad image, the files it wrote are removed
+    again, so a failed run leaves nothing behind.
 
     Parameters
     ----------
@@ -528,11 +559,15 @@ def apply_illum(
         Skip sites whose image cannot be read (listed in the result).
     workers : int
         Sites processed concurrently (threads).
+    progress : bool, optional
+        Progress line (default: on a terminal).
 
     Returns
     -------
     IllumApplyResult
     """
+    from starrynight.siterunner import SiteTask, run_sites
+
     rows = [r for r in plate_rows(ws, plate) if r.arm == "cp" and r.well == well]
     if not rows:
         raise UserError(f"plate {plate!r} well {well!r}: no Cell Painting images in the index")
@@ -541,60 +576,47 @@ def apply_illum(
     assert functions is not None
     names = [normalise(c) for c in channels]
     reader = GroupReader(channels)
-    result = IllumApplyResult(plate, well, 0, 0, 0)
-    written: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
+    reader.settle(rows)
+    function_uris = tuple(f.uri for f in functions.values())
     # Per-thread output image and float32 scratch, reused for every channel and site:
     # the corrected plane is written before the next one is computed.
     scratch = threading.local()
 
-    def do_site(row: ImageRow) -> tuple[ImageRow, Exception | None]:
-        outs = [workspace.corrected_path(ws, plate, well, row.site, n) for n in names]
-        if not force and all(storage.exists(o) for o in outs):
-            with lock:
-                result.sites_skipped += 1
-            return row, None
-        if stop.is_set():
-            return row, None
-        try:
-            image = reader.read(row)
-            if image.shape[1:] != functions[channels[0]].gain.shape:
-                raise InputFileError(
-                    row.uri,
-                    f"frames are {image.shape[1]}x{image.shape[2]} but the illumination "
-                    f"function {functions[channels[0]].uri} is "
-                    f"{'x'.join(map(str, functions[channels[0]].gain.shape))}",
-                )
-        except InputFileError as exc:
-            if not skip_bad:
-                stop.set()
-            return row, exc
+    def do_site(task: SiteTask) -> int:
+        (row,) = task.args
+        image = reader.read(row)
+        if image.shape[1:] != functions[channels[0]].gain.shape:
+            raise InputFileError(
+                row.uri,
+                f"frames are {image.shape[1]}x{image.shape[2]} but the illumination "
+                f"function {functions[channels[0]].uri} is "
+                f"{'x'.join(map(str, functions[channels[0]].gain.shape))}",
+            )
         if getattr(scratch, "out", None) is None or scratch.out.shape != image.shape[1:]:
             scratch.out = np.empty(image.shape[1:], np.uint16)
             scratch.buffer = np.empty((alg.BLOCK_ROWS, image.shape[2]), np.float32)
         for i, channel in enumerate(channels):
             corrected = functions[channel].apply(image[i], scratch.out, scratch.buffer)
-            write_tiff(outs[i], corrected)
-            with lock:
-                written.append(outs[i])
-        with lock:
-            result.sites_written += 1
-        return row, None
+            write_tiff(task.outputs[i], corrected)
+        return len(channels)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        outcomes = list(pool.map(do_site, rows))
-    errors = [(row, exc) for row, exc in outcomes if exc is not None]
-    if errors and not skip_bad:
-        for uri in written:
-            _remove(uri)
-        raise errors[0][1]
-    result.files_written = len(written)
-    result.bad_files = [(exc.path, exc.problem) for _, exc in errors]  # type: ignore[attr-defined]
-    return result
-
-
-def _remove(uri: str) -> None:
-    fs, path = storage.filesystem(uri)
-    with contextlib.suppress(OSError):  # FileNotFoundError is an OSError
-        fs.delete_file(path)
+    tasks = [
+        SiteTask(
+            row.site,
+            (row.uri, *function_uris),
+            tuple(workspace.corrected_path(ws, plate, well, row.site, n) for n in names),
+            (row,),
+        )
+        for row in rows
+    ]
+    run = run_sites(
+        "illum apply", do_site, tasks,
+        manifest=workspace.site_manifest_path(ws, "corrected_cp", plate, well),
+        load=lambda task: 0, workers=workers, force=force, skip_bad=skip_bad,
+        progress=progress,
+        missing_hint="the index lists images that are gone (re-run inventory gen and index gen)",
+    )  # fmt: skip
+    return IllumApplyResult(
+        plate, well, len(run.computed), len(run.current),
+        sum(run.results[s] for s in run.computed), run.bad_files,
+    )  # fmt: skip

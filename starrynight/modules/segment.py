@@ -12,10 +12,10 @@ recomputed; the well tables are written last, so their presence marks the well d
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from starrynight import storage, workspace
 from starrynight.algorithms import segmentation as seg
 from starrynight.errors import UserError
 from starrynight.imageio import read_image, write_tiff
+from starrynight.siterunner import SiteTask, mark_well_done, run_sites, well_current
 
 # --------------------------------------------------------------------------- shared I/O
 
@@ -175,72 +176,6 @@ def cp_channel_roles(
     return found["nuclei"], found["cell"]
 
 
-def _one_blas_thread() -> None:
-    """Worker initialiser: one BLAS thread per worker process.
-
-    Sites are the unit of parallelism; BLAS threads on top of ``workers`` processes
-    would oversubscribe the cores (OpenBLAS threads spin while they wait).
-    """
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
-
-
-def run_sites(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> list[Any]:
-    """Run ``fn(*job)`` for every job, on a process pool when ``workers > 1``."""
-    workers = max(1, min(workers, len(jobs)))
-    if workers == 1:
-        return [fn(*job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_one_blas_thread) as pool:
-        return list(pool.map(fn, *zip(*jobs, strict=True)))
-
-
-def well_done(outputs: Sequence[str], force: bool) -> bool:
-    """Whether a per-well step may skip: ``force`` is off and every output exists.
-
-    A step writes its well tables last (atomically), so their presence marks the well
-    complete.
-    """
-    return not force and all(storage.exists(uri) for uri in outputs)
-
-
-def run_well(
-    job: Callable[..., dict[str, Any]],
-    jobs: Sequence[tuple],
-    workers: int,
-    tables: Mapping[str, tuple[str, pa.Schema]],
-) -> tuple[list[dict[str, Any]], dict[str, pa.Table]]:
-    """Run the site jobs of a well, then gather and write its well tables.
-
-    Parameters
-    ----------
-    job : callable
-        Module-level function (it crosses process boundaries), called as
-        ``job(*args)`` per site; its result holds that site's table under every key
-        of ``tables``.
-    jobs : sequence of tuple
-        The arguments of each site's job.
-    workers : int
-        Sites processed in parallel (see :func:`run_sites`).
-    tables : mapping of str to (str, pyarrow.Schema)
-        Result key -> URI and schema of the well table gathered from it; written
-        atomically, in this order.
-
-    Returns
-    -------
-    results : list of dict
-        The site results, in the order of ``jobs``.
-    written : dict of str to pyarrow.Table
-        Result key -> the well table written.
-    """
-    results = run_sites(job, jobs, workers)
-    written = {}
-    for key, (uri, schema) in tables.items():
-        written[key] = concat_typed([r[key] for r in results], schema)
-        write_table(uri, written[key], schema)
-    return results, written
-
-
 def empty_sites(sites: Iterable[int], table: pa.Table) -> list[int]:
     """The sites, sorted, that have no row in ``table`` (by its ``site`` column)."""
     present = set(table.column("site").to_pylist())
@@ -274,6 +209,7 @@ class SegmentResult:
     cells: int
     flagged: dict[int, str]
     outputs: list[str]
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _segment_images(
@@ -310,12 +246,41 @@ def _site_counts(site: int, nuclei: np.ndarray, cells: np.ndarray) -> dict[str, 
 def _cp_inputs(
     ws: str, plate: str, well: str, nuclei_channel: str | None, cell_channel: str | None
 ) -> tuple[list[int], str, str]:
-    """Sorted sites of a well and its nuclei and cell channels (see :func:`cp_channel_roles`)."""
-    sites = corrected_sites(ws, plate, well)
+    """Sites a well must have, and its nuclei and cell channels (normalised).
+
+    Sites come from the index (every CP site of the well), or, in a workspace without
+    an index, from the corrected images present. Channels: see :func:`cp_channel_roles`.
+    """
+    from starrynight.index import well_sites
+
+    listed = corrected_sites(ws, plate, well)
     nuclei_ch, cell_ch = cp_channel_roles(
-        ws, set.intersection(*sites.values()), nuclei_channel, cell_channel
+        ws, set.intersection(*listed.values()), nuclei_channel, cell_channel
     )
-    return sorted(sites), nuclei_ch, cell_ch
+    expected = well_sites(ws, plate, well, "cp")
+    return (expected if expected else sorted(listed)), nuclei_ch, cell_ch
+
+
+def segment_tasks(
+    ws: str, plate: str, well: str, sites: Sequence[int], nuclei_ch: str, cell_ch: str,
+    params: SegmentParams,
+) -> list[SiteTask]:  # fmt: skip
+    """One task per site: reads the two corrected stains, writes the two masks."""
+    return [
+        SiteTask(
+            s,
+            (
+                workspace.corrected_path(ws, plate, well, s, nuclei_ch),
+                workspace.corrected_path(ws, plate, well, s, cell_ch),
+            ),
+            (
+                workspace.segmentation_mask_path(ws, plate, well, s, "Cells"),
+                workspace.segmentation_mask_path(ws, plate, well, s, "Nuclei"),
+            ),
+            (ws, plate, well, s, nuclei_ch, cell_ch, params),
+        )
+        for s in sites
+    ]
 
 
 def _flags(results: Iterable[dict[str, Any]], params: SegmentParams) -> dict[int, str]:
@@ -365,9 +330,11 @@ def segment_site(
     return nuclei, cells, True
 
 
-def _segment_job(*args: Any) -> dict[str, Any]:
-    ws, plate, well, site, nuclei_ch, cell_ch, params, reuse = args
-    nuclei, cells, computed = segment_site(ws, plate, well, site, nuclei_ch, cell_ch, params, reuse)
+def _segment_job(task: SiteTask) -> dict[str, Any]:
+    ws, plate, well, site, nuclei_ch, cell_ch, params = task.args
+    nuclei, cells, computed = segment_site(
+        ws, plate, well, site, nuclei_ch, cell_ch, params, reuse=task.current
+    )
     tables = []
     for obj, labels in (("Nuclei", nuclei), ("Cells", cells)):
         t = seg.object_table(labels)
@@ -403,6 +370,8 @@ def segment_well(
     params: SegmentParams | None = None,
     workers: int = 2,
     force: bool = False,
+    skip_bad: bool = False,
+    progress: bool | None = None,
 ) -> SegmentResult:
     """Segment every site of a well and write masks, object table and counts.
 
@@ -419,6 +388,10 @@ def segment_well(
         Sites processed in parallel.
     force : bool
         Recompute sites and tables that already exist.
+    skip_bad : bool
+        Leave out sites whose corrected image cannot be read (listed in the result).
+    progress : bool, optional
+        Progress line (default: on a terminal).
 
     Returns
     -------
@@ -428,17 +401,28 @@ def segment_well(
     counts_uri = workspace.segmentation_counts_path(ws, plate, well)
     objects_uri = workspace.segmentation_objects_path(ws, plate, well)
     outputs = [objects_uri, counts_uri]
+    manifest = workspace.site_manifest_path(ws, "segmentation", plate, well)
     sites, nuclei_ch, cell_ch = _cp_inputs(ws, plate, well, nuclei_channel, cell_channel)
-    if well_done(outputs, force):
+    tasks = segment_tasks(ws, plate, well, sites, nuclei_ch, cell_ch, params)
+    if well_current(manifest, tasks, outputs, force):
         counts = read_table(counts_uri).to_pylist()
         flags = {r["site"]: r["reason"] for r in counts if r["flagged"]}
         return _result(plate, well, counts, 0, flags, outputs)
-    jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params, not force) for s in sites]
-    results, _ = run_well(_segment_job, jobs, workers, {"objects": (objects_uri, OBJECTS_SCHEMA)})
+    run = run_sites(
+        "segment", _segment_job, tasks, manifest=manifest, workers=workers, processes=True,
+        force=force, skip_bad=skip_bad, progress=progress,
+        missing_hint=f"run 'starrynight illum apply -w {ws} --plate {plate} --well {well}'",
+    )  # fmt: skip
+    results = run.ordered()
+    write_table(
+        objects_uri, concat_typed([r["objects"] for r in results], OBJECTS_SCHEMA), OBJECTS_SCHEMA
+    )
     # The counts table goes last: its flags need every site, and it marks the well done.
     flags = _flags(results, params)
     write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
-    return _result(plate, well, results, sum(r["computed"] for r in results), flags, outputs)
+    mark_well_done(manifest, tasks)
+    res = _result(plate, well, results, sum(r["computed"] for r in results), flags, outputs)
+    return dataclasses.replace(res, bad_files=run.bad_files)
 
 
 # --------------------------------------------------------------------------- segcheck
@@ -463,8 +447,8 @@ def overlay(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray) -> np.ndar
     return rgb
 
 
-def _segcheck_job(*args: Any) -> dict[str, Any]:
-    ws, plate, well, site, nuclei_ch, cell_ch, params = args
+def _segcheck_job(task: SiteTask) -> dict[str, Any]:
+    ws, plate, well, site, nuclei_ch, cell_ch, params = task.args
     dna, stain, nuclei, cells = _segment_images(ws, plate, well, site, nuclei_ch, cell_ch, params)
     # Nuclei outlines on the DNA image and cell outlines on the cell stain, side by side.
     panel = np.concatenate([overlay(dna, nuclei, cells), overlay(stain, nuclei, cells)], axis=1)
@@ -499,8 +483,17 @@ def segcheck_well(
         raise UserError(f"--every {every}: expected a positive number of sites")
     params = params or SegmentParams()
     sites, nuclei_ch, cell_ch = _cp_inputs(ws, plate, well, nuclei_channel, cell_channel)
-    jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params) for s in sites[::every]]
-    results = run_sites(_segcheck_job, jobs, workers)
+    tasks = [
+        dataclasses.replace(t, outputs=(workspace.segcheck_overlay_path(ws, plate, well, t.site),))
+        for t in segment_tasks(ws, plate, well, sites[::every], nuclei_ch, cell_ch, params)
+    ]
+    run = run_sites(
+        "segcheck", _segcheck_job, tasks,
+        manifest=workspace.site_manifest_path(ws, "segcheck", plate, well),
+        workers=workers, processes=True, force=True,
+        missing_hint=f"run 'starrynight illum apply -w {ws} --plate {plate} --well {well}'",
+    )  # fmt: skip
+    results = run.ordered()
     flags = _flags(results, params)
     counts_uri = workspace.segcheck_counts_path(ws, plate, well)
     write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
