@@ -24,7 +24,6 @@ from typing import Any
 import click
 import dagster as dg
 
-from dagster_defs.assets import ALL_ASSETS
 from dagster_defs.definitions import build_defs
 from dagster_defs.resources import ConfigError, load_settings
 from dagster_defs.sensors import new_plate_sensor
@@ -63,7 +62,7 @@ def execute(
     """Execute one run of ``selection`` for ``partition_key`` on ``instance``."""
     t0 = time.perf_counter()
     result = dg.materialize(
-        ALL_ASSETS,
+        list(defs.assets or ()),
         selection=selection,
         partition_key=partition_key,
         instance=instance,

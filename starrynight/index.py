@@ -232,6 +232,24 @@ def load_index(ws: str) -> pa.Table:
     return table
 
 
+def well_channels(ws: str, plate: str, well: str, arm: str) -> list[str] | None:
+    """Normalised channel names of one arm of a plate x well in the index, in frame order.
+
+    None when the workspace has no index (see :func:`well_sites`).
+    """
+    if not storage.exists(workspace.index_path(ws)):
+        return None
+    t = load_index(ws).select(["plate", "well", "arm", "channels"])
+    mask = pc.and_(
+        pc.and_(pc.equal(t["plate"], plate), pc.equal(t["well"], well)), pc.equal(t["arm"], arm)
+    )
+    seen: dict[str, None] = {}
+    for channels in t.filter(mask).column("channels").to_pylist():
+        for ch in channels:
+            seen.setdefault(normalise_channel(ch), None)
+    return list(seen)
+
+
 def well_sites(ws: str, plate: str, well: str, arm: str) -> list[int] | None:
     """The sites of one arm of a plate x well in the workspace's index, sorted.
 

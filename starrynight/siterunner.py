@@ -243,11 +243,15 @@ def run_sites(
                 _write_manifest(manifest, step, done)
                 last_write = time.monotonic()
     bar.close()
+    by_site = {t.site: t for t in tasks}
+    for site in errors:  # whatever a failed site wrote before it failed is not an output
+        for uri in by_site[site].outputs:
+            storage.remove(uri)
     if errors and not skip_bad:
         # A failed run leaves nothing of its own behind: the first bad site in site
         # order decides the message, whatever the order the threads met them in.
         for site in run.computed:
-            for uri in next(t for t in tasks if t.site == site).outputs:
+            for uri in by_site[site].outputs:
                 storage.remove(uri)
         raise errors[min(errors)]
     run.bad = [errors[s] for s in sorted(errors)]

@@ -5,9 +5,7 @@ import dagster as dg
 from dagster_defs.assets.catalog import catalog, experiment
 from dagster_defs.assets.illum import illumination
 from dagster_defs.assets.summary import gene_summary
-from dagster_defs.assets.wells import make_well_products, well_products
-
-ALL_ASSETS = [catalog, experiment, illumination, well_products, gene_summary]
+from dagster_defs.assets.wells import make_well_products
 
 
 def all_assets() -> list[dg.AssetsDefinition]:
@@ -15,12 +13,4 @@ def all_assets() -> list[dg.AssetsDefinition]:
     return [catalog, experiment, illumination, make_well_products(), gene_summary]
 
 
-__all__ = [
-    "ALL_ASSETS",
-    "all_assets",
-    "catalog",
-    "experiment",
-    "gene_summary",
-    "illumination",
-    "well_products",
-]
+__all__ = ["all_assets", "catalog", "experiment", "gene_summary", "illumination"]

@@ -261,6 +261,3 @@ def make_well_products(names: Sequence[str] | None = None) -> dg.AssetsDefinitio
             fail_if_any(outcome, f"plate {plate} well {well}")
 
     return well_products
-
-
-well_products = make_well_products()

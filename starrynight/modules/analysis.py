@@ -219,10 +219,10 @@ def analyse_well(
             f"plate {plate!r} well {well!r}: no barcode calls ({calls_uri} missing); "
             "run `starrynight barcodes call` first"
         )
-    from starrynight.index import well_sites
+    from starrynight.index import well_channels, well_sites
 
     sites = well_sites(ws, plate, well, "cp") or sorted(listed)
-    channels = sorted(set.intersection(*listed.values()))
+    channels = sorted(well_channels(ws, plate, well, "cp") or set.intersection(*listed.values()))
     tasks = [
         SiteTask(
             s,

@@ -292,10 +292,14 @@ def call_well(
             f"({sorted(cycle_sets)}); re-run alignment"
         )
     cycles = next(iter(cycle_sets))
-    channels = set.intersection(*(ch for site in inventory.values() for ch in site.values()))
+    from starrynight.index import well_channels, well_sites
+
+    channels = set(
+        well_channels(ws, plate, well, "sbs")
+        or set.intersection(*(ch for site in inventory.values() for ch in site.values()))
+    )
     nuclei_ch, bases = _sbs_roles(ws, channels)
     library_uri = barcodes or default_barcodes_uri(ws)
-    from starrynight.index import well_sites
 
     sites = well_sites(ws, plate, well, "sbs") or sorted(inventory)
     tasks = [

@@ -248,15 +248,16 @@ def _cp_inputs(
 ) -> tuple[list[int], str, str]:
     """Sites a well must have, and its nuclei and cell channels (normalised).
 
-    Sites come from the index (every CP site of the well), or, in a workspace without
-    an index, from the corrected images present. Channels: see :func:`cp_channel_roles`.
+    Sites and channels come from the index (every CP site of the well), or, in a
+    workspace without an index, from the corrected images present. Roles: see
+    :func:`cp_channel_roles`.
     """
-    from starrynight.index import well_sites
+    from starrynight.index import well_channels, well_sites
 
     listed = corrected_sites(ws, plate, well)
-    nuclei_ch, cell_ch = cp_channel_roles(
-        ws, set.intersection(*listed.values()), nuclei_channel, cell_channel
-    )
+    # The channels the well should have (index), not those a killed upstream left.
+    channels = well_channels(ws, plate, well, "cp") or set.intersection(*listed.values())
+    nuclei_ch, cell_ch = cp_channel_roles(ws, set(channels), nuclei_channel, cell_channel)
     expected = well_sites(ws, plate, well, "cp")
     return (expected if expected else sorted(listed)), nuclei_ch, cell_ch
 
