@@ -2,13 +2,21 @@
 
 A ``.cppipe`` is text: a header (``CellProfiler Pipeline: http://www.cellprofiler.org``,
 ``Version:``, ``DateRevision:``, ``ModuleCount:``...) and one block per module starting
-``ModuleName:[module_num:N|...]``. ``cp run`` passes each unit's CSV with
-``--data-file``, which only replaces the file of a LoadData module: a pipeline without
-an enabled LoadData module would silently ignore it, so that is an error here.
+``ModuleName:[module_num:N|...]`` followed by its settings, one ``    Text:value`` line
+each. ``cp run`` passes each unit's CSV with ``--data-file``, which only replaces the file
+of a LoadData module: a pipeline without an enabled LoadData module would silently ignore
+it, so that is an error here.
+
+Only what CellProfiler itself cannot load is refused. A header whose ``ModuleCount``
+disagrees with the modules that follow is a warning: CellProfiler reads the modules and
+ignores the count, and several of the Broad's own pipelines are like that. A module that
+is neither part of CellProfiler 4.2.8 nor defined by a file of the plugins folder is an
+error (CellProfiler would stop with "Could not find the ... module").
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -18,8 +26,51 @@ from starrynight.errors import UserError
 HEADER = "CellProfiler Pipeline: http://www.cellprofiler.org"
 _MODULE = re.compile(r"^(\w+):\[module_num:(\d+)\|(.*)\]\s*$")
 _ENABLED = re.compile(r"\|enabled:(True|False)\|")
+_SETTING = re.compile(r"^    ([^:]*):(.*)$")
+# A plugin file declares the name pipelines use for its module class.
+_PLUGIN_NAME = re.compile(r"""^\s*module_name\s*=\s*['"](\w+)['"]""", re.MULTILINE)
+_DEFAULT_INPUT = "Default Input Folder"
 # .cpproj project files are HDF5; their first bytes are this signature.
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+#: Modules of stock CellProfiler 4.2.8 (``cellprofiler`` and ``cellprofiler_core``), as
+#: ``get_module_names()`` lists them; anything else must come from a plugins folder.
+BUILTIN_MODULES = frozenset(
+    """
+    Align CalculateMath CalculateStatistics ClassifyObjects Closing ColorToGray
+    CombineObjects ConvertImageToObjects ConvertObjectsToImage CorrectIlluminationApply
+    CorrectIlluminationCalculate CreateBatchFiles Crop DefineGrid DilateImage DilateObjects
+    DisplayDataOnImage DisplayDensityPlot DisplayHistogram DisplayPlatemap
+    DisplayScatterPlot EditObjectsManually EnhanceEdges EnhanceOrSuppressFeatures ErodeImage
+    ErodeObjects ExpandOrShrinkObjects ExportToDatabase ExportToSpreadsheet FillObjects
+    FilterObjects FindMaxima FlagImage FlipAndRotate GaussianFilter GrayToColor Groups
+    IdentifyDeadWorms IdentifyObjectsInGrid IdentifyObjectsManually IdentifyPrimaryObjects
+    IdentifySecondaryObjects IdentifyTertiaryObjects ImageMath Images InvertForPrinting
+    LabelImages LoadData MakeProjection MaskImage MaskObjects MatchTemplate
+    MeasureColocalization MeasureGranularity MeasureImageAreaOccupied MeasureImageIntensity
+    MeasureImageOverlap MeasureImageQuality MeasureImageSkeleton MeasureObjectIntensity
+    MeasureObjectIntensityDistribution MeasureObjectNeighbors MeasureObjectOverlap
+    MeasureObjectSizeShape MeasureObjectSkeleton MeasureTexture MedialAxis MedianFilter
+    Metadata Morph MorphologicalSkeleton NamesAndTypes Opening OverlayObjects
+    OverlayOutlines ReduceNoise RelateObjects RemoveHoles RescaleIntensity Resize
+    ResizeObjects RunImageJMacro SaveCroppedObjects SaveImages ShrinkToObjectCenters Smooth
+    SplitOrMergeObjects StraightenWorms Threshold Tile TrackObjects UnmixColors
+    UntangleWorms Watershed
+    """.split()  # noqa: SIM905 - one word per module, wrapped
+)
+#: Where the CellProfiler-plugins modules the PCPIP pipelines use come from.
+PLUGINS_URL = "https://github.com/CellProfiler/CellProfiler-plugins"
+
+
+@dataclass(frozen=True)
+class Module:
+    """One module block: its name, number, whether enabled, and its settings in order."""
+
+    name: str
+    number: int
+    enabled: bool
+    settings: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -31,11 +82,38 @@ class PipelineInfo:
     date_revision: int | None
     modules: tuple[str, ...]
     enabled: tuple[bool, ...]
+    blocks: tuple[Module, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def has_loaddata(self) -> bool:
         """Whether an enabled LoadData module is there to receive ``--data-file``."""
         return any(m == "LoadData" and e for m, e in zip(self.modules, self.enabled, strict=True))
+
+    def default_input_files(self) -> list[tuple[Module, str]]:
+        """Files enabled modules other than LoadData read from the Default Input Folder.
+
+        A module names such a file with a ``... location`` setting whose value starts
+        ``Default Input Folder`` followed by a file-name setting (CallBarcodes:
+        ``Input data file location:Default Input Folder|...`` then ``Name of the
+        file:Barcodes.csv``). LoadData's own CSV is replaced by ``--data-file``.
+        """
+        out = []
+        for block in self.blocks:
+            if not block.enabled or block.name == "LoadData":
+                continue
+            for (key, value), (next_key, next_value) in zip(
+                block.settings, block.settings[1:], strict=False
+            ):
+                if (
+                    key.lower().endswith("location")
+                    and value.startswith(_DEFAULT_INPUT)
+                    and "file" in next_key.lower()
+                    and "name" in next_key.lower()
+                    and next_value.strip()
+                ):
+                    out.append((block, next_value.strip()))
+        return out
 
 
 def parse_pipeline(text: str, where: str) -> PipelineInfo:
@@ -67,25 +145,92 @@ def parse_pipeline(text: str, where: str) -> PipelineInfo:
             "(a pipeline saved by CellProfiler 3 or 4 says Version:5)"
         )
     revision = header.get("DateRevision", "")
-    modules, enabled = [], []
+    blocks: list[Module] = []
+    settings: list[tuple[str, str]] = []
+    head: tuple[str, int, bool] | None = None
     for line in lines:
         m = _MODULE.match(line)
         if m:
-            modules.append(m.group(1))
+            if head is not None:
+                blocks.append(Module(*head, tuple(settings)))
             flag = _ENABLED.search(f"|{m.group(3)}|")
-            enabled.append(flag is None or flag.group(1) == "True")
-    count = header.get("ModuleCount")
-    if count is not None and (not count.isdigit() or int(count) != len(modules)):
-        raise UserError(
-            f"{where}: header says ModuleCount:{count} but {len(modules)} module(s) follow; "
-            "the file is truncated or was edited by hand"
-        )
-    if not modules:
+            head = (m.group(1), int(m.group(2)), flag is None or flag.group(1) == "True")
+            settings = []
+        elif head is not None:
+            s = _SETTING.match(line)
+            if s:
+                settings.append((s.group(1), s.group(2)))
+    if head is not None:
+        blocks.append(Module(*head, tuple(settings)))
+    if not blocks:
         raise UserError(f"{where}: the pipeline has no modules")
+    warnings = []
+    count = header.get("ModuleCount")
+    if count is not None and (not count.isdigit() or int(count) != len(blocks)):
+        # CellProfiler reads every module block and ignores the count.
+        warnings.append(
+            f"{where}: header says ModuleCount:{count} but {len(blocks)} module(s) follow; "
+            "CellProfiler runs the modules that are there"
+        )
     return PipelineInfo(
         where, int(version), int(revision) if revision.isdigit() else None,
-        tuple(modules), tuple(enabled),
+        tuple(b.name for b in blocks), tuple(b.enabled for b in blocks), tuple(blocks),
+        tuple(warnings),
     )  # fmt: skip
+
+
+def plugin_modules(plugins: str | None) -> dict[str, str]:
+    """Module name -> plugin file, for every ``*.py`` of a CellProfiler plugins folder.
+
+    CellProfiler imports each ``.py`` file of ``--plugins-directory`` and registers its
+    module classes under their ``module_name``; this reads the same declarations
+    without importing (the plugins need CellProfiler's own interpreter).
+    """
+    if not plugins or not os.path.isdir(plugins):
+        return {}
+    found: dict[str, str] = {}
+    for entry in sorted(os.scandir(plugins), key=lambda e: e.name):
+        if not (entry.is_file() and entry.name.endswith(".py")):
+            continue
+        with open(entry.path, encoding="utf-8", errors="replace") as f:
+            for name in _PLUGIN_NAME.findall(f.read()):
+                found.setdefault(name, entry.path)
+    return found
+
+
+def check_modules(info: PipelineInfo, plugins: str | None = None) -> None:
+    """Every enabled module is stock CellProfiler 4.2.8 or defined in ``plugins``.
+
+    Parameters
+    ----------
+    info : PipelineInfo
+        The parsed pipeline.
+    plugins : str, optional
+        Local CellProfiler plugins folder (``--plugins-directory``); when it is not local
+        (an S3 prefix, a path inside a container image) only the stock modules are known
+        and unknown ones are left for CellProfiler to judge.
+
+    Raises
+    ------
+    UserError
+        One line naming the first module that is not installed and where it comes from.
+    """
+    if plugins and not os.path.isdir(plugins):
+        return
+    known = plugin_modules(plugins)
+    for block in info.blocks:
+        if block.name in BUILTIN_MODULES or block.name in known:
+            continue
+        where = (
+            f"neither CellProfiler 4.2.8 nor --plugins-directory {plugins} has it"
+            if plugins
+            else "it is not part of CellProfiler 4.2.8 and no --plugins-directory was given"
+        )
+        raise UserError(
+            f"{info.uri}: module {block.number} {block.name} is not installed: {where}; "
+            f"if it is a CellProfiler plugin (from {PLUGINS_URL}), put its .py file in a "
+            "folder and pass --plugins-directory FOLDER"
+        )
 
 
 def check_pipeline(uri: str, need_loaddata: bool = True) -> PipelineInfo:
