@@ -109,7 +109,7 @@ def test_csv_matches_pcpip_expected(tiny: tuple[str, str], step: str, unit: str)
     got_cols, got_rows = read_csv(Path(result.csvs[0].uri).read_text())
     want_cols, want_rows = expected(f"{step}__{unit}.csv", root, ws)
     assert set(got_cols) == set(want_cols)
-    assert got_cols[:3] == ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+    assert got_cols[:4] == ["Metadata_Plate", "Metadata_Well", "Metadata_Well_Value", "Metadata_Site"]
     assert got_rows == want_rows
 
 
@@ -121,7 +121,7 @@ def test_sbs_wide_illum_apply_has_cycle_columns_and_unpadded_function_names(
     cols, rows = read_csv(Path(result.csvs[0].uri).read_text())
     names = {f"Cycle{k:02d}_{kind}{b}" for k in CYCLES for kind in ("Orig", "Illum")
              for b in ("A", "C", "G", "T", "DNA")}  # fmt: skip
-    want = {"Metadata_Plate", "Metadata_Well", "Metadata_Site"}
+    want = {f"Metadata_{m}" for m in ("Plate", "Well", "Well_Value", "Site", "Series")}
     want |= {f"{p}_{n}" for n in names for p in ("FileName", "PathName")}
     want |= {f"Frame_{n}" for n in names if "_Orig" in n}
     assert set(cols) == want
