@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starrynight import storage, workspace
 from starrynight.errors import UserError
 
-CP_ROLES = ("nuclei", "cell", "mito")
+CP_ROLES = ("nuclei", "cell", "mito", "er", "wga", "rna")
 # Roles every CP experiment must fill; the others may be left empty ("" is dropped).
 CP_REQUIRED = ("nuclei", "cell")
 SBS_ROLES = ("nuclei", "A", "C", "G", "T")
@@ -202,8 +203,9 @@ def _default_barcodes(index_table: pa.Table, root: str) -> str | None:
     return next((c for c in candidates if storage.exists(c)), None)
 
 
-def init(ws: str) -> str:
-    """Write the template ``experiment/experiment.init.json`` guessed from the index.
+def init(ws: str, presets: Sequence[str] = ()) -> str:
+    """Write the template ``experiment/experiment.init.json`` guessed from the index,
+    with the roles of the named presets (:mod:`starrynight.presets`) applied.
 
     Returns
     -------
@@ -211,8 +213,9 @@ def init(ws: str) -> str:
         The path written.
     """
     from starrynight.index import dataset_root, load_index
+    from starrynight.presets import apply_presets
 
-    data = template(load_index(ws), dataset_root(ws))
+    data = apply_presets(template(load_index(ws), dataset_root(ws)), presets)
     path = init_path(ws)
     storage.write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
     return path
