@@ -7,9 +7,11 @@ each. ``cp run`` passes each unit's CSV with ``--data-file``, which only replace
 of a LoadData module: a pipeline without an enabled LoadData module would silently ignore
 it, so that is an error here.
 
-Only what CellProfiler itself cannot load is refused. A header whose ``ModuleCount``
-disagrees with the modules that follow is a warning: CellProfiler reads the modules and
-ignores the count, and several of the Broad's own pipelines are like that. A module that
+Only what CellProfiler itself cannot load, or would load as another pipeline, is
+refused. CellProfiler reads up to ``ModuleCount`` module blocks: a count larger than the
+modules that follow is a warning (it runs them all; several of the Broad's own pipelines
+are like that), a smaller one an error (it would silently drop the last modules). A
+module that
 is neither part of CellProfiler 4.2.8 nor defined by a file of the plugins folder is an
 error (CellProfiler would stop with "Could not find the ... module").
 """
@@ -166,11 +168,22 @@ def parse_pipeline(text: str, where: str) -> PipelineInfo:
         raise UserError(f"{where}: the pipeline has no modules")
     warnings = []
     count = header.get("ModuleCount")
-    if count is not None and (not count.isdigit() or int(count) != len(blocks)):
-        # CellProfiler reads every module block and ignores the count.
+    if count is not None and not count.isdigit():
+        raise UserError(f"{where}: header line 'ModuleCount:' is {count!r}, expected a number")
+    if count is not None and int(count) > len(blocks):
+        # CellProfiler reads up to ModuleCount blocks and stops at the end of the file.
         warnings.append(
             f"{where}: header says ModuleCount:{count} but {len(blocks)} module(s) follow; "
             "CellProfiler runs the modules that are there"
+        )
+    elif count is not None and int(count) < len(blocks):
+        # CellProfiler would read only the first ModuleCount blocks and drop the rest
+        # without a word: the run would not be the pipeline the file shows.
+        dropped = ", ".join(f"{b.number} {b.name}" for b in blocks[int(count) :][:3])
+        raise UserError(
+            f"{where}: header says ModuleCount:{count} but {len(blocks)} modules follow; "
+            f"CellProfiler would silently skip module(s) {dropped}"
+            f"{', ...' if len(blocks) - int(count) > 3 else ''}: set ModuleCount:{len(blocks)}"
         )
     return PipelineInfo(
         where, int(version), int(revision) if revision.isdigit() else None,
