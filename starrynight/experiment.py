@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starrynight import storage, workspace
 from starrynight.errors import UserError
 
-CP_ROLES = ("nuclei", "cell", "mito", "er", "wga", "rna")
+CP_ROLES = ("nuclei", "cell", "mito")
 # Roles every CP experiment must fill; the others may be left empty ("" is dropped).
 CP_REQUIRED = ("nuclei", "cell")
 SBS_ROLES = ("nuclei", "A", "C", "G", "T")

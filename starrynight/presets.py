@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from starrynight.errors import UserError
 from starrynight.experiment import CP_REQUIRED, CP_ROLES, SBS_ROLES
 
-ROLES = {"cp": CP_ROLES, "sbs": SBS_ROLES}
+#: Cell Painting stains beyond the segmentation roles: they only name the channel for
+#: CellProfiler (``ER``, ``WGA``, ``RNA`` in PCPIP's pipelines); the experiment keeps
+#: them as extra CP roles.
+CP_STAIN_ROLES = ("er", "wga", "rna")
+ROLES = {"cp": (*CP_ROLES, *CP_STAIN_ROLES), "sbs": SBS_ROLES}
 REQUIRED = {"cp": CP_REQUIRED, "sbs": SBS_ROLES}
 
 
