@@ -18,8 +18,10 @@ error (CellProfiler would stop with "Could not find the ... module").
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 
 from starrynight import storage
@@ -282,3 +284,99 @@ def check_pipeline(uri: str, need_loaddata: bool = True) -> PipelineInfo:
             f"{', '.join(info.modules[:6])}{', ...' if len(info.modules) > 6 else ''})"
         )
     return info
+
+
+# Run by CellProfiler's own interpreter: load the pipeline as ``cellprofiler -c`` would
+# (headless, with the plugins folder) and print the modules it could not build.
+_LOAD_SCRIPT = """
+import json, sys
+from cellprofiler_core.preferences import set_headless, set_plugin_directory
+set_headless()
+if sys.argv[2]:
+    set_plugin_directory(sys.argv[2], globally=False)
+import cellprofiler_core.utilities.core.modules as modules
+from cellprofiler_core.pipeline import LoadException, Pipeline
+modules.fill_modules()
+errors = []
+def listener(pipeline, event):
+    if isinstance(event, LoadException):
+        text = type(event.error).__name__
+        if str(event.error):
+            text += ": " + str(event.error)
+        errors.append([event.module_name, text])
+pipeline = Pipeline()
+pipeline.add_listener(listener)
+pipeline.load(sys.argv[1])
+print(json.dumps(errors))
+"""
+
+
+def cellprofiler_python(cellprofiler: str) -> str | None:
+    """CellProfiler's interpreter: ``python`` next to the ``cellprofiler`` executable of
+    its environment, or ``None`` when there is none (a container, a bundled app)."""
+    folder = os.path.dirname(cellprofiler)
+    for name in ("python", "python3"):
+        candidate = os.path.join(folder, name)
+        if folder and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def check_loads(
+    info: PipelineInfo, cellprofiler: str, plugins: str | None = None, timeout: float = 300
+) -> bool:
+    """Load the pipeline with CellProfiler's own classes, as ``cellprofiler -c`` will.
+
+    CellProfiler drops a module it cannot build (a plugin of another version whose
+    settings it cannot read, a module whose settings are corrupt), logs "Failed to load
+    pipeline" and runs the rest, exiting 0: a different pipeline than the file shows.
+    This loads it first, once per run, and refuses instead.
+
+    Parameters
+    ----------
+    info : PipelineInfo
+        The checked pipeline (its ``uri`` must be a local file).
+    cellprofiler : str
+        Path of the ``cellprofiler`` executable; its environment's ``python`` loads.
+    plugins : str, optional
+        ``--plugins-directory``.
+    timeout : float
+        Seconds before giving up (then nothing is refused).
+
+    Returns
+    -------
+    bool
+        Whether the check ran (``False``: no CellProfiler interpreter next to the
+        executable, or it did not answer).
+
+    Raises
+    ------
+    UserError
+        Naming the first module CellProfiler cannot load and its error.
+    """
+    python = cellprofiler_python(cellprofiler)
+    if python is None:
+        return False
+    try:
+        out = subprocess.run(
+            [python, "-c", _LOAD_SCRIPT, info.uri, plugins or ""],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        errors = json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, IndexError, ValueError):
+        return False
+    if errors:
+        name, error = errors[0]
+        numbers = [b.number for b in info.blocks if b.name == name]
+        where = f"module {numbers[0]} {name}" if numbers else f"module {name}"
+        hint = (
+            f"; the {name} of --plugins-directory {plugins} does not read the settings this "
+            "pipeline was saved with (a different version of the plugin?)"
+            if name in plugin_modules(plugins)
+            else ""
+        )
+        raise UserError(
+            f"{info.uri}: CellProfiler 4.2.8 cannot load {where} ({error}) and would run "
+            f"the pipeline without it{hint}"
+        )
+    return True

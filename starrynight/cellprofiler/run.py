@@ -42,7 +42,12 @@ from pipecraft import (
 )
 from pipecraft.errors import PipecraftError
 from starrynight import storage, workspace
-from starrynight.cellprofiler.cppipe import PipelineInfo, check_modules, check_pipeline
+from starrynight.cellprofiler.cppipe import (
+    PipelineInfo,
+    check_loads,
+    check_modules,
+    check_pipeline,
+)
 from starrynight.cellprofiler.loaddata import STEPS, list_csvs, missing_files
 from starrynight.errors import UserError
 from starrynight.experiment import load_experiment
@@ -378,6 +383,7 @@ def run_pipeline(
     check_files: bool = True,
     wait: bool = True,
     input_folder: str | None = None,
+    check_load: bool = True,
 ) -> CPRunReport:
     """Run ``pipeline`` over every LoadData CSV of ``step`` (see module docstring).
 
@@ -415,6 +421,9 @@ def run_pipeline(
     input_folder : str, optional
         CellProfiler's Default Input Folder (``-i``) instead of the staged
         ``cellprofiler/<step>/_input`` (see :func:`stage_inputs`).
+    check_load : bool
+        Load the pipeline once with CellProfiler's own interpreter before the run
+        (local backends; see :func:`~starrynight.cellprofiler.cppipe.check_loads`).
 
     Raises
     ------
@@ -441,6 +450,8 @@ def run_pipeline(
     units = plan_units(ws, step, plates, check_files)
     in_folder, in_files = stage_inputs(ws, step, info, input_folder)
     exe = _resolve_executable(cellprofiler, backend)
+    if check_load and not remote:
+        check_loads(info, exe, plugins)
     if workdir is None:
         if storage.is_s3(ws):
             raise UserError("--workdir is required (a local folder) when the workspace is on S3")

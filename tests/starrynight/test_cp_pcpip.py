@@ -128,9 +128,11 @@ def test_readme_shows_the_per_step_column_table() -> None:
 
 
 def run(ws: str, step: str, **kw) -> Path:
+    # The pre-run load check costs another CellProfiler start: tested once, below.
     report = cprun.run_pipeline(
-        ws, step, str(PIPELINES / FIXTURES[step]), cellprofiler=require_cellprofiler(), **kw
-    )
+        ws, step, str(PIPELINES / FIXTURES[step]), cellprofiler=require_cellprofiler(),
+        check_load=False, **kw,
+    )  # fmt: skip
     assert report.status.value == "succeeded", report.failures
     [unit] = report.units
     return Path(unit.output)
@@ -289,7 +291,7 @@ def test_a_failing_unit_reports_the_module_and_exception(pcpip_ws: str) -> None:
     # CellProfiler, and the reason is CellProfiler's own error, not its last log line.
     report = cprun.run_pipeline(
         pcpip_ws, "segcheck_cp", str(PIPELINES / FIXTURES["analysis"]),
-        cellprofiler=require_cellprofiler(), plugins=str(PLUGINS),
+        cellprofiler=require_cellprofiler(), plugins=str(PLUGINS), check_load=False,
     )  # fmt: skip
     assert report.status.value == "failed"
     [reason] = report.failures.values()
@@ -315,3 +317,27 @@ def test_analysis_refuses_to_pair_different_site_grids(tmp_path: Path) -> None:
         "step analysis: plate 'Plate1' well 'A1': CP has 3 site(s) (0-2) and SBS 2 (0-1); "
         "the arms were imaged on different site grids"
     )
+
+
+@requires_cellprofiler
+def test_a_module_cellprofiler_cannot_build_is_refused_before_the_run(
+    pcpip_ws: str, tmp_path: Path
+) -> None:
+    # CellProfiler drops a module it cannot build, runs the rest and exits 0; here the
+    # plugin's settings do not match the block (as a plugin of another version).
+    text = (PIPELINES / FIXTURES["analysis"]).read_text()
+    broken = tmp_path / "broken.cppipe"
+    broken.write_text(text.replace("    Name of the file:Barcodes.csv\n", ""))
+    with pytest.raises(UserError) as err:
+        cprun.run_pipeline(
+            pcpip_ws, "analysis", str(broken), cellprofiler=require_cellprofiler(),
+            plugins=str(PLUGINS),
+        )  # fmt: skip
+    assert str(err.value).startswith(
+        f"{broken}: CellProfiler 4.2.8 cannot load module 3 CallBarcodes ("
+    )
+    assert "and would run the pipeline without it; the CallBarcodes of --plugins-directory" in (
+        str(err.value)
+    )
+    info = cppipe.check_pipeline(str(PIPELINES / FIXTURES["analysis"]))
+    assert cppipe.check_loads(info, require_cellprofiler(), str(PLUGINS)) is True

@@ -24,19 +24,20 @@ class CallBarcodes(Module):
     variable_revision_number = 1
 
     def create_settings(self):
-        self.csv_directory = Directory(
-            "Input data file location", value=DEFAULT_INPUT_FOLDER_NAME
-        )
+        self.csv_directory = Directory("Input data file location", value=DEFAULT_INPUT_FOLDER_NAME)
         self.csv_file_name = Filename("Name of the file", "Barcodes.csv")
         self.barcode_column = Text("Select the column of barcodes to match against", "sgRNA")
 
     def settings(self):
         return [self.csv_directory, self.csv_file_name, self.barcode_column]
 
+    def prepare_settings(self, setting_values):
+        # Like the real plugin, refuse a settings block of another layout (CellProfiler
+        # then drops the module: the case cp run's load check refuses).
+        assert len(setting_values) == len(self.settings())
+
     def run(self, workspace):
-        path = os.path.join(
-            self.csv_directory.get_absolute_path(), self.csv_file_name.value
-        )
+        path = os.path.join(self.csv_directory.get_absolute_path(), self.csv_file_name.value)
         with open(path, newline="") as f:
             barcodes = [row[self.barcode_column.value] for row in csv.DictReader(f)]
         workspace.measurements.add_image_measurement("Barcodes_Count", len(barcodes))
