@@ -120,6 +120,11 @@ def loaddata(
     is_flag=True,
     help="Do not check that the files the CSVs name exist (CSVs written with a path mask).",
 )
+@click.option(
+    "--no-load-check", is_flag=True,
+    help="Do not load the pipeline with CellProfiler's own interpreter before the run "
+    "(that check refuses a module CellProfiler cannot build, which it would drop silently).",
+)  # fmt: skip
 def run(
     workspace: str,
     step: str,
@@ -134,6 +139,7 @@ def run(
     job_queue: str | None,
     image: str | None,
     no_file_check: bool,
+    no_load_check: bool,
 ) -> int:
     """Run PIPELINE over every LoadData CSV of STEP, one CellProfiler per CSV."""
     from starrynight.cellprofiler.run import run_pipeline
@@ -141,6 +147,7 @@ def run(
     report = run_pipeline(
         workspace, step, pipeline, plates, backend, cellprofiler, plugins_directory, workers,
         workdir, job_queue, image, check_files=not no_file_check, input_folder=input_folder,
+        check_load=not no_load_check,
     )  # fmt: skip
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
