@@ -219,15 +219,18 @@ def _default_barcodes(index_table: pa.Table, root: str) -> str | None:
     return next((c for c in candidates if storage.exists(c)), None)
 
 
-def init(ws: str) -> str:
-    """Write the template ``experiment/experiment.init.json`` guessed from the index.
+def init(ws: str, presets: Sequence[str] = ()) -> str:
+    """Write the template ``experiment/experiment.init.json`` guessed from the index,
+    with the roles of the named presets (:mod:`starrynight.presets`) applied.
 
     Returns
     -------
     str
         The path written.
     """
-    data = template(load_index(ws), dataset_root(ws))
+    from starrynight.presets import apply_presets
+
+    data = apply_presets(template(load_index(ws), dataset_root(ws)), presets)
     path = init_path(ws)
     storage.write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
     return path

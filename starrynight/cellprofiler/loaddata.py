@@ -3,16 +3,25 @@
 A lab that keeps its own ``.cppipe`` pipelines (the Broad's pooled-cell-painting
 image-processing pipelines, PCPIP, or its own) drives CellProfiler with LoadData CSVs.
 This module writes one CSV per unit of work of a step under
-``WORKSPACE/loaddata/<step>/<unit>.csv``, with the columns those pipelines read:
+``WORKSPACE/loaddata/<step>/<unit>.csv``, with the columns PCPIP's own CSV writers
+(``lambda/lambda_functions/create_CSVs.py``'s ``create_CSV_pipeline<N>``) and
+nf-pooled-cellpainting's ``generate_load_data_csv.py`` write for that step, so the
+Broad's pipelines run on them unchanged. :data:`STEPS` is the table (see
+:func:`column_table` and the README):
 
-- ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` (and ``Metadata_Cycle`` /
-  ``Metadata_SBSCycle`` on per-image SBS rows);
+- metadata: ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Well_Value`` (the bare
+  well, which PCPIP's SaveImages modules put in file names as ``\\g<Well_Value>``),
+  ``Metadata_Site``; ``Metadata_Series`` (the site again) where PCPIP writes it; and
+  ``Metadata_SBSCycle`` and ``Metadata_Cycle`` (PCPIP and nf spellings) on per-image
+  SBS rows;
 - per image ``FileName_<Name>``, ``PathName_<Name>`` and, for the multi-channel raw
   files, ``Frame_<Name>``: the 0-based frame of that channel in the file.
 
-Names come from the experiment's roles: CP nuclei/cell/mito are ``DNA``/``Phalloidin``/
-``Mito`` (other channels: their normalised name), raw images ``Orig<Name>``, illumination
-functions ``Illum<Name>``, corrected images ``Corr<Name>``. SBS steps that see every
+Names come from the experiment's roles: CP nuclei/cell/mito/er/wga/rna are ``DNA``/
+``Phalloidin``/``Mito``/``ER``/``WGA``/``RNA`` (other channels: their normalised name).
+Each step prefixes them its own way: raw images ``Orig<Name>``, illumination functions
+``Illum<Name>``, corrected images ``Corr<Name>``, except the segmentation check (PCPIP
+3), which names corrected images bare (``DNA``, ``Phalloidin``). SBS steps that see every
 cycle of a site at once use PCPIP's wide format, one row per site with
 ``Cycle<kk>_Orig<Base>`` / ``Cycle<kk>_Illum<Base>`` (raw) or ``Cycle<kk>_<Base>`` and
 ``Cycle01_DAPI`` (aligned); SBS illumination uses the narrow format, one row per image.
@@ -41,7 +50,9 @@ from starrynight.experiment import CPArm, Experiment, SBSArm, load_experiment
 from starrynight.index import dataset_root, image_uri, load_index, normalise_channel
 
 #: CellProfiler image names of the CP roles, as PCPIP pipelines spell them.
-CP_ROLE_NAMES = {"nuclei": "DNA", "cell": "Phalloidin", "mito": "Mito"}
+CP_ROLE_NAMES = {
+    "nuclei": "DNA", "cell": "Phalloidin", "mito": "Mito", "er": "ER", "wga": "WGA", "rna": "RNA",
+}  # fmt: skip
 #: Name of the SBS nuclear channel on raw and illumination images (PCPIP 5/6).
 SBS_NUCLEI_NAME = "DNA"
 #: Name of the aligned cycle-1 nuclear image (PCPIP 7/9: ``Cycle01_DAPI``).
@@ -63,7 +74,7 @@ _PRODUCTS = {
 
 @dataclass(frozen=True)
 class Step:
-    """What one CellProfiler step loads.
+    """What one CellProfiler step loads, and how PCPIP's CSV writer names it.
 
     Attributes
     ----------
@@ -77,6 +88,10 @@ class Step:
         Default unit of work (grouping keys).
     pcpip : str
         The PCPIP pipeline this step feeds, for the help text.
+    metadata : tuple of str
+        The ``Metadata_`` columns, in order.
+    corr_prefix : str
+        Prefix of corrected CP images (``Corr``; PCPIP 3 loads them bare).
     """
 
     arm: str
@@ -84,19 +99,67 @@ class Step:
     loads: tuple[str, ...]
     default_by: tuple[str, ...]
     pcpip: str
+    metadata: tuple[str, ...] = ("Plate", "Well", "Well_Value", "Site")
+    corr_prefix: str = "Corr"
 
 
+_SERIES = ("Plate", "Well", "Well_Value", "Site", "Series")
+_SBS_IMAGE = ("Plate", "Well", "Well_Value", "Site", "Cycle", "SBSCycle")
 STEPS: dict[str, Step] = {
-    "illum_calc_cp": Step("cp", True, ("orig",), ("plate",), "1 CP illum calc"),
-    "illum_apply_cp": Step("cp", True, ("orig", "illum"), ("plate", "well"), "2 CP apply illum"),
-    "segcheck_cp": Step("cp", True, ("corr",), ("plate", "well"), "3 CP segmentation check"),
-    "illum_calc_sbs": Step("sbs", True, ("orig",), ("plate",), "5 SBS illum calc"),
-    "illum_apply_sbs": Step(
-        "sbs", False, ("orig", "illum"), ("plate", "well"), "6 SBS apply illum"
+    "illum_calc_cp": Step("cp", True, ("orig",), ("plate",), "1_CP_Illum", _SERIES),
+    "illum_apply_cp": Step(
+        "cp", True, ("orig", "illum"), ("plate", "well"), "2_CP_Apply_Illum", _SERIES
     ),
-    "preprocess_sbs": Step("sbs", False, ("aligned",), ("plate", "well"), "7 SBS preprocess"),
-    "analysis": Step("both", False, ("corr", "aligned"), ("plate", "well"), "9 analysis"),
+    "segcheck_cp": Step(
+        "cp", True, ("corr",), ("plate", "well"), "3_CP_SegmentationCheck", corr_prefix=""
+    ),
+    "illum_calc_sbs": Step("sbs", True, ("orig",), ("plate",), "5_BC_Illum", _SBS_IMAGE),
+    "illum_apply_sbs": Step(
+        "sbs", False, ("orig", "illum"), ("plate", "well"), "6_BC_Apply_Illum", _SERIES
+    ),
+    "preprocess_sbs": Step("sbs", False, ("aligned",), ("plate", "well"), "7_BC_Preprocess"),
+    "analysis": Step("both", False, ("corr", "aligned"), ("plate", "well"), "9_Analysis"),
 }
+
+
+def image_columns(step_name: str) -> list[str]:
+    """The image names a step's CSV holds, as patterns (for the README and help).
+
+    ``<Name>`` stands for a channel's CellProfiler name (``DNA``, ``Phalloidin``...),
+    ``<Base>`` for ``A``/``C``/``G``/``T``, ``<kk>`` for a two-digit cycle.
+    """
+    step = STEPS[step_name]
+    out = []
+    if step.arm in ("cp", "both"):
+        if "orig" in step.loads:
+            out.append("Orig<Name> (+Frame_)")
+        if "illum" in step.loads:
+            out.append("Illum<Name>")
+        if "corr" in step.loads:
+            out.append(f"{step.corr_prefix}<Name>")
+    if step.arm == "sbs" and step.per_image:
+        out.append(f"Orig<Base>, Orig{SBS_NUCLEI_NAME} (+Frame_)")
+    elif step.arm in ("sbs", "both"):
+        if "orig" in step.loads:
+            out.append(f"Cycle<kk>_Orig<Base>, Cycle<kk>_Orig{SBS_NUCLEI_NAME} (+Frame_)")
+            out.append(f"Cycle<kk>_Illum<Base>, Cycle<kk>_Illum{SBS_NUCLEI_NAME}")
+        if "aligned" in step.loads:
+            out += ["Cycle<kk>_<Base>", f"Cycle01_{SBS_ALIGNED_NUCLEI_NAME}"]
+    return out
+
+
+def column_table() -> str:
+    """The per-step column table (Markdown), as the README shows it."""
+    lines = [
+        "| step | PCPIP pipeline | one row per | metadata columns | images |",
+        "|---|---|---|---|---|",
+    ]
+    for name, step in STEPS.items():
+        row = "image" if step.per_image else "site"
+        meta = ", ".join(f"`Metadata_{m}`" for m in step.metadata)
+        images = ", ".join(f"`{i}`" for i in image_columns(name))
+        lines.append(f"| `{name}` | {step.pcpip} | {row} | {meta} | {images} |")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -282,20 +345,18 @@ def _frame(rec: dict, channel: str, root: str) -> int:
         ) from None
 
 
-def _meta(rec: dict) -> dict[str, object]:
-    return {
-        "Metadata_Plate": rec["plate"],
-        "Metadata_Well": rec["well"],
-        "Metadata_Site": rec["site"],
-    }
+def _meta(step: Step, plate: str, well: str, site: int, cycle: int | None = None):
+    # PCPIP's Metadata_Well_Value is the bare well ("A1"); our wells are bare already.
+    values = {"Plate": plate, "Well": well, "Well_Value": well, "Site": site, "Series": site}
+    values |= {"Cycle": cycle, "SBSCycle": cycle}
+    return {f"Metadata_{m}": values[m] for m in step.metadata}
 
 
 def _cp_rows(b: _Builder, step: Step, recs: list[dict], names: dict[str, str]) -> list[_Row]:
     rows = []
     for rec in recs:
-        row = _Row(
-            {"plate": rec["plate"], "well": rec["well"], "site": rec["site"]}, _meta(rec), []
-        )
+        key = {"plate": rec["plate"], "well": rec["well"], "site": rec["site"]}
+        row = _Row(key, _meta(step, rec["plate"], rec["well"], rec["site"]), [])
         uri = image_uri(b.root, rec["key"])
         for ch, name in names.items():
             n = normalise_channel(ch)
@@ -305,18 +366,17 @@ def _cp_rows(b: _Builder, step: Step, recs: list[dict], names: dict[str, str]) -
                 b.image(row, f"Illum{name}", b.illum(rec["plate"], ch), "illum")
             if "corr" in step.loads:
                 corr = workspace.corrected_path(b.ws, rec["plate"], rec["well"], rec["site"], n)
-                b.image(row, f"Corr{name}", corr, "corr")
+                b.image(row, f"{step.corr_prefix}{name}", corr, "corr")
         rows.append(row)
     return rows
 
 
-def _sbs_image_rows(b: _Builder, recs: list[dict], names: dict[str, str]) -> list[_Row]:
+def _sbs_image_rows(b: _Builder, step: Step, recs: list[dict], names: dict[str, str]) -> list[_Row]:
     rows = []
     for rec in recs:
         key = {"plate": rec["plate"], "well": rec["well"], "site": rec["site"]}
         key["cycle"] = rec["cycle"]
-        meta = _meta(rec) | {"Metadata_Cycle": rec["cycle"], "Metadata_SBSCycle": rec["cycle"]}
-        row = _Row(key, meta, [])
+        row = _Row(key, _meta(step, rec["plate"], rec["well"], rec["site"], rec["cycle"]), [])
         uri = image_uri(b.root, rec["key"])
         for ch, name in names.items():
             b.image(row, f"Orig{name}", uri, "raw", _frame(rec, ch, b.root))
@@ -340,7 +400,7 @@ def _sites(recs: list[dict], cycles: list[int]) -> dict[tuple[str, str, int], di
 
 def _sbs_site_columns(
     b: _Builder, step: Step, row: _Row, by_cycle: dict[int, dict], cycles: list[int],
-    names: dict[str, str], roles: dict[str, str],
+    names: dict[str, str], roles: dict[str, str], nuclei_name: str = SBS_ALIGNED_NUCLEI_NAME,
 ) -> None:  # fmt: skip
     plate, well, site = row.key["plate"], row.key["well"], row.key["site"]
     for k in cycles:
@@ -354,7 +414,7 @@ def _sbs_site_columns(
         if "aligned" in step.loads:
             wanted = [(roles[base], base) for base in "ACGT"]
             if k == cycles[0]:
-                wanted.append((roles["nuclei"], SBS_ALIGNED_NUCLEI_NAME))
+                wanted.append((roles["nuclei"], nuclei_name))
             for ch, name in wanted:
                 uri = workspace.aligned_path(
                     b.ws, str(plate), str(well), int(site), k, normalise_channel(ch)
@@ -375,28 +435,59 @@ def _rows(
     assert exp.sbs is not None  # sbs_names raised otherwise
     cycles = sorted(exp.sbs.cycles)
     if step.per_image:
-        return _sbs_image_rows(b, sbs, names)
+        return _sbs_image_rows(b, step, sbs, names)
     sites = _sites(sbs, cycles)
+    # PCPIP 7/9 load the aligned cycle-1 nuclei as Cycle01_DAPI, nf's copies as
+    # Cycle01_DNA: --name <nuclei channel>=DNA picks the latter.
+    nuclei = overrides.get(exp.sbs.roles["nuclei"], SBS_ALIGNED_NUCLEI_NAME)
     if step.arm == "sbs":
         rows = []
         for (plate, well, site), by_cycle in sorted(sites.items()):
-            meta = {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site}
+            meta = _meta(step, plate, well, site)
             row = _Row({"plate": plate, "well": well, "site": site}, meta, [])
-            _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles)
+            _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles, nuclei)
             rows.append(row)
         return rows
-    # analysis: each CP site with the SBS site of the same number (PCPIP 9 after cropping)
+    # analysis: each CP site with the SBS site of the same number, which is only the same
+    # field of view when both arms were imaged on one site grid (PCPIP 9 runs on tiles
+    # cropped from both arms' stitched wells instead).
+    _check_same_site_grid(cp, sites)
     cp_rows = _cp_rows(b, step, cp, cp_names(exp, overrides))
     for row in cp_rows:
         plate, well, site = row.key["plate"], row.key["well"], row.key["site"]
-        by_cycle = sites.get((plate, well, site))  # type: ignore[arg-type]
-        if by_cycle is None:
-            raise UserError(
-                f"plate {plate!r} well {well!r} site {site}: CP site has no SBS site of the "
-                "same number in the index; analysis pairs CP and SBS sites by number"
-            )
-        _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles)
+        by_cycle = sites[(plate, well, site)]  # type: ignore[index]
+        _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles, nuclei)
     return cp_rows
+
+
+def _check_same_site_grid(cp: list[dict], sbs_sites: Mapping[tuple[str, str, int], object]):
+    """Refuse to pair sites by number in a well whose CP and SBS site sets differ."""
+    cp_by_well: dict[tuple[str, str], set[int]] = defaultdict(set)
+    sbs_by_well: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for rec in cp:
+        cp_by_well[(rec["plate"], rec["well"])].add(rec["site"])
+    for plate, well, site in sbs_sites:
+        sbs_by_well[(plate, well)].add(site)
+    for (plate, well), cp_set in sorted(cp_by_well.items()):
+        sbs_set = sbs_by_well.get((plate, well), set())
+        if cp_set != sbs_set:
+            raise UserError(
+                f"step analysis: plate {plate!r} well {well!r}: CP has {len(cp_set)} site(s) "
+                f"({_span(cp_set)}) and SBS {len(sbs_set)} ({_span(sbs_set)}); the arms were "
+                "imaged on different site grids, so CP and SBS sites of the same number are "
+                "different fields of view and cannot be paired by number (run analysis on "
+                "tiles cropped from both arms' mosaics instead)"
+            )
+
+
+def _span(sites: set[int]) -> str:
+    if not sites:
+        return "none"
+    ordered = sorted(sites)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}" if len(ordered) > 1 else str(ordered[0])
+    shown = ", ".join(map(str, ordered[:5]))
+    return shown + (", ..." if len(ordered) > 5 else "")
 
 
 # -- units, checks, writing -----------------------------------------------------------

@@ -2,16 +2,21 @@
 
 Each CSV (unit of work) becomes a pipecraft :class:`~pipecraft.Command` running
 
-    cellprofiler -c -r -p PIPE --data-file CSV -o OUT [--plugins-directory DIR]
+    cellprofiler -c -r -p PIPE --data-file CSV -i IN -o OUT [--plugins-directory DIR]
 
 inside a :class:`~pipecraft.Scatter`, so the same run goes to local processes, Snakemake
 or AWS Batch (with a CellProfiler container image). ``OUT`` is
-``WORKSPACE/cellprofiler/<step>/<unit>``. Units fail on their own; the backend's
-completion records make a re-run skip the units that succeeded and redo the others.
+``WORKSPACE/cellprofiler/<step>/<unit>``. ``IN``, CellProfiler's Default Input Folder, is
+``WORKSPACE/cellprofiler/<step>/_input``, holding the files the pipeline's modules read
+from there (``Barcodes.csv``, the experiment's barcode table, for CallBarcodes in PCPIP 7
+and 9), or the user's own ``--input-folder``. Units fail on their own; the backend's
+completion records make a re-run skip the units that succeeded and redo the others, and a
+failed unit's reason is CellProfiler's own error (module and exception), read from its log.
 
 Everything that can be checked is checked before any process starts: the pipeline is a
-CellProfiler pipeline with a LoadData module, every CSV is a LoadData CSV and names only
-files that exist.
+CellProfiler pipeline with a LoadData module, every module is stock CellProfiler 4.2.8 or
+in the plugins folder, the files it reads from the Default Input Folder exist, every CSV
+is a LoadData CSV and names only files that exist.
 """
 
 from __future__ import annotations
@@ -37,12 +42,25 @@ from pipecraft import (
 )
 from pipecraft.errors import PipecraftError
 from starrynight import storage, workspace
-from starrynight.cellprofiler.cppipe import check_pipeline
+from starrynight.cellprofiler.cppipe import (
+    PipelineInfo,
+    check_loads,
+    check_modules,
+    check_pipeline,
+)
 from starrynight.cellprofiler.loaddata import STEPS, list_csvs, missing_files
 from starrynight.errors import UserError
+from starrynight.experiment import load_experiment
 
 BACKENDS = ("local", "snakemake", "aws_batch")
 _IMAGE_COLUMN = re.compile(r"^(FileName|PathName|URL|Frame|Series)_(\w+)$")
+#: The file CallBarcodes (CellProfiler-plugins) reads the barcode table from.
+BARCODES_FILE = "Barcodes.csv"
+_RUN_ERROR = re.compile(r"^Error detected during run of module (\w+)(?:#(\d+))?")
+_LOAD_ERROR = re.compile(r"^Failed to load pipeline")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning): ")
+_EXIT = re.compile(r"^exit code (-?\d+)")
+_CHAINED = ("During handling", "The above exception")
 
 
 @dataclass
@@ -64,6 +82,8 @@ class CPRunReport:
     states: dict[str, NodeState] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     units: list[CPUnit] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    input_folder: str | None = None
 
     def line(self) -> str:
         """One line: how many units ran, were skipped, failed."""
@@ -155,10 +175,14 @@ def plan_units(
 
 
 def cellprofiler_argv(
-    cellprofiler: str, pipeline: str, csv_uri: str, output: str, plugins: str | None = None
-) -> list[str]:
+    cellprofiler: str, pipeline: str, csv_uri: str, output: str, plugins: str | None = None,
+    input_folder: str | None = None,
+) -> list[str]:  # fmt: skip
     """The headless CellProfiler command line of one unit."""
-    argv = [cellprofiler, "-c", "-r", "-p", pipeline, "--data-file", csv_uri, "-o", output]
+    argv = [cellprofiler, "-c", "-r", "-p", pipeline, "--data-file", csv_uri]
+    if input_folder:
+        argv += ["-i", input_folder]
+    argv += ["-o", output]
     if plugins:
         argv += ["--plugins-directory", plugins]
     return argv
@@ -172,14 +196,17 @@ def build_pipeline(
     plugins: str | None = None,
     image: str | None = None,
     memory_mb: int = 4096,
+    input_folder: str | None = None,
+    input_files: Sequence[str] = (),
 ) -> Pipeline:
     """A pipecraft pipeline: a scatter of one CellProfiler Command per unit."""
 
     def body(u: CPUnit) -> Command:
+        argv = cellprofiler_argv(cellprofiler, pipeline, u.csv, u.output, plugins, input_folder)
         return Command(
             name=f"cp-{step}-{u.unit}",
-            argv=tuple(cellprofiler_argv(cellprofiler, pipeline, u.csv, u.output, plugins)),
-            inputs=(u.csv, pipeline),
+            argv=tuple(argv),
+            inputs=(u.csv, pipeline, *input_files),
             outputs=(u.output,),
             image=image,
             resources=Resources(cpus=1, memory_mb=memory_mb),
@@ -200,6 +227,124 @@ def _resolve_executable(cellprofiler: str, backend: str) -> str:
             "in its own environment and pass its path (e.g. /opt/cp-venv/bin/cellprofiler)"
         )
     return found
+
+
+def stage_inputs(
+    ws: str, step: str, info: PipelineInfo, input_folder: str | None = None
+) -> tuple[str, list[str]]:
+    """The Default Input Folder of a step's units, holding what the pipeline reads there.
+
+    Parameters
+    ----------
+    ws : str
+        Workspace (its experiment names the barcode table).
+    step : str
+        The step (its folder is ``cellprofiler/<step>/_input``).
+    info : PipelineInfo
+        The pipeline; :meth:`PipelineInfo.default_input_files` says what it reads.
+    input_folder : str, optional
+        The user's own Default Input Folder: checked to hold those files, used as is.
+
+    Returns
+    -------
+    str, list of str
+        The folder for ``-i`` and the files in it the pipeline reads.
+
+    Raises
+    ------
+    UserError
+        A file the pipeline reads is missing from ``input_folder``, or is one starrynight
+        cannot provide (anything but ``Barcodes.csv``), or the experiment has no barcode
+        table.
+    """
+    wanted = info.default_input_files()
+    if input_folder is not None:
+        if not storage.exists(input_folder) or not storage.is_dir(input_folder):
+            raise UserError(f"--input-folder {input_folder}: no such folder")
+        for module, name in wanted:
+            if not storage.exists(storage.join(input_folder, name)):
+                raise UserError(
+                    f"{info.uri}: module {module.number} {module.name} reads {name} from the "
+                    f"Default Input Folder, but --input-folder {input_folder} has no {name}"
+                )
+        return input_folder, [storage.join(input_folder, n) for _, n in wanted]
+    folder = storage.join(workspace.cellprofiler_dir(ws, step), "_input")
+    storage.makedirs(folder)
+    staged = []
+    for module, name in wanted:
+        if name != BARCODES_FILE:
+            raise UserError(
+                f"{info.uri}: module {module.number} {module.name} reads {name} from the "
+                f"Default Input Folder; starrynight provides only {BARCODES_FILE} (the "
+                "experiment's barcode table) there: put the file in a folder and pass "
+                "--input-folder FOLDER"
+            )
+        source = load_experiment(ws).barcodes
+        if not source:
+            raise UserError(
+                f"{info.uri}: module {module.number} {module.name} reads {name} from the "
+                "Default Input Folder but the experiment names no barcode table; set "
+                "'barcodes' in the experiment (exp new) or pass --input-folder FOLDER"
+            )
+        if not storage.exists(source):
+            raise UserError(f"experiment barcodes: {source} does not exist")
+        target = storage.join(folder, name)
+        data = storage.read_bytes(source)
+        if not storage.exists(target) or storage.read_bytes(target) != data:
+            storage.write_bytes(target, data)
+        staged.append(target)
+    return folder, staged
+
+
+def cellprofiler_error(log: str) -> str | None:
+    """CellProfiler's own error in a headless run's log: the module and the exception.
+
+    CellProfiler logs ``Error detected during run of module <Name>[#<n>]`` and the
+    traceback when a module raises; ``Failed to load pipeline`` and the traceback when a
+    module cannot be loaded (it then runs without that module). Returns e.g.
+    ``"module MeasureImageIntensity: ValueError: The CorrDNA image is missing from the
+    pipeline."``, or ``None`` when the log holds neither.
+    """
+    lines = log.splitlines()
+    load_errors: list[str] = []
+    run_error: str | None = None
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        run = _RUN_ERROR.match(line)
+        if run or _LOAD_ERROR.match(line):
+            exc = _exception_after(lines, i + 1)
+            if run:
+                module = run.group(1) + (f" #{run.group(2)}" if run.group(2) else "")
+                run_error = f"module {module}: {exc or 'failed'}"
+            elif exc:
+                load_errors.append(exc)
+        i += 1
+    parts = [f"could not load the pipeline ({e})" for e in dict.fromkeys(load_errors)]
+    if run_error:
+        parts.append(run_error)
+    return "; ".join(parts) or None
+
+
+def _exception_after(lines: list[str], start: int) -> str | None:
+    # The last exception line of the traceback(s) that follow, before the next record.
+    found = None
+    for line in lines[start:]:
+        if _RUN_ERROR.match(line.strip()) or _LOAD_ERROR.match(line.strip()):
+            break
+        if _EXCEPTION.match(line):
+            found = line.strip()
+        elif found and line and not line.startswith((" ", "Traceback", *_CHAINED)):
+            break
+    return found
+
+
+def _explain(reason: str, log: str) -> str:
+    error = cellprofiler_error(log)
+    if error is None:
+        return reason
+    code = _EXIT.match(reason)
+    return f"{code.group(0) + ': ' if code else ''}CellProfiler {error}"
 
 
 def make_backend(
@@ -237,6 +382,8 @@ def run_pipeline(
     image: str | None = None,
     check_files: bool = True,
     wait: bool = True,
+    input_folder: str | None = None,
+    check_load: bool = True,
 ) -> CPRunReport:
     """Run ``pipeline`` over every LoadData CSV of ``step`` (see module docstring).
 
@@ -256,7 +403,9 @@ def run_pipeline(
     cellprofiler : str
         CellProfiler executable (name on PATH or path; inside the image on AWS Batch).
     plugins : str, optional
-        CellProfiler plugins directory.
+        CellProfiler plugins folder (``--plugins-directory``): the CellProfiler-plugins
+        modules a pipeline uses (CompensateColors, CallBarcodes in PCPIP 7 and 9) as
+        ``.py`` files; they are not on PyPI, the user brings them.
     workers : int
         Units run at once (local, Snakemake).
     workdir : str, optional
@@ -269,11 +418,18 @@ def run_pipeline(
         ``--path-mask`` this machine cannot see).
     wait : bool
         Wait for the run to finish.
+    input_folder : str, optional
+        CellProfiler's Default Input Folder (``-i``) instead of the staged
+        ``cellprofiler/<step>/_input`` (see :func:`stage_inputs`).
+    check_load : bool
+        Load the pipeline once with CellProfiler's own interpreter before the run
+        (local backends; see :func:`~starrynight.cellprofiler.cppipe.check_loads`).
 
     Raises
     ------
     UserError
-        Any problem found before the run starts: pipeline, CSVs, executable, backend.
+        Any problem found before the run starts: pipeline, a module not installed,
+        inputs of the Default Input Folder, CSVs, executable, backend.
     """
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -289,9 +445,13 @@ def run_pipeline(
         if plugins and not os.path.isdir(plugins):
             raise UserError(f"--plugins-directory {plugins}: no such folder")
         plugins = os.path.abspath(plugins) if plugins else None
-    check_pipeline(pipeline)
+    info = check_pipeline(pipeline)
+    check_modules(info, plugins)
     units = plan_units(ws, step, plates, check_files)
+    in_folder, in_files = stage_inputs(ws, step, info, input_folder)
     exe = _resolve_executable(cellprofiler, backend)
+    if check_load and not remote:
+        check_loads(info, exe, plugins)
     if workdir is None:
         if storage.is_s3(ws):
             raise UserError("--workdir is required (a local folder) when the workspace is on S3")
@@ -300,10 +460,23 @@ def run_pipeline(
         for u in units:
             storage.makedirs(u.output)
     try:
-        pipe = build_pipeline(step, units, pipeline, exe, plugins, image)
+        pipe = build_pipeline(
+            step, units, pipeline, exe, plugins, image, input_folder=in_folder,
+            input_files=in_files,
+        )  # fmt: skip
         runner = make_backend(backend, workdir, workers, job_queue, image)
         handle = runner.run(pipe)
     except PipecraftError as exc:
         raise UserError(f"cp run {step}: {exc}") from exc
     status = handle.wait() if wait else handle.status()
-    return CPRunReport(step, status, handle.node_states(), handle.failures(), units)
+    failures = {n: _explain(r, _logs(handle, n)) for n, r in handle.failures().items()}
+    return CPRunReport(
+        step, status, handle.node_states(), failures, units, list(info.warnings), in_folder
+    )
+
+
+def _logs(handle, node: str) -> str:
+    try:
+        return handle.logs(node)
+    except (OSError, PipecraftError):
+        return ""

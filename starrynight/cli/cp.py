@@ -92,7 +92,18 @@ def loaddata(
     "--cellprofiler", default="cellprofiler", show_default=True,
     help="CellProfiler executable: name on PATH or path (inside the image on AWS Batch).",
 )  # fmt: skip
-@click.option("--plugins-directory", default=None, help="CellProfiler plugins folder.")
+@click.option(
+    "--plugins-directory", default=None,
+    help="Folder of CellProfiler plugin modules (.py) the pipeline uses, e.g. "
+    "CompensateColors and CallBarcodes of PCPIP 7 and 9 from CellProfiler-plugins "
+    "(not on PyPI: bring them). A module neither stock nor here is refused before the run.",
+)  # fmt: skip
+@click.option(
+    "--input-folder", default=None,
+    help="CellProfiler's Default Input Folder (-i). Default: WORKSPACE/cellprofiler/<step>/"
+    "_input, holding the experiment's barcode table as Barcodes.csv when the pipeline "
+    "reads it from there (CallBarcodes).",
+)  # fmt: skip
 @click.option(
     "--workers", type=click.IntRange(1), default=1, show_default=True,
     help="Units run at once (local, snakemake); each CellProfiler uses about 1 core.",
@@ -109,6 +120,11 @@ def loaddata(
     is_flag=True,
     help="Do not check that the files the CSVs name exist (CSVs written with a path mask).",
 )
+@click.option(
+    "--no-load-check", is_flag=True,
+    help="Do not load the pipeline with CellProfiler's own interpreter before the run "
+    "(that check refuses a module CellProfiler cannot build, which it would drop silently).",
+)  # fmt: skip
 def run(
     workspace: str,
     step: str,
@@ -117,19 +133,24 @@ def run(
     backend: str,
     cellprofiler: str,
     plugins_directory: str | None,
+    input_folder: str | None,
     workers: int,
     workdir: str | None,
     job_queue: str | None,
     image: str | None,
     no_file_check: bool,
+    no_load_check: bool,
 ) -> int:
     """Run PIPELINE over every LoadData CSV of STEP, one CellProfiler per CSV."""
     from starrynight.cellprofiler.run import run_pipeline
 
     report = run_pipeline(
         workspace, step, pipeline, plates, backend, cellprofiler, plugins_directory, workers,
-        workdir, job_queue, image, check_files=not no_file_check,
+        workdir, job_queue, image, check_files=not no_file_check, input_folder=input_folder,
+        check_load=not no_load_check,
     )  # fmt: skip
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(report.line())
     for u in report.units:
         state = report.states.get(f"cp-{step}-{u.unit}")

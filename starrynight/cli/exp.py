@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
-from starrynight import experiment
+from starrynight import experiment, storage
+from starrynight.presets import PRESETS, empty_roles, suggest
 
 
 @click.group()
@@ -14,10 +17,20 @@ def exp() -> None:
 
 @exp.command("init")
 @click.option("-w", "--workspace", "ws", required=True, help="Workspace holding the index.")
-def init(ws: str) -> None:
+@click.option(
+    "--preset", "presets", multiple=True,
+    help="Channel-role preset for dye-named channels, at most one per arm (repeatable): "
+    + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()) + ".",
+)  # fmt: skip
+def init(ws: str, presets: tuple[str, ...]) -> None:
     """Write experiment/experiment.init.json, a template guessed from the index, to edit."""
-    path = experiment.init(ws)
+    path = experiment.init(ws, presets)
+    data = json.loads(storage.read_bytes(path))
     click.echo(f"wrote {path}; edit it, then run: starrynight exp new -w {ws} -i {path}")
+    for line in empty_roles(data):
+        click.echo(line)
+    for hint in suggest(data, presets):
+        click.echo(f"hint: {hint}")
 
 
 @exp.command("new")

@@ -9,8 +9,10 @@ where a missing CellProfiler is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,26 @@ def require_cellprofiler() -> str:
     """
     assert CELLPROFILER is not None, "CellProfiler is not installed: run `make cellprofiler`"
     return CELLPROFILER
+
+
+#: CellProfiler's own interpreter (next to the executable): runs the fixture scripts.
+CP_PYTHON = str(Path(CELLPROFILER).parent / "python") if CELLPROFILER else None
+#: The test double of the CallBarcodes plugin (see ``plugins/callbarcodes.py``).
+PLUGINS = PIPELINES / "plugins"
+
+
+def pipeline_needs(*pipelines: Path) -> dict[str, dict]:
+    """What each pipeline reads from LoadData, as CellProfiler itself loads it.
+
+    Returns
+    -------
+    dict
+        Pipeline path -> ``{"images", "metadata", "load_errors"}`` (see
+        ``tests/data/cellprofiler/pipeline_needs.py``).
+    """
+    assert CP_PYTHON is not None, "CellProfiler is not installed: run `make cellprofiler`"
+    out = subprocess.run(
+        [CP_PYTHON, str(PIPELINES / "pipeline_needs.py"), str(PLUGINS), *map(str, pipelines)],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -109,7 +109,12 @@ def test_csv_matches_pcpip_expected(tiny: tuple[str, str], step: str, unit: str)
     got_cols, got_rows = read_csv(Path(result.csvs[0].uri).read_text())
     want_cols, want_rows = expected(f"{step}__{unit}.csv", root, ws)
     assert set(got_cols) == set(want_cols)
-    assert got_cols[:3] == ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+    assert got_cols[:4] == [
+        "Metadata_Plate",
+        "Metadata_Well",
+        "Metadata_Well_Value",
+        "Metadata_Site",
+    ]
     assert got_rows == want_rows
 
 
@@ -121,7 +126,7 @@ def test_sbs_wide_illum_apply_has_cycle_columns_and_unpadded_function_names(
     cols, rows = read_csv(Path(result.csvs[0].uri).read_text())
     names = {f"Cycle{k:02d}_{kind}{b}" for k in CYCLES for kind in ("Orig", "Illum")
              for b in ("A", "C", "G", "T", "DNA")}  # fmt: skip
-    want = {"Metadata_Plate", "Metadata_Well", "Metadata_Site"}
+    want = {f"Metadata_{m}" for m in ("Plate", "Well", "Well_Value", "Site", "Series")}
     want |= {f"{p}_{n}" for n in names for p in ("FileName", "PathName")}
     want |= {f"Frame_{n}" for n in names if "_Orig" in n}
     assert set(cols) == want
@@ -265,3 +270,15 @@ def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "experiment.json" in lines[0]
+
+
+def test_aligned_nuclei_name_follows_a_name_override(tiny: tuple[str, str]) -> None:
+    # PCPIP 7/9 read Cycle01_DAPI; nf-pooled-cellpainting's copies read Cycle01_DNA.
+    _, ws = tiny
+    units, _ = ld.build_units(ws, "preprocess_sbs")
+    [rows] = units.values()
+    assert "FileName_Cycle01_DAPI" in rows[0] and "FileName_Cycle01_DNA" not in rows[0]
+    units, _ = ld.build_units(ws, "preprocess_sbs", names={"DAPI": "DNA"})
+    [rows] = units.values()
+    assert "FileName_Cycle01_DNA" in rows[0] and "FileName_Cycle01_DAPI" not in rows[0]
+    assert rows[0]["FileName_Cycle01_DNA"] == "Plate_Plate1_Well_A1_Site_0_Cycle01_DAPI.tiff"
