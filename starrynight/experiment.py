@@ -20,14 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starrynight import storage, workspace
 from starrynight.errors import UserError
 from starrynight.index import dataset_root, load_index, normalise_channel
+from starrynight.presets import apply_presets
+from starrynight.roles import CP_REQUIRED, NUCLEAR_NAMES, SBS_ROLES
 
-CP_ROLES = ("nuclei", "cell", "mito")
-# Roles every CP experiment must fill; the others may be left empty ("" is dropped).
-CP_REQUIRED = ("nuclei", "cell")
-SBS_ROLES = ("nuclei", "A", "C", "G", "T")
-
-#: Names of nuclear stains: the one guess of a nuclear channel, wherever one is needed.
-NUCLEAR_NAMES = re.compile(r"dapi|hoechst|dna|draq|nuc", re.IGNORECASE)
 _CELL = re.compile(r"phallo|zo1|wga|actin|cell|concanavalin|cona", re.IGNORECASE)
 _MITO = re.compile(r"mito|tom20|tomm20", re.IGNORECASE)
 
@@ -228,8 +223,6 @@ def init(ws: str, presets: Sequence[str] = ()) -> str:
     str
         The path written.
     """
-    from starrynight.presets import apply_presets
-
     data = apply_presets(template(load_index(ws), dataset_root(ws)), presets)
     path = init_path(ws)
     storage.write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from starrynight.errors import UserError
-from starrynight.experiment import CP_REQUIRED, CP_ROLES, SBS_ROLES
+from starrynight.roles import CP_REQUIRED, CP_ROLES, SBS_ROLES
 
 #: Cell Painting stains beyond the segmentation roles: they only name the channel for
 #: CellProfiler (``ER``, ``WGA``, ``RNA`` in PCPIP's pipelines); the experiment keeps

@@ -38,8 +38,8 @@ from skimage.segmentation import expand_labels, find_boundaries
 
 from starrynight import storage
 from starrynight.errors import UserError
-from starrynight.experiment import NUCLEAR_NAMES
 from starrynight.imageio import write_tiff
+from starrynight.roles import NUCLEAR_NAMES
 
 BASES = ("A", "C", "G", "T")
 # Dyes of A/C and of G/T overlap spectrally in the usual four-colour SBS chemistry.
