@@ -22,7 +22,7 @@ def _log_config(level: str) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "conductor.app.JsonFormatter"}},
+        "formatters": {"json": {"()": "conductor.middleware.JsonFormatter"}},
         "handlers": {"default": handler},
         "loggers": {
             "conductor": {"handlers": ["default"], "level": level, "propagate": False},
@@ -143,13 +143,13 @@ def project_add(
     instance, so Canvas and the API show the runs and partitions already in it; a
     workspace that already holds an index and an experiment counts as configured.
     """
-    from fastapi import HTTPException
     from pydantic import ValidationError
     from sqlalchemy import select
 
-    from conductor.api.projects import add_project, remove_project
+    from conductor.errors import ServiceError
     from conductor.models import Project
-    from conductor.runs import instance_dir
+    from conductor.projects import add_project, remove_project
+    from conductor.runs.instances import instance_dir
     from conductor.schemas import ProjectCreate
     from starrynight import storage
     from starrynight import workspace as ws_names
@@ -172,8 +172,8 @@ def project_add(
             if old is not None and replace:
                 remove_project(settings, session, old)
             created = add_project(settings, session, body)
-        except HTTPException as exc:
-            raise UserError(str(exc.detail)) from None
+        except ServiceError as exc:
+            raise UserError(exc.detail) from None
         home = instance_dir(settings, created.id)
         if dagster_home:
             home.parent.mkdir(parents=True, exist_ok=True)
