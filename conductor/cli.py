@@ -45,7 +45,8 @@ def cli() -> None:
 @click.option("--workers", default=min(4, os.cpu_count() or 1), show_default="CPUs, at most 4",
               type=click.IntRange(1, 64), help="Worker processes.")  # fmt: skip
 @click.option("--upgrade-db/--no-upgrade-db", default=False, show_default=True,
-              help="Apply database migrations before serving.")  # fmt: skip
+              help="Apply database migrations before serving (always done for the "
+              "embedded SQLite database).")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]),
               help="Level of the JSON logs on stderr (info logs every request).")  # fmt: skip
@@ -56,8 +57,8 @@ def serve(host: str, port: int, workers: int, upgrade_db: bool, log_level: str) 
     from conductor import db
 
     settings = Settings.from_env()  # configuration mistakes stop here, before binding
-    if upgrade_db:
-        db.upgrade(settings.database_url)
+    if upgrade_db or db.is_embedded(settings.database_url):
+        _upgrade(settings, "head")
     if not settings.tokens:
         click.echo("warning: no tokens configured (CONDUCTOR_TOKENS); every API call "
                    "but /health will get 401", err=True)  # fmt: skip
@@ -82,13 +83,37 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def upgrade(revision: str) -> None:
     """Apply the migrations (safe to repeat)."""
+    settings = Settings.from_env()
+    _upgrade(settings, revision)
+    click.echo(f"database {_where(settings)} at revision {revision}")
+
+
+def _where(settings: Settings) -> str:
+    # Host and database only: the part before '@' may hold a password.
+    return settings.database_url.split("@")[-1]
+
+
+def _database_error(settings: Settings, exc: Exception, hint: str = "") -> UserError:
+    reason = str(getattr(exc, "orig", None) or exc).strip()
+    line = reason.splitlines()[0][:200] if reason else type(exc).__name__
+    return UserError(f"database {_where(settings)}: {line}{hint}")
+
+
+def _upgrade(settings: Settings, revision: str) -> None:
+    """Apply the migrations; a database that refuses is one line, not a traceback.
+
+    No retry: under a supervisor (systemd, Kubernetes) the non-zero exit is retried with
+    its back-off, and by hand the line says what to fix.
+    """
+    from sqlalchemy import exc as sa_exc
+
     from conductor import db as db_mod
 
-    settings = Settings.from_env()
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    db_mod.upgrade(settings.database_url, revision)
-    url = settings.database_url.split("@")[-1]
-    click.echo(f"database {url} at revision {revision}")
+    try:
+        db_mod.upgrade(settings.database_url, revision)
+    except sa_exc.DBAPIError as exc:
+        raise _database_error(settings, exc) from None
 
 
 @contextmanager
@@ -103,9 +128,7 @@ def _session(settings: Settings) -> Iterator:
         with db_mod.make_sessionmaker(engine)() as session:
             yield session
     except sa_exc.DBAPIError as exc:
-        reason = str(exc.orig or exc).strip().splitlines()[0][:200]
-        where = settings.database_url.split("@")[-1]
-        raise UserError(f"database {where}: {reason} (run `conductor db upgrade`?)") from None
+        raise _database_error(settings, exc, " (run `conductor db upgrade`?)") from None
     finally:
         engine.dispose()
 

@@ -90,12 +90,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def is_connection_problem(exc: sa_exc.DBAPIError) -> bool:
-    """Whether a database error means "the database is unreachable" (not a bad query)."""
+    """Whether a database error means "the database cannot serve now", not a bad query.
+
+    Besides refused, terminated and invalidated connections (OperationalError,
+    InterfaceError; sqlite's OperationalError also covers a missing file or table), that
+    is a server in a state no request can change: InternalError (e.g. a read-only
+    transaction after a failover to a standby) and a bare DatabaseError (sqlite: "file
+    is not a database" when the file was replaced under the service). Integrity, data
+    and programming errors are answered apart (409) or are bugs (500).
+    """
     if exc.connection_invalidated:
         return True
-    # psycopg OperationalError covers refused/terminated connections; sqlite's covers a
-    # missing file or table (database moved away or not migrated).
-    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    down = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.InternalError)
+    return isinstance(exc, down) or type(exc) is sa_exc.DatabaseError
 
 
 def database_down(exc: BaseException) -> HttpError:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from conductor.settings import Settings
 from starrynight import storage
 
 _DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+_OPENING = threading.Lock()
 
 
 def instance_dir(settings: Settings, project_id: int) -> Path:
@@ -21,8 +26,8 @@ def instance_dir(settings: Settings, project_id: int) -> Path:
 
 
 def instance_exists(settings: Settings, project_id: int) -> bool:
-    """Whether the project's Dagster instance was made (a run, or an adopted instance)."""
-    return (instance_dir(settings, project_id) / "dagster.yaml").is_file()
+    """Whether the project's Dagster instance was made (by a run, or adopted)."""
+    return instance_dir(settings, project_id).is_dir()
 
 
 def dagster_home(settings: Settings, project_id: int) -> Path:
@@ -52,15 +57,33 @@ def run_dir(settings: Settings, run_id: int) -> Path:
     return settings.data_dir / "runs" / str(run_id)
 
 
+@contextmanager
+def _opening(home: Path) -> Iterator[None]:
+    """Held while an instance is opened: by one thread, and by one process at a time.
+
+    Opening a new instance creates its SQLite schemas; two openings at once collide
+    ("table runs already exists", a duplicate alembic version), which reached clients as
+    503 "database unavailable" when a new project's pages were first loaded together.
+    The lock file sits beside the home, which may be a link to an adopted instance.
+    """
+    with _OPENING, open(home.parent / f".{home.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @lru_cache(maxsize=64)
 def _instance(home: str) -> Any:
     from dagster import DagsterInstance
 
-    return DagsterInstance.from_config(home)
+    with _opening(Path(home)):
+        return DagsterInstance.from_config(home)
 
 
 def instance(settings: Settings, project_id: int) -> Any:
-    """The project's Dagster instance (opened once per process)."""
+    """The project's Dagster instance (opened once per process), created on first use."""
     return _instance(str(dagster_home(settings, project_id)))
 
 

@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 from conductor.graph import AssetInfo, partition_values
 from conductor.runs import snapshot
-from conductor.runs.instances import instance
+from conductor.runs.instances import instance, instance_exists
 from conductor.runs.staleness import partition_keys, statuses_from_ids
 from conductor.settings import Settings
 
@@ -42,10 +42,18 @@ def partition_statuses(
     Returns
     -------
     dict
-        Asset -> partition key -> status.
+        Asset -> partition key -> status. Before the project's Dagster instance exists
+        (nothing was ever run) every partition is ``missing``; reading does not create it.
     """
-    inst = instance(settings, project_id)
     wanted = [a for a in graph if assets is None or a.name in assets]
+    if not instance_exists(settings, project_id):
+        return {
+            info.name: statuses_from_ids(
+                info, graph, partition_values(info.dims, plates, wells_by_plate), {}, {}
+            )
+            for info in wanted
+        }
+    inst = instance(settings, project_id)
     by_name = {a.name: a for a in graph}
     work = []
     snap = snapshot.open_snapshot(inst)
