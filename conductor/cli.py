@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -199,13 +200,7 @@ def project_add(
             raise UserError(exc.detail) from None
         home = instance_dir(settings, created.id)
         if dagster_home:
-            home.parent.mkdir(parents=True, exist_ok=True)
-            # A leftover of an earlier project with the same id (SQLite reuses ids).
-            if home.is_symlink():
-                home.unlink()
-            elif home.exists():
-                shutil.rmtree(home)
-            home.symlink_to(os.path.abspath(dagster_home), target_is_directory=True)
+            _adopt_instance(home, dagster_home)
             ws = body.workspace_uri
             if storage.exists(ws_names.index_path(ws)) and storage.exists(
                 ws_names.experiment_path(ws)
@@ -215,6 +210,17 @@ def project_add(
         state = "configured" if created.configured_at else "not configured"
         click.echo(f"project {created.id} {created.name} ({state})")
         click.echo(f"dagster home: {os.path.realpath(home)}")
+
+
+def _adopt_instance(home: Path, dagster_home: str) -> None:
+    """Make the project's instance folder ``home`` a link to ``dagster_home``."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    # A leftover of an earlier project with the same id (SQLite reuses ids).
+    if home.is_symlink():
+        home.unlink()
+    elif home.exists():
+        shutil.rmtree(home)
+    home.symlink_to(os.path.abspath(dagster_home), target_is_directory=True)
 
 
 @project.command("list")

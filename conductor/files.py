@@ -81,17 +81,26 @@ def resolve(workspace: str, path: str) -> str:
 def list_files(workspace: str, prefix: str) -> tuple[list[dict], bool]:
     """Files under ``prefix`` (recursive), at most :data:`MAX_LIST`; and whether truncated."""
     rel = clean_relative(prefix)
-    out: list[dict] = []
     if storage.is_s3(workspace):
-        base = storage.join(workspace, rel) if rel else workspace
-        if not storage.exists(base):
-            return [], False
-        for entry in storage.list_files(base):
-            if len(out) >= MAX_LIST:
-                return out, True
-            key = f"{rel}/{entry.key}" if rel else entry.key
-            out.append({"path": key, "size": entry.size, "modified_ns": entry.mtime_ns})
-        return out, False
+        return _list_s3(workspace, rel)
+    return _list_local(workspace, rel)
+
+
+def _list_s3(workspace: str, rel: str) -> tuple[list[dict], bool]:
+    out: list[dict] = []
+    base = storage.join(workspace, rel) if rel else workspace
+    if not storage.exists(base):
+        return [], False
+    for entry in storage.list_files(base):
+        if len(out) >= MAX_LIST:
+            return out, True
+        key = f"{rel}/{entry.key}" if rel else entry.key
+        out.append({"path": key, "size": entry.size, "modified_ns": entry.mtime_ns})
+    return out, False
+
+
+def _list_local(workspace: str, rel: str) -> tuple[list[dict], bool]:
+    out: list[dict] = []
     root = Path(os.path.realpath(workspace))
     base = _local_inside(workspace, rel)
     if not base.exists():

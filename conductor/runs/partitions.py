@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from conductor.graph import AssetInfo, partition_values
 from conductor.runs import snapshot
@@ -54,6 +55,24 @@ def partition_statuses(
             for info in wanted
         }
     inst = instance(settings, project_id)
+    work = _read_facts(settings, inst, graph, wanted, plates, wells_by_plate)
+    return {
+        info.name: statuses_from_ids(info, graph, all_values, latest, flags, keys)
+        for info, all_values, keys, latest, flags in work
+    }
+
+
+def _read_facts(
+    settings: Settings,
+    inst: Any,
+    graph: tuple[AssetInfo, ...],
+    wanted: list[AssetInfo],
+    plates: list[str],
+    wells_by_plate: dict[str, list[str]],
+) -> list[tuple[AssetInfo, list[dict[str, str]], list[str], dict[str, dict[str, int]], dict]]:
+    """What Dagster knows for each wanted asset, read under the instance snapshot's lock:
+    its partitions, their keys, the newest storage ids (its own and its parents') and
+    Dagster's running/failed flags."""
     by_name = {a.name: a for a in graph}
     work = []
     snap = snapshot.open_snapshot(inst)
@@ -71,13 +90,10 @@ def partition_statuses(
                 flags = snapshot.flags(
                     snap, inst, info, settings.dagster_module, keys, latest[info.name]
                 )
-            work.append((info, all_values, keys, flags))
+            work.append((info, all_values, keys, latest, flags))
     finally:
         snap.lock.release()
-    return {
-        info.name: statuses_from_ids(info, graph, all_values, latest, flags, keys)
-        for info, all_values, keys, flags in work
-    }
+    return work
 
 
 def mark_not_applicable(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
@@ -81,6 +81,24 @@ def dagster_link(request: Request, project_id: int, asset: str, key: str | None)
     return url
 
 
+def plate_grid(
+    project_id: int, info: AssetInfo, statuses: dict[str, str], plate: str, wells: list[str],
+    requested_format: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One plate of the map: its format, grid rows, wells off the grid and status counts."""
+    per_well = {w: status_of(info, statuses, plate, w) or "missing" for w in wells}
+    fmt = platefmt.plate_format(wells, requested_format or None)
+    headers, rows, outside = platefmt.grid(wells, per_well, fmt)
+    return {
+        "plate": plate,
+        "format": fmt,
+        "headers": headers,
+        "body": grid_body(project_id, plate, rows),
+        "outside": outside,
+        "counts": Counter(per_well.values()),
+    }
+
+
 @router.get("/projects/{project_id}/plates", response_class=HTMLResponse)
 def plate_map(
     project_id: ProjectId,
@@ -114,21 +132,7 @@ def plate_map(
     if info.arms:
         arms = indexcache.well_arms(project.workspace_uri)
         statuses = mark_not_applicable((info,), statuses, arms)
-    maps = []
-    for p in shown:
-        per_well = {w: status_of(info, statuses[info.name], p, w) or "missing" for w in wells[p]}
-        fmt = platefmt.plate_format(wells[p], format or None)
-        headers, rows, outside = platefmt.grid(wells[p], per_well, fmt)
-        maps.append(
-            {
-                "plate": p,
-                "format": fmt,
-                "headers": headers,
-                "body": grid_body(project.id, p, rows),
-                "outside": outside,
-                "counts": Counter(per_well.values()),
-            }
-        )
+    maps = [plate_grid(project.id, info, statuses[info.name], p, wells[p], format) for p in shown]
     return render(
         request,
         "platemap.html",
