@@ -1,16 +1,15 @@
-"""Bearer tokens: ``rw`` tokens may change things, ``ro`` tokens may only read."""
+"""Bearer tokens: ``rw`` tokens may change things, ``ro`` tokens may only read.
+
+Shared by the API (``Authorization`` header, :mod:`conductor.deps`) and the Canvas pages
+(header or cookie, :mod:`conductor.web.session`).
+"""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
+from conductor.errors import Forbidden, Unauthorized
 from conductor.settings import Token
-
-_bearer = HTTPBearer(auto_error=False, description="A token from CONDUCTOR_TOKENS.")
 
 
 def match_token(tokens: tuple[Token, ...], secret: str) -> Token | None:
@@ -23,32 +22,30 @@ def match_token(tokens: tuple[Token, ...], secret: str) -> Token | None:
     return found
 
 
-def _authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) -> Token:
-    tokens = request.app.state.settings.tokens
-    if creds is None:
-        raise HTTPException(
-            401,
-            "missing bearer token: send 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    token = match_token(tokens, creds.credentials)
+def authenticate(tokens: tuple[Token, ...], secret: str | None) -> Token:
+    """The token whose secret is ``secret``.
+
+    Raises
+    ------
+    Unauthorized
+        No secret, or one that matches no configured token.
+    """
+    if secret is None:
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    token = match_token(tokens, secret)
     if token is None:
-        raise HTTPException(401, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("unknown bearer token")
     return token
 
 
-async def reader(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Token:
-    """Any configured token (``ro`` or ``rw``)."""
-    return _authenticate(request, creds)
+def require_rw(token: Token) -> Token:
+    """``token`` when it may change things.
 
-
-async def writer(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Token:
-    """A ``rw`` token; a ``ro`` token gets 403."""
-    token = _authenticate(request, creds)
+    Raises
+    ------
+    Forbidden
+        A ``ro`` token.
+    """
     if token.kind != "rw":
-        raise HTTPException(403, f"token {token.name!r} is read-only; this needs a rw token")
+        raise Forbidden(f"token {token.name!r} is read-only; this needs a rw token")
     return token

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -22,7 +23,7 @@ def _log_config(level: str) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "conductor.app.JsonFormatter"}},
+        "formatters": {"json": {"()": "conductor.middleware.JsonFormatter"}},
         "handlers": {"default": handler},
         "loggers": {
             "conductor": {"handlers": ["default"], "level": level, "propagate": False},
@@ -45,7 +46,8 @@ def cli() -> None:
 @click.option("--workers", default=min(4, os.cpu_count() or 1), show_default="CPUs, at most 4",
               type=click.IntRange(1, 64), help="Worker processes.")  # fmt: skip
 @click.option("--upgrade-db/--no-upgrade-db", default=False, show_default=True,
-              help="Apply database migrations before serving.")  # fmt: skip
+              help="Apply database migrations before serving (always done for the "
+              "embedded SQLite database).")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]),
               help="Level of the JSON logs on stderr (info logs every request).")  # fmt: skip
@@ -56,8 +58,8 @@ def serve(host: str, port: int, workers: int, upgrade_db: bool, log_level: str) 
     from conductor import db
 
     settings = Settings.from_env()  # configuration mistakes stop here, before binding
-    if upgrade_db:
-        db.upgrade(settings.database_url)
+    if upgrade_db or db.is_embedded(settings.database_url):
+        _upgrade(settings, "head")
     if not settings.tokens:
         click.echo("warning: no tokens configured (CONDUCTOR_TOKENS); every API call "
                    "but /health will get 401", err=True)  # fmt: skip
@@ -82,13 +84,37 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def upgrade(revision: str) -> None:
     """Apply the migrations (safe to repeat)."""
+    settings = Settings.from_env()
+    _upgrade(settings, revision)
+    click.echo(f"database {_where(settings)} at revision {revision}")
+
+
+def _where(settings: Settings) -> str:
+    # Host and database only: the part before '@' may hold a password.
+    return settings.database_url.split("@")[-1]
+
+
+def _database_error(settings: Settings, exc: Exception, hint: str = "") -> UserError:
+    reason = str(getattr(exc, "orig", None) or exc).strip()
+    line = reason.splitlines()[0][:200] if reason else type(exc).__name__
+    return UserError(f"database {_where(settings)}: {line}{hint}")
+
+
+def _upgrade(settings: Settings, revision: str) -> None:
+    """Apply the migrations; a database that refuses is one line, not a traceback.
+
+    No retry: under a supervisor (systemd, Kubernetes) the non-zero exit is retried with
+    its back-off, and by hand the line says what to fix.
+    """
+    from sqlalchemy import exc as sa_exc
+
     from conductor import db as db_mod
 
-    settings = Settings.from_env()
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    db_mod.upgrade(settings.database_url, revision)
-    url = settings.database_url.split("@")[-1]
-    click.echo(f"database {url} at revision {revision}")
+    try:
+        db_mod.upgrade(settings.database_url, revision)
+    except sa_exc.DBAPIError as exc:
+        raise _database_error(settings, exc) from None
 
 
 @contextmanager
@@ -103,9 +129,7 @@ def _session(settings: Settings) -> Iterator:
         with db_mod.make_sessionmaker(engine)() as session:
             yield session
     except sa_exc.DBAPIError as exc:
-        reason = str(exc.orig or exc).strip().splitlines()[0][:200]
-        where = settings.database_url.split("@")[-1]
-        raise UserError(f"database {where}: {reason} (run `conductor db upgrade`?)") from None
+        raise _database_error(settings, exc, " (run `conductor db upgrade`?)") from None
     finally:
         engine.dispose()
 
@@ -143,13 +167,13 @@ def project_add(
     instance, so Canvas and the API show the runs and partitions already in it; a
     workspace that already holds an index and an experiment counts as configured.
     """
-    from fastapi import HTTPException
     from pydantic import ValidationError
     from sqlalchemy import select
 
-    from conductor.api.projects import add_project, remove_project
+    from conductor.errors import ServiceError
     from conductor.models import Project
-    from conductor.runs import instance_dir
+    from conductor.projects import add_project, remove_project
+    from conductor.runs.instances import instance_dir
     from conductor.schemas import ProjectCreate
     from starrynight import storage
     from starrynight import workspace as ws_names
@@ -172,17 +196,11 @@ def project_add(
             if old is not None and replace:
                 remove_project(settings, session, old)
             created = add_project(settings, session, body)
-        except HTTPException as exc:
-            raise UserError(str(exc.detail)) from None
+        except ServiceError as exc:
+            raise UserError(exc.detail) from None
         home = instance_dir(settings, created.id)
         if dagster_home:
-            home.parent.mkdir(parents=True, exist_ok=True)
-            # A leftover of an earlier project with the same id (SQLite reuses ids).
-            if home.is_symlink():
-                home.unlink()
-            elif home.exists():
-                shutil.rmtree(home)
-            home.symlink_to(os.path.abspath(dagster_home), target_is_directory=True)
+            _adopt_instance(home, dagster_home)
             ws = body.workspace_uri
             if storage.exists(ws_names.index_path(ws)) and storage.exists(
                 ws_names.experiment_path(ws)
@@ -192,6 +210,17 @@ def project_add(
         state = "configured" if created.configured_at else "not configured"
         click.echo(f"project {created.id} {created.name} ({state})")
         click.echo(f"dagster home: {os.path.realpath(home)}")
+
+
+def _adopt_instance(home: Path, dagster_home: str) -> None:
+    """Make the project's instance folder ``home`` a link to ``dagster_home``."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    # A leftover of an earlier project with the same id (SQLite reuses ids).
+    if home.is_symlink():
+        home.unlink()
+    elif home.exists():
+        shutil.rmtree(home)
+    home.symlink_to(os.path.abspath(dagster_home), target_is_directory=True)
 
 
 @project.command("list")

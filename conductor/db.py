@@ -57,6 +57,16 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+def is_embedded(url: str) -> bool:
+    """Whether ``url`` is an SQLite file of Conductor's own (migrated on ``serve``).
+
+    Nothing else shares such a file, so bringing it to the current schema at start is
+    safe; a server database (Postgres) is migrated only when asked (``--upgrade-db``,
+    ``conductor db upgrade``), by whoever deploys.
+    """
+    return url.startswith("sqlite")
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply the migrations up to ``revision`` (idempotent)."""
     if url.startswith("sqlite:///"):

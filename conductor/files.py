@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from conductor.errors import NotFound
 from starrynight import storage
 from starrynight.errors import UserError
 
 MAX_LIST = 10_000
+NAME_MAX = 255  # bytes in one path component on every local file system in use
 MAX_PREVIEW = 20_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,7 +26,9 @@ def clean_relative(path: str) -> str:
     Raises
     ------
     UserError
-        Absolute path, ``..``, backslash or NUL byte.
+        Absolute path, ``..``, backslash, NUL byte, or a component longer than
+        :data:`NAME_MAX` bytes (no workspace product can have such a name: outputs are
+        written under the same names on local disks and on S3).
     """
     if "\x00" in path or "\\" in path:
         raise UserError(f"path {path!r}: NUL bytes and backslashes are not allowed")
@@ -33,12 +37,34 @@ def clean_relative(path: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UserError(f"path {path!r}: '..' is not allowed")
+    for part in parts:
+        if len(part.encode()) > NAME_MAX:
+            raise UserError(f"path {_shown(path)}: a component is longer than {NAME_MAX} bytes")
     return "/".join(parts)
+
+
+def _shown(path: str) -> str:
+    # Echo a long path shortened: the message must stay one readable line.
+    return repr(path if len(path) <= 120 else path[:60] + "..." + path[-40:])
+
+
+def _too_long(rel: str) -> UserError:
+    # The whole path (workspace + request) exceeds the file system's limit.
+    return UserError(f"path {_shown(rel)}: too long for the workspace's file system")
+
+
+def _path_max(root: Path) -> int:
+    try:
+        return os.pathconf(root, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 4096
 
 
 def _local_inside(workspace: str, rel: str) -> Path:
     root = Path(os.path.realpath(workspace))
     target = Path(os.path.realpath(root / rel)) if rel else root
+    if len(os.fsencode(target)) >= _path_max(root):
+        raise _too_long(rel)
     if target != root and root not in target.parents:
         raise UserError(f"path {rel!r}: resolves outside the workspace (symbolic link)")
     return target
@@ -55,17 +81,26 @@ def resolve(workspace: str, path: str) -> str:
 def list_files(workspace: str, prefix: str) -> tuple[list[dict], bool]:
     """Files under ``prefix`` (recursive), at most :data:`MAX_LIST`; and whether truncated."""
     rel = clean_relative(prefix)
-    out: list[dict] = []
     if storage.is_s3(workspace):
-        base = storage.join(workspace, rel) if rel else workspace
-        if not storage.exists(base):
-            return [], False
-        for entry in storage.list_files(base):
-            if len(out) >= MAX_LIST:
-                return out, True
-            key = f"{rel}/{entry.key}" if rel else entry.key
-            out.append({"path": key, "size": entry.size, "modified_ns": entry.mtime_ns})
-        return out, False
+        return _list_s3(workspace, rel)
+    return _list_local(workspace, rel)
+
+
+def _list_s3(workspace: str, rel: str) -> tuple[list[dict], bool]:
+    out: list[dict] = []
+    base = storage.join(workspace, rel) if rel else workspace
+    if not storage.exists(base):
+        return [], False
+    for entry in storage.list_files(base):
+        if len(out) >= MAX_LIST:
+            return out, True
+        key = f"{rel}/{entry.key}" if rel else entry.key
+        out.append({"path": key, "size": entry.size, "modified_ns": entry.mtime_ns})
+    return out, False
+
+
+def _list_local(workspace: str, rel: str) -> tuple[list[dict], bool]:
+    out: list[dict] = []
     root = Path(os.path.realpath(workspace))
     base = _local_inside(workspace, rel)
     if not base.exists():
@@ -98,15 +133,16 @@ def require_file(workspace: str, path: str) -> str:
 
     Raises
     ------
-    FileNotFoundError
+    NotFound
         Nothing (or a folder) at ``path``.
     """
     uri = resolve(workspace, path)
     if storage.is_s3(uri):
-        if not storage.exists(uri) or storage.is_dir(uri):
-            raise FileNotFoundError(path)
-    elif not Path(uri).is_file():
-        raise FileNotFoundError(path)
+        found = storage.exists(uri) and not storage.is_dir(uri)
+    else:
+        found = Path(uri).is_file()
+    if not found:
+        raise NotFound(f"path {path!r}: no such file in the workspace")
     return uri
 
 
@@ -115,6 +151,8 @@ def read_png(workspace: str, path: str) -> bytes:
 
     Raises
     ------
+    NotFound
+        No such file.
     UserError
         Not a ``.png`` name, too large, or not PNG content.
     """

@@ -188,6 +188,23 @@ def build_plan(
         raise UserError(f"assets: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     chosen = [a for a in graph if not assets or a.name in assets]
     dims_of = {a.name: a.dims for a in graph}
+    included = _included_partitions(chosen, dims_of, plates, wells_by_plate, stale)
+    kept = {
+        name: {tuple(v[d] for d in dims_of[name]) for v in values}
+        for name, values in included.items()
+    }
+    return _steps(chosen, kept, plates, wells_by_plate)
+
+
+def _included_partitions(
+    chosen: list[AssetInfo],
+    dims_of: dict[str, tuple[str, ...]],
+    plates: list[str],
+    wells_by_plate: dict[str, list[str]],
+    stale: dict[str, dict[str, str]] | None,
+) -> dict[str, list[dict[str, str]]]:
+    """Asset -> the partitions to materialise: all, or with ``stale`` those not done and
+    those reading a partition that is redone."""
     included: dict[str, list[dict[str, str]]] = {}
     for info in chosen:
         # Each kept parent's partitions by the dimensions this asset shares with it: "a
@@ -210,10 +227,16 @@ def build_plan(
                     continue
             keep.append(values)
         included[info.name] = keep
-    kept = {
-        name: {tuple(v[d] for d in dims_of[name]) for v in values}
-        for name, values in included.items()
-    }
+    return included
+
+
+def _steps(
+    chosen: list[AssetInfo],
+    kept: dict[str, set[tuple[str, ...]]],
+    plates: list[str],
+    wells_by_plate: dict[str, list[str]],
+) -> list[dict[str, Any]]:
+    """One Dagster run per partition of each run of assets sharing their dimensions."""
     steps: list[dict[str, Any]] = []
     for dims, group in itertools.groupby(chosen, key=lambda a: a.dims):
         members = list(group)

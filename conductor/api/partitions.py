@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy.orm import Session
 
-from conductor import indexcache, runs
-from conductor.api.common import ProjectId, dataset_partitions, get_project, graph_of, settings_of
-from conductor.app import get_read_session
-from conductor.auth import reader
+from conductor.catalog import graph_of
+from conductor.deps import ProjectId, ReadSessionDep, reader, settings_of
+from conductor.runs.service import project_partition_statuses
 from conductor.schemas import PartitionStatusOut
 
 router = APIRouter(tags=["partitions"])
-SessionDep = Annotated[Session, Depends(get_read_session)]
 
 
 @router.get("/assets", dependencies=[Depends(reader)])
@@ -34,7 +29,7 @@ def list_assets(request: Request) -> list[dict]:
     response_model=PartitionStatusOut,
     dependencies=[Depends(reader)],
 )
-def partition_status(project_id: ProjectId, request: Request, session: SessionDep) -> dict:
+def partition_status(project_id: ProjectId, request: Request, session: ReadSessionDep) -> dict:
     """Plate-map data: for each asset, each partition key's status.
 
     Statuses: ``done``, ``stale`` (an upstream partition is newer), ``failed``,
@@ -42,17 +37,4 @@ def partition_status(project_id: ProjectId, request: Request, session: SessionDe
     needs (e.g. the SBS products of a Cell Painting-only well). Keys are ``default``
     (unpartitioned), ``<plate>`` or ``<plate>|<well>``.
     """
-    settings = settings_of(request)
-    project = get_project(session, project_id)
-    graph = graph_of(settings)
-    plates, wells = dataset_partitions(project)
-    statuses = runs.partition_statuses(settings, project.id, graph, plates, wells)
-    statuses = runs.mark_not_applicable(
-        graph, statuses, indexcache.well_arms(project.workspace_uri)
-    )
-    return {
-        "plates": plates,
-        "wells": wells,
-        "assets": statuses,
-        "dimensions": {a.name: list(a.dims) for a in graph},
-    }
+    return project_partition_statuses(settings_of(request), session, project_id)

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy.orm import Session
 
-from conductor import runs
-from conductor.api import configure as api
-from conductor.api.common import ProjectId, get_project
-from conductor.app import get_session
+from conductor import configuring
+from conductor.deps import ProjectId, SessionDep
+from conductor.errors import Conflict
 from conductor.models import Project
-from conductor.schemas import ConfigureRequest
+from conductor.projects import get_project
 from conductor.web import summary
+from conductor.web.forms import SERVICE_ERRORS
 from conductor.web.render import PageRoute, field, read_form, render
 from conductor.web.session import Reader, Writer
-from starrynight import experiment, index, storage, workspace
+from starrynight import experiment, storage, workspace
 from starrynight.errors import UserError
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 Form = Annotated[dict[str, list[str]], Depends(read_form)]
 ROLES = {"cp": experiment.CP_ROLES, "sbs": experiment.SBS_ROLES}
 REQUIRED = {"cp": experiment.CP_REQUIRED, "sbs": experiment.SBS_ROLES}
@@ -39,19 +35,8 @@ ROLE_LABELS = {
 }
 
 
-def saved_choices(ws: str) -> dict[str, Any] | None:
-    """The user's last experiment choices (or the validated experiment), if any."""
-    for uri in (runs.experiment_request_path(ws), workspace.experiment_path(ws)):
-        if storage.exists(uri):
-            try:
-                return json.loads(storage.read_bytes(uri))
-            except ValueError:
-                continue
-    return None
-
-
 def _choices(ws: str) -> dict[str, Any]:
-    return saved_choices(ws) or experiment.template(index.load_index(ws), index.dataset_root(ws))
+    return configuring.saved_choices(ws) or configuring.template(ws)
 
 
 def _page(
@@ -98,12 +83,12 @@ def run_configure(
 ) -> Response:
     """Inventory + index the dataset (keeping roles already chosen)."""
     project = get_project(session, project_id)
-    previous = saved_choices(project.workspace_uri)
+    previous = configuring.saved_choices(project.workspace_uri)
     try:
-        api.configure(project_id, ConfigureRequest(experiment=previous), session)
-    except (UserError, HTTPException) as exc:
+        configuring.configure(session, project_id, previous)
+    except SERVICE_ERRORS as exc:
         session.rollback()
-        text = str(exc.detail) if isinstance(exc, HTTPException) else str(exc)
+        text = str(exc)
         if previous is not None and storage.exists(workspace.index_path(project.workspace_uri)):
             # Saved roles no longer fit the new index: show them so the user can fix them.
             return _page(request, project, 422, errors={"form": text})
@@ -144,7 +129,7 @@ def save_roles(
     ws = project.workspace_uri
     found = summary.index_summary(ws)
     if found is None:
-        raise HTTPException(409, f"project {project.name} is not configured: run the index first")
+        raise Conflict(f"project {project.name} is not configured: run the index first")
     chosen = {
         arm: {role: field(form, f"{arm}.{role}") for role in ROLES[arm]}
         for arm in ROLES
@@ -153,19 +138,15 @@ def save_roles(
     errors = check_roles(chosen, {a: s.channels for a, s in found.arms.items()})
     if errors:
         return _page(request, project, 422, errors=errors, roles=chosen)
-    choices = experiment.template(index.load_index(ws), index.dataset_root(ws))
-    previous = saved_choices(ws) or {}
+    choices = configuring.template(ws)
+    previous = configuring.saved_choices(ws) or {}
     for key in ("frame", "barcodes"):
         if key in previous:
             choices[key] = previous[key]
     for arm, roles in chosen.items():
         choices[arm]["roles"] = roles
-    request_path = runs.experiment_request_path(ws)
-    storage.write_bytes(request_path, (json.dumps(choices, indent=2) + "\n").encode())
     try:
-        experiment.new(ws, request_path)
+        configuring.save_experiment(session, project, choices)
     except UserError as exc:
         return _page(request, project, 422, errors={"form": str(exc)}, roles=chosen)
-    project.configured_at = datetime.now(UTC)
-    session.commit()
     return RedirectResponse(f"/ui/projects/{project_id}?notice=roles", status_code=303)

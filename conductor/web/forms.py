@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import HTTPException
 from pydantic import ValidationError
 
+from conductor.errors import ServiceError
 from starrynight.errors import UserError
+
+# What a form handler catches from a service: shown on the form instead of an error page.
+SERVICE_ERRORS = (UserError, ServiceError)
 
 
 def field_errors(exc: ValidationError) -> dict[str, str]:
@@ -21,9 +24,9 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
     return out
 
 
-def service_error(exc: UserError | HTTPException, fields: tuple[str, ...]) -> dict[str, str]:
+def service_error(exc: UserError | ServiceError, fields: tuple[str, ...]) -> dict[str, str]:
     """A service error placed on the field it names (``"name: ..."``), else on the form."""
-    text = str(exc.detail) if isinstance(exc, HTTPException) else str(exc)
+    text = str(exc)
     head, sep, rest = text.partition(": ")
     if sep and head in fields:
         return {head: rest}

@@ -4,39 +4,28 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup, escape
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from conductor import indexcache, runs
-from conductor.api.common import ProjectId, get_project, graph_of, settings_of
-from conductor.app import get_session
+from conductor import indexcache
+from conductor.catalog import dataset_partitions, graph_of
+from conductor.deps import ProjectId, SessionDep, settings_of
+from conductor.errors import NotFound
 from conductor.graph import UNPARTITIONED, AssetInfo
-from conductor.models import Project, Run
-from conductor.web import platefmt, qcdata, summary
+from conductor.projects import get_project
+from conductor.runs.partitions import mark_not_applicable, partition_statuses
+from conductor.runs.service import runs_touching
+from conductor.web import platefmt, qcdata
 from conductor.web.render import PageRoute, render
 from conductor.web.session import Reader
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 Name = Annotated[str, Query(max_length=100)]
-ALL_PLATES_MAX = 4
-NOT_APPLICABLE = runs.NOT_APPLICABLE  # more plates than this: the map opens on the first plate
-
-
-def configured_partitions(project: Project) -> tuple[list[str], dict[str, list[str]]]:
-    """Plates and wells from the index, or 409 before the dataset was indexed."""
-    found = summary.plates_and_wells(project.workspace_uri)
-    if found is None:
-        raise HTTPException(
-            409, f"project {project.name} is not configured yet: run inventory and index first"
-        )
-    return found
+ALL_PLATES_MAX = 4  # more plates than this: the map opens on the first plate
 
 
 def status_of(info: AssetInfo, statuses: dict[str, str], plate: str, well: str) -> str | None:
@@ -92,6 +81,24 @@ def dagster_link(request: Request, project_id: int, asset: str, key: str | None)
     return url
 
 
+def plate_grid(
+    project_id: int, info: AssetInfo, statuses: dict[str, str], plate: str, wells: list[str],
+    requested_format: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One plate of the map: its format, grid rows, wells off the grid and status counts."""
+    per_well = {w: status_of(info, statuses, plate, w) or "missing" for w in wells}
+    fmt = platefmt.plate_format(wells, requested_format or None)
+    headers, rows, outside = platefmt.grid(wells, per_well, fmt)
+    return {
+        "plate": plate,
+        "format": fmt,
+        "headers": headers,
+        "body": grid_body(project_id, plate, rows),
+        "outside": outside,
+        "counts": Counter(per_well.values()),
+    }
+
+
 @router.get("/projects/{project_id}/plates", response_class=HTMLResponse)
 def plate_map(
     project_id: ProjectId,
@@ -106,40 +113,26 @@ def plate_map(
     settings = settings_of(request)
     project = get_project(session, project_id)
     graph = graph_of(settings)
-    plates, wells = configured_partitions(project)
+    plates, wells = dataset_partitions(project)
     if not plate and len(plates) > ALL_PLATES_MAX:
         plate = plates[0]  # a whole screen at once is slow to compute and to read
     if plate == "all":
         plate = ""
     elif plate and plate not in plates:
-        raise HTTPException(404, f"plate {plate!r} not in the index; known: {', '.join(plates)}")
+        raise NotFound(f"plate {plate!r} not in the index; known: {', '.join(plates)}")
     names = [a.name for a in graph]
     if asset and asset not in names:
-        raise HTTPException(404, f"asset {asset!r} unknown; known: {', '.join(names)}")
+        raise NotFound(f"asset {asset!r} unknown; known: {', '.join(names)}")
     info = next(a for a in graph if a.name == asset) if asset else graph[-1]
     shown = [plate] if plate else plates
     # Only the shown asset: the rest of the graph just supplies its parents' ids.
-    statuses = runs.partition_statuses(
+    statuses = partition_statuses(
         settings, project.id, graph, shown, {p: wells[p] for p in shown}, assets=[info.name]
     )
     if info.arms:
         arms = indexcache.well_arms(project.workspace_uri)
-        statuses = runs.mark_not_applicable((info,), statuses, arms)
-    maps = []
-    for p in shown:
-        per_well = {w: status_of(info, statuses[info.name], p, w) or "missing" for w in wells[p]}
-        fmt = platefmt.plate_format(wells[p], format or None)
-        headers, rows, outside = platefmt.grid(wells[p], per_well, fmt)
-        maps.append(
-            {
-                "plate": p,
-                "format": fmt,
-                "headers": headers,
-                "body": grid_body(project.id, p, rows),
-                "outside": outside,
-                "counts": Counter(per_well.values()),
-            }
-        )
+        statuses = mark_not_applicable((info,), statuses, arms)
+    maps = [plate_grid(project.id, info, statuses[info.name], p, wells[p], format) for p in shown]
     return render(
         request,
         "platemap.html",
@@ -156,11 +149,6 @@ def plate_map(
     )
 
 
-def _runs_touching(session: Session, project_id: int, keys: set[str | None]) -> list[Run]:
-    query = select(Run).where(Run.project_id == project_id).order_by(Run.id.desc()).limit(200)
-    return [r for r in session.scalars(query) if any(s["partition"] in keys for s in r.plan)]
-
-
 @router.get("/projects/{project_id}/plates/{plate}/wells/{well}", response_class=HTMLResponse)
 def well_detail(
     project_id: ProjectId,
@@ -174,13 +162,11 @@ def well_detail(
     settings = settings_of(request)
     project = get_project(session, project_id)
     graph = graph_of(settings)
-    plates, wells = configured_partitions(project)
+    plates, wells = dataset_partitions(project)
     if plate not in plates or well not in wells[plate]:
-        raise HTTPException(404, f"well {plate} {well} holds no images of this project")
-    statuses = runs.partition_statuses(settings, project.id, graph, [plate], {plate: [well]})
-    statuses = runs.mark_not_applicable(
-        graph, statuses, indexcache.well_arms(project.workspace_uri)
-    )
+        raise NotFound(f"well {plate} {well} holds no images of this project")
+    statuses = partition_statuses(settings, project.id, graph, [plate], {plate: [well]})
+    statuses = mark_not_applicable(graph, statuses, indexcache.well_arms(project.workspace_uri))
     rows = []
     for info in graph:
         key = {0: UNPARTITIONED, 1: plate}.get(len(info.dims), f"{plate}|{well}")
@@ -192,7 +178,7 @@ def well_detail(
                 "link": dagster_link(request, project.id, info.name, key),
             }
         )
-    touching = _runs_touching(session, project.id, {None, plate, f"{plate}|{well}"})
+    touching = runs_touching(session, project, {None, plate, f"{plate}|{well}"})
     ws = project.workspace_uri
     qc = {
         "segcheck": qcdata.segcheck_figures(ws, plate, well),

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from conductor.api import projects as api
-from conductor.api.common import ProjectId, get_project
-from conductor.app import get_session
+from conductor import projects
+from conductor.deps import ProjectId, SessionDep, settings_of
+from conductor.errors import ServiceError
 from conductor.models import Project, Run
-from conductor.runs import TERMINAL
+from conductor.runs.observe import TERMINAL
 from conductor.schemas import ProjectCreate
 from conductor.web import summary
-from conductor.web.forms import field_errors, service_error
+from conductor.web.forms import SERVICE_ERRORS, field_errors, service_error
 from conductor.web.render import PageRoute, field, read_form, render
 from conductor.web.session import Reader, Writer
-from starrynight.errors import UserError
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 Form = Annotated[dict[str, list[str]], Depends(read_form)]
 CREATE_FIELDS = ("name", "dataset_uri", "workspace_uri", "experiment_type")
 
@@ -77,8 +75,8 @@ def create_project(request: Request, session: SessionDep, form: Form, _token: Wr
     except ValidationError as exc:
         return _page(request, session, 422, errors=field_errors(exc), values=values)
     try:
-        project = api.create_project(body, request, session)
-    except (UserError, HTTPException) as exc:
+        project = projects.add_project(settings_of(request), session, body)
+    except SERVICE_ERRORS as exc:
         session.rollback()
         return _page(request, session, 422, errors=service_error(exc, CREATE_FIELDS), values=values)
     return RedirectResponse(f"/ui/projects/{project.id}", status_code=303)
@@ -89,7 +87,7 @@ def confirm_delete(
     project_id: ProjectId, request: Request, session: SessionDep, _token: Reader
 ) -> HTMLResponse:
     """Ask before forgetting a project."""
-    project = get_project(session, project_id)
+    project = projects.get_project(session, project_id)
     return render(request, "delete.html", project=project, error=None)
 
 
@@ -98,7 +96,7 @@ def delete_project(
     project_id: ProjectId, request: Request, session: SessionDep, form: Form, _token: Writer
 ) -> Response:
     """Forget the project (dataset and workspace are kept); the name must be typed."""
-    project = get_project(session, project_id)
+    project = projects.get_project(session, project_id)
     if field(form, "confirm") != project.name:
         return render(
             request,
@@ -108,7 +106,7 @@ def delete_project(
             error=f"type the project name {project.name!r} to confirm",
         )
     try:
-        api.delete_project(project_id, request, session)
-    except HTTPException as exc:
-        return render(request, "delete.html", exc.status_code, project=project, error=exc.detail)
+        projects.remove_project(settings_of(request), session, project)
+    except ServiceError as exc:
+        return render(request, "delete.html", exc.status, project=project, error=exc.detail)
     return RedirectResponse("/ui/projects", status_code=303)

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy.orm import Session
 
-from conductor.api.common import ProjectId, get_project
-from conductor.api.files import png_response
-from conductor.app import get_session
+from conductor.deps import ProjectId, SessionDep
+from conductor.errors import NotFound
+from conductor.projects import get_project
+from conductor.responses import png_response
 from conductor.web import qcdata, summary
 from conductor.web.render import PageRoute, render
 from conductor.web.session import Reader
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 PER_PAGE = 12
 KIND_TITLES = {
     "illum": "Illumination functions",
@@ -42,7 +41,7 @@ def gallery(
     found = summary.plates_and_wells(ws)
     plates = found[0] if found else []
     if plate and plate not in plates:
-        raise HTTPException(404, f"plate {plate!r} not in the index; known: {', '.join(plates)}")
+        raise NotFound(f"plate {plate!r} not in the index; known: {', '.join(plates)}")
     start = (page - 1) * PER_PAGE
     if kind in ("alignment", "barcodes"):
         # Only the tables of the shown page are read.

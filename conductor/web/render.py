@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import exc as sa_exc
 
+from conductor.errors import BadRequest, TooLarge, http_error
 from conductor.settings import Token
-from starrynight.errors import UserError
 
 log = logging.getLogger("conductor.web")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -52,11 +51,15 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     return HTMLResponse(html, status_code=status_code)
 
 
-def error_page(request: Request, status_code: int, message: str) -> HTMLResponse:
+def error_page(
+    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+) -> HTMLResponse:
     """A page that says what went wrong in one line (never a stack trace)."""
-    return render(
+    page = render(
         request, "error.html", status_code=status_code, message=message, status=status_code
     )
+    page.headers.update(headers or {})
+    return page
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -84,16 +87,12 @@ class PageRoute(APIRoute):
                 if request.method != "GET" or request.url.path.endswith(".json"):
                     target = "/ui/projects"
                 return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", 303)
-            except HTTPException as exc:
-                return error_page(request, exc.status_code, str(exc.detail))
             except RequestValidationError as exc:
                 return error_page(request, 422, _validation_message(exc))
-            except UserError as exc:
-                return error_page(request, 422, str(exc))
-            except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-                reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
-                return error_page(request, 503, f"database unavailable: {reason}")
             except Exception as exc:
+                answer = http_error(exc)
+                if answer is not None:
+                    return error_page(request, answer.status, answer.detail, answer.headers)
                 log.error(
                     "unhandled page error",
                     exc_info=exc,
@@ -113,11 +112,11 @@ async def read_form(request: Request) -> dict[str, list[str]]:
     """The url-encoded form body (FastAPI dependency; no multipart needed)."""
     body = await request.body()
     if len(body) > MAX_FORM:
-        raise HTTPException(413, f"form larger than {MAX_FORM} bytes")
+        raise TooLarge(f"form larger than {MAX_FORM} bytes")
     try:
         return parse_qs(body.decode(), keep_blank_values=True, max_num_fields=2000)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise HTTPException(400, f"unreadable form: {exc}") from exc
+        raise BadRequest(f"unreadable form: {exc}") from exc
 
 
 def field(form: dict[str, list[str]], name: str, default: str = "") -> str:

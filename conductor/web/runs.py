@@ -5,25 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from conductor import runs as service
-from conductor.api import runs as api
-from conductor.api.common import ProjectId, RunId, get_project, graph_of, settings_of
-from conductor.app import get_session
+from conductor.catalog import graph_of
+from conductor.deps import ProjectId, RunId, SessionDep, settings_of
+from conductor.errors import NotFound, ServiceError, Unavailable, http_error
 from conductor.models import Project
+from conductor.projects import get_project
+from conductor.responses import event_stream
+from conductor.runs import service
+from conductor.runs.observe import TERMINAL, step_seconds
 from conductor.schemas import Selection
 from conductor.web import summary
-from conductor.web.forms import field_errors, service_error
+from conductor.web.forms import SERVICE_ERRORS, field_errors, service_error
 from conductor.web.render import PageRoute, field, read_form, render
 from conductor.web.session import Reader, Writer
-from starrynight.errors import UserError
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 Form = Annotated[dict[str, list[str]], Depends(read_form)]
 SELECTION_FIELDS = ("assets", "plates", "wells", "stale_only")
 PAGE = 25
@@ -43,13 +44,13 @@ def _page(
     offset: int = 0,
 ) -> HTMLResponse:
     settings = settings_of(request)
-    listing = api.list_runs(project.id, request, session, limit=PAGE, offset=offset)
+    listing = service.list_runs(settings, session, project.id, limit=PAGE, offset=offset)
     found = summary.plates_and_wells(project.workspace_uri)
     try:
         assets = [a.name for a in graph_of(settings)]
         graph_error = None
-    except HTTPException as exc:
-        assets, graph_error = [], str(exc.detail)
+    except Unavailable as exc:
+        assets, graph_error = [], exc.detail
     return render(
         request,
         "runs.html",
@@ -101,19 +102,19 @@ def launch(
     except ValidationError as exc:
         return _page(request, session, project, 422, field_errors(exc), values)
     try:
-        run = api.launch_run(project_id, body, request, session, token)
-    except (UserError, HTTPException) as exc:
+        run = service.launch_run(settings_of(request), session, project_id, body, token)
+    except SERVICE_ERRORS as exc:
         session.rollback()
         return _page(request, session, project, 422, service_error(exc, SELECTION_FIELDS), values)
     return RedirectResponse(f"/ui/runs/{run['id']}", status_code=303)
 
 
 def _run_view(request: Request, session: Session, run_id: int) -> dict[str, Any]:
-    run = api.read_run(run_id, request, session)
+    run = service.read_run(settings_of(request), session, run_id)
     progress = run["progress"]
     total = progress.get("steps_total", 0)
     run["percent"] = round(100 * progress.get("steps_done", 0) / total) if total else 100
-    run["terminal"] = run["status"] in service.TERMINAL
+    run["terminal"] = run["status"] in TERMINAL
     return run
 
 
@@ -130,8 +131,9 @@ def run_status(run_id: RunId, request: Request, session: SessionDep, _token: Rea
     """The run as the page script polls it (same body as ``GET /api/v1/runs/{id}``)."""
     try:
         run = _run_view(request, session, run_id)
-    except HTTPException as exc:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    except ServiceError as exc:
+        answer = http_error(exc)
+        return JSONResponse({"detail": answer.detail}, answer.status, headers=answer.headers)
     return JSONResponse(jsonable(run))
 
 
@@ -149,19 +151,20 @@ def jsonable(value: Any) -> Any:
 @router.get("/runs/{run_id}/events")
 def run_events(run_id: RunId, request: Request, session: SessionDep, _token: Reader) -> Response:
     """Server-sent events of the run's Dagster events (the API's log stream, cookie auth)."""
-    return api.stream_run_logs(run_id, request, session)
+    factory = request.app.state.sessionmaker
+    return event_stream(service.run_log_events(settings_of(request), session, factory, run_id))
 
 
 @router.post("/runs/{run_id}/cancel", response_class=HTMLResponse)
 def cancel(run_id: RunId, request: Request, session: SessionDep, _token: Writer) -> Response:
     """Stop an active run; a finished one gives a readable 409."""
-    api.cancel_run(run_id, request, session)
+    service.cancel_run(settings_of(request), session, run_id)
     return RedirectResponse(f"/ui/runs/{run_id}", status_code=303)
 
 
 def _durations(request: Request, run: dict[str, Any]) -> list[dict[str, Any]]:
     ids = [step["dagster_run_id"] for step in run["steps"]]
-    seconds = service.step_seconds(settings_of(request), run["project_id"], ids)
+    seconds = step_seconds(settings_of(request), run["project_id"], ids)
     # A step that never started has no duration to show.
     return [{**step, "seconds": seconds.get(step["dagster_run_id"])} for step in run["steps"]]
 
@@ -181,7 +184,7 @@ def compare(
     for run_id in (a, b):
         run = _run_view(request, session, run_id)
         if run["project_id"] != project.id:
-            raise HTTPException(404, f"run {run_id} is not a run of project {project.name}")
+            raise NotFound(f"run {run_id} is not a run of project {project.name}")
         run["step_durations"] = _durations(request, run)
         end = run["finished_at"]
         run["seconds"] = round((end - run["created_at"]).total_seconds(), 2) if end else None

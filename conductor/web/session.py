@@ -12,10 +12,11 @@ import hmac
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from conductor.auth import match_token
+from conductor.auth import match_token, require_rw
+from conductor.errors import Forbidden
 from conductor.settings import Token
 from conductor.web.render import (
     COOKIE,
@@ -52,15 +53,13 @@ async def page_form(request: Request, form: Form) -> Token:
     """Any valid token and a form carrying its CSRF value."""
     token = await page_reader(request)
     if not hmac.compare_digest(field(form, "csrf"), csrf_value(token)):
-        raise HTTPException(403, "form expired or sent from another site; reload the page")
+        raise Forbidden("form expired or sent from another site; reload the page")
     return token
 
 
 async def page_writer(token: Annotated[Token, Depends(page_form)]) -> Token:
     """A ``rw`` token and a form carrying its CSRF value."""
-    if token.kind != "rw":
-        raise HTTPException(403, f"token {token.name!r} is read-only; this needs a rw token")
-    return token
+    return require_rw(token)
 
 
 Reader = Annotated[Token, Depends(page_reader)]

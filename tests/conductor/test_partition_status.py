@@ -14,6 +14,7 @@ from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, 
 
 from conductor import runs
 from conductor.graph import AssetInfo, partition_key, partition_values
+from conductor.runs import instances, snapshot
 from conductor.settings import Settings
 from tests.conductor.conftest import TOY, pg_create, pg_drop
 
@@ -162,7 +163,7 @@ def dagster_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         database_url="sqlite://", data_dir=tmp_path / "data", dagster_module=TOY, dagster_yaml=yaml
     )
     if name is not None:
-        runs._instance.cache_clear()  # close nothing explicitly: drop the pooled connections
+        instances._instance.cache_clear()  # close nothing explicitly: drop the pooled connections
         pg_drop(name)
 
 
@@ -196,7 +197,7 @@ def test_snapshot_follows_the_instance(
         return runs.partition_statuses(settings, pid, graph, ["Plate1"], wells, **kw)
 
     def uncached() -> dict[str, dict[str, str]]:
-        runs._SNAPSHOTS.clear()
+        snapshot._SNAPSHOTS.clear()
         return statuses()
 
     assert statuses()["corrected_cp"] == {"Plate1|A1": "missing", "Plate1|B02": "missing"}
@@ -233,5 +234,5 @@ def test_snapshot_follows_the_instance(
     inst.delete_run(run_id)  # no event at all: Dagster then calls it neither running nor failed
     assert statuses()["corrected_cp"] == {"Plate1|A1": "stale", "Plate1|B02": "done"}
 
-    monkeypatch.setattr(runs, "SNAPSHOT_MAX_AGE", 0.0)  # every call starts afresh
+    monkeypatch.setattr(snapshot, "SNAPSHOT_MAX_AGE", 0.0)  # every call starts afresh
     assert statuses()["corrected_cp"] == {"Plate1|A1": "stale", "Plate1|B02": "done"}
