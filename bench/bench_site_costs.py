@@ -3,7 +3,8 @@
 Generates a sample (1 plate, 1 well, SITES sites, CYCLES SBS cycles, SIZE x SIZE px),
 runs each ``starrynight`` step in a fresh process as a pipeline node would, and prints
 per step: wall seconds, CPU seconds (user + system of the step's process tree), peak RSS
-and bytes written, each per unit (site, or site x cycle for the SBS steps). The baseline,
+(of the step's largest process) and bytes written, each per unit (site, or site x cycle
+for the SBS steps). The baseline,
 measured in the same run, is reading every input image once with tifffile (the I/O
 floor); each step's CPU time per site is also printed as a ratio to that floor.
 ``docs/scaling.md`` scales these figures to a screen.
@@ -18,7 +19,6 @@ import argparse
 import glob
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,18 +34,23 @@ def tree_bytes(root: Path) -> int:
 
 def run_step(argv: list[str]) -> tuple[float, float, int]:
     """Wall s, CPU s and peak RSS (MB) of ``starrynight <argv>`` in a fresh process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "starrynight.cli", *argv], capture_output=True, text=True
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        sys.exit(f"error: starrynight {' '.join(argv)} failed: {proc.stderr.strip()[-500:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # ru_maxrss of children is the largest child so far (KiB on Linux)
-    return wall, cpu, after.ru_maxrss // 1024
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "starrynight.cli", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        # wait4 gives this child's own usage (RUSAGE_CHILDREN would mix in earlier ones)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip()[-500:]
+            sys.exit(f"error: starrynight {' '.join(argv)} failed: {tail}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss // 1024  # KiB on Linux
 
 
 def main() -> None:
