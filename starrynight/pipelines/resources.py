@@ -2,11 +2,12 @@
 
 One row per step (the step registry's names): CPU cores, memory of the first attempt,
 wall time, and the cap a retry after an out-of-memory kill may grow to (pipecraft asks
-for ``memory x attempt`` up to it, on every backend). Figures are for one node of the
-step at 1480 x 1480 px sites, 12 SBS cycles and the default ``--workers 2``, from
-``bench/bench_site_costs.py`` (see ``docs/scaling.md``) with head-room; the time is for
-a 1,536-site plate (per-plate steps) or a 4-site... 16-site well (per-well steps) on a
-slow core. A project overrides any field per step in its configuration::
+for ``memory x attempt`` up to it, on every backend). The memory figures are about twice
+the peak measured by ``bench/bench_site_costs.py`` for one process at 1480 x 1480 px and
+12 SBS cycles with ``--workers 1`` (the steps run ``--workers 2``), with head-room for
+denser images; the times cover a 1,536-site plate (per-plate steps) or a 256-site well
+(per-well steps) at the measured per-site CPU cost several times over. See
+``docs/scaling.md``. A project overrides any field per step in its configuration::
 
     "resources": {"segmentation": {"memory_mb": 8000, "time_min": 240},
                   "cell_features": {"queue": "bigmem"}}
@@ -64,20 +65,23 @@ class StepResources:
 
 #: Default resources per step (keys are the step registry's step names).
 DEFAULTS: Mapping[str, StepResources] = {
-    # per plate: listing and parsing file names; memory grows with the number of files
+    # per plate: listing and parsing ~10^4-10^5 file names (measured peaks 126-151 MB
+    # for a small plate; the tables grow with the files)
     "inventory": StepResources(cpus=1, memory_mb=1024, time_min=60, max_memory_mb=8192),
     "index": StepResources(cpus=1, memory_mb=2048, time_min=60, max_memory_mb=8192),
     "experiment": StepResources(cpus=1, memory_mb=1024, time_min=15, max_memory_mb=4096),
-    # per plate (CP) and per plate x cycle (SBS): streams every image, keeps one
-    # float64 accumulator per channel
+    # per plate (CP) and per plate x cycle (SBS): streams every image into one float
+    # accumulator per channel (peaks 382 / 490 MB)
     "illum_cp": StepResources(cpus=1, memory_mb=2048, time_min=240, max_memory_mb=8192),
     "illum_sbs": StepResources(cpus=1, memory_mb=2048, time_min=120, max_memory_mb=8192),
-    # per plate x well: sites in parallel (--workers 2), each holding its images in float
-    "corrected_cp": StepResources(cpus=2, memory_mb=3072, time_min=60, max_memory_mb=12288),
-    "aligned_sbs": StepResources(cpus=2, memory_mb=6144, time_min=120, max_memory_mb=24576),
-    "segmentation": StepResources(cpus=2, memory_mb=4096, time_min=120, max_memory_mb=16384),
-    "barcode_calls": StepResources(cpus=2, memory_mb=6144, time_min=120, max_memory_mb=24576),
-    "cell_features": StepResources(cpus=2, memory_mb=6144, time_min=120, max_memory_mb=24576),
+    # per plate x well, sites in parallel (--workers 2); peaks per process at
+    # --workers 1: corrected 241 MB, aligned 1,095 MB (12 cycles), segmentation 340 MB,
+    # barcodes 1,733 MB (12 cycles), features 516 MB
+    "corrected_cp": StepResources(cpus=2, memory_mb=2048, time_min=120, max_memory_mb=8192),
+    "aligned_sbs": StepResources(cpus=2, memory_mb=4096, time_min=180, max_memory_mb=16384),
+    "segmentation": StepResources(cpus=2, memory_mb=3072, time_min=180, max_memory_mb=12288),
+    "barcode_calls": StepResources(cpus=2, memory_mb=6144, time_min=180, max_memory_mb=24576),
+    "cell_features": StepResources(cpus=2, memory_mb=4096, time_min=180, max_memory_mb=16384),
     # per plate: one row per gene from every well's cell table
     "gene_summary": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
     DEFAULT_STEP: StepResources(cpus=1, memory_mb=2048, time_min=None, max_memory_mb=8192),

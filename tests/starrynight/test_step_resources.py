@@ -46,7 +46,7 @@ def test_overrides_change_only_what_they_name() -> None:
     assert seg.max_memory_mb == 32000
     assert resources_for("index", table) == resources_for("index")
     assert resources_for("whatever", table).time_min == 30
-    assert DEFAULTS["segmentation"].memory_mb == 4096  # the defaults are untouched
+    assert DEFAULTS["segmentation"].memory_mb == 3072  # the defaults are untouched
 
 
 @pytest.mark.parametrize(
