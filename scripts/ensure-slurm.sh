@@ -152,7 +152,9 @@ for _ in $(seq 1 60); do
   if up; then exit 0; fi
   # A node that was down when the controller last saw it comes back on its own
   # (ReturnToService=2); one that is drained from an earlier crash is resumed here.
-  scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true
+  if sinfo -h -n "$host" -o '%T' 2>/dev/null | grep -Eq '^(drain|drained|draining|down)'; then
+    scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true
+  fi
   sleep 0.5
 done
 echo "error: Slurm did not come up within 30 s; see /var/log/slurm/slurmctld.log and slurmd.log" >&2

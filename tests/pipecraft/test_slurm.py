@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from pipecraft import (
     Seq,
 )
 from pipecraft.backends.slurm import SlurmBackend
-from pipecraft.testing import DEMO_EXPECTED, demo_pipeline
+from pipecraft.testing import DEMO_EXPECTED, demo_pipeline, write_text
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +152,38 @@ def test_out_of_memory_at_the_cap_and_other_failures(slurm: None, tmp_path: Path
     reason = h.failures()["hog"]
     assert "OUT_OF_MEMORY" in reason
     assert reason.endswith("out of memory with 300 MB (the cap, 300 MB), not retried")
+
+
+def test_cancel_stops_running_and_queued_jobs(slurm: None, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    slow = Command(
+        name="slow",
+        argv=[PY, "-c", f"import time; open({str(started)!r}, 'w').close(); time.sleep(120)"],
+    )
+    nxt = Command(name="next", argv=["true"])
+    h = backend(tmp_path).run(Pipeline("c", Seq(slow, nxt)))
+    while not started.exists():
+        assert not h.status().done, h.logs("slow")
+        threading.Event().wait(0.1)
+    assert h.status() is RunStatus.RUNNING
+    h.cancel()
+    assert h.wait(60) is RunStatus.CANCELLED
+    assert states(h) == {"slow": "cancelled", "next": "cancelled"}
+    assert h.failures() == {}
+
+
+def test_pyfunction_nodes_run_in_jobs(slurm: None, tmp_path: Path) -> None:
+    out = tmp_path / "f.txt"
+    node = PyFunction(
+        name="py",
+        func=write_text,
+        kwargs={"path": str(out), "text": "it's {ok}"},
+        outputs=[str(out)],
+    )
+    h = backend(tmp_path).run(Pipeline("py", node))
+    assert h.wait(60) is RunStatus.SUCCEEDED, h.logs("py")
+    assert out.read_text() == "it's {ok}"
+    assert f"wrote {out}" in h.log_lines("py")
 
 
 def test_resources_partition_and_account_reach_sbatch(tmp_path: Path) -> None:
