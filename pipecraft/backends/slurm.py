@@ -8,6 +8,10 @@ environment, runs its argv, appends to ``<workdir>/logs/<node>.log`` and, on suc
 touches ``<workdir>/flags/<node>-<hash>.done``; a later run skips a node whose flag and
 outputs exist unless a node it depends on runs again.
 
+A node whose job from an earlier run is still queued or running (the submitting process
+died, or Dagster retried the run) is followed, not submitted twice: the job id is kept in
+``<workdir>/state/<node>.job``.
+
 Retries keep the job's id, so its dependants keep waiting on it: a failed job with
 attempts left is requeued held (``scontrol requeuehold``), given its new memory
 (``memory_mb x attempt`` after ``OUT_OF_MEMORY``, the same otherwise; see
@@ -173,7 +177,38 @@ class SlurmBackend:
         """File where the job leaves its exit status (read once Slurm forgets the job)."""
         return self.workdir / "state" / f"{safe_filename(node)}.rc"
 
+    def job_record(self, node: str) -> Path:
+        """File naming the Slurm job of ``node``'s latest submission (and what it runs)."""
+        return self.workdir / "state" / f"{safe_filename(node)}.job"
+
     # -- submission ----------------------------------------------------------------
+
+    def _live_jobs(self, dag: DAG, names: list[str]) -> dict[str, _Job]:
+        """Jobs of an earlier run of the same nodes that are still queued or running."""
+        recorded: dict[str, str] = {}
+        for n in names:
+            try:
+                job_id, fingerprint = self.job_record(n).read_text().split()
+            except (OSError, ValueError):
+                continue
+            if fingerprint == dag.nodes[n].fingerprint():
+                recorded[n] = job_id
+        if not recorded:
+            return {}
+        proc = self.slurm(
+            "squeue", "-h", "-j", ",".join(recorded.values()), "-o", "%i|%T|%m", check=False
+        )
+        seen = {}
+        for line in proc.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                seen[parts[0]] = parts
+        out = {}
+        for n, job_id in recorded.items():
+            if job_id in seen and seen[job_id][1] in _RUNNING | _PENDING:
+                memory = _memory_mb(seen[job_id][2]) or dag.nodes[n].resources.memory_mb
+                out[n] = _Job(n, job_id, memory, state=seen[job_id][1])
+        return out
 
     def job_script(self, node: Node) -> str:
         """Text of the batch script that runs ``node``."""
@@ -251,9 +286,20 @@ class SlurmBackend:
         self.slurm("squeue", "--version")
         names = self.to_run(dag)
         handle = SlurmRunHandle(dag, self)
+        live = self._live_jobs(dag, names)
         try:
             for n in names:
                 node = dag.nodes[n]
+                old = live.get(n)
+                if old is not None and all(
+                    d in handle.adopted or d not in handle.jobs for d in dag.deps[n]
+                ):
+                    # still queued or running from an earlier run of this node: follow it
+                    handle.jobs[n] = old
+                    handle.adopted.add(n)
+                    continue
+                if old is not None:  # it waits on a job that is being replaced
+                    self.slurm("scancel", old.job_id, check=False)
                 self.flag_path(node).unlink(missing_ok=True)
                 self.rc_path(n).unlink(missing_ok=True)
                 self.log_path(n).unlink(missing_ok=True)
@@ -269,6 +315,7 @@ class SlurmBackend:
                         f"sbatch printed {proc.stdout.strip()!r}, expected a job id"
                     )
                 handle.jobs[n] = _Job(n, m.group(1), node.resources.memory_mb)
+                self.job_record(n).write_text(f"{m.group(1)} {node.fingerprint()}\n")
         except BaseException:
             handle.cancel()  # never leave half a pipeline queued
             raise
@@ -286,6 +333,8 @@ class SlurmRunHandle(RunHandle):
         self.backend = backend
         self.jobs: dict[str, _Job] = {}
         self.skipped: set[str] = set()
+        #: nodes whose job, still queued or running from an earlier run, was taken over
+        self.adopted: set[str] = set()
         self._cancelled = False
         self._lock = threading.RLock()
 
@@ -490,6 +539,15 @@ class SlurmRunHandle(RunHandle):
                 for n, s in states.items()
                 if s is NodeState.FAILED and n in self.jobs
             }
+
+
+def _memory_mb(text: str) -> int | None:
+    """MiB from squeue's ``%m`` (``2000M``, ``4G``)."""
+    m = re.match(r"^(\d+)([KMGT]?)$", text.strip())
+    if not m:
+        return None
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[m.group(2)]
+    return int(int(m.group(1)) * scale)
 
 
 def _last_line(path: Path) -> str:

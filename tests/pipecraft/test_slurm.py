@@ -172,6 +172,38 @@ def test_cancel_stops_running_and_queued_jobs(slurm: None, tmp_path: Path) -> No
     assert h.failures() == {}
 
 
+def test_a_new_run_follows_jobs_an_earlier_one_left_running(slurm: None, tmp_path: Path) -> None:
+    # The submitting process goes away (here: its handle is dropped); a new run of the
+    # same pipeline takes over the queued and running jobs instead of submitting twice.
+    started, block, count = tmp_path / "started", tmp_path / "block", tmp_path / "count"
+    block.touch()
+    wait = (
+        f"import os, pathlib, time; c = pathlib.Path({str(count)!r}); "
+        "c.write_text(str(int(c.read_text()) + 1 if c.exists() else 1)); "
+        f"open({str(started)!r}, 'w').close()\n"
+        f"while os.path.exists({str(block)!r}): time.sleep(0.1)"
+    )
+    p = Pipeline(
+        "k",
+        Seq(
+            Command(name="slow", argv=[PY, "-c", wait]),
+            Command(name="last", argv=["true"]),
+        ),
+    )
+    first = backend(tmp_path).run(p)
+    ids = first.job_ids()
+    while not started.exists():
+        threading.Event().wait(0.1)
+    del first
+    again = backend(tmp_path).run(p)
+    assert again.job_ids() == ids and again.adopted == {"slow", "last"}
+    block.unlink()
+    assert again.wait(60) is RunStatus.SUCCEEDED
+    assert count.read_text() == "1"
+    third = backend(tmp_path).run(p)
+    assert third.job_ids() == {} and states(third) == {"slow": "skipped", "last": "skipped"}
+
+
 def test_pyfunction_nodes_run_in_jobs(slurm: None, tmp_path: Path) -> None:
     out = tmp_path / "f.txt"
     node = PyFunction(
