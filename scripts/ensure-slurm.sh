@@ -9,6 +9,7 @@
 #
 # Environment: SLURM_CONF_DIR (default /etc/slurm), SLURM_PARTITION (default debug).
 set -euo pipefail
+trap 'echo "error: scripts/ensure-slurm.sh line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
 conf_dir=${SLURM_CONF_DIR:-/etc/slurm}
 partition=${SLURM_PARTITION:-debug}
@@ -129,12 +130,16 @@ if ! pgrep -x munged >/dev/null; then
   chmod 400 /etc/munge/munge.key
   runuser -u munge -- /usr/sbin/munged
 fi
+if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+  echo "error: munged does not answer (see /var/log/munge/munged.log)" >&2
+  exit 1
+fi
 
 # A changed configuration needs both daemons restarted; stop them by their pid files.
 stop() {
   local pidfile=$1
   if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    kill "$(cat "$pidfile")"
+    kill "$(cat "$pidfile")" 2>/dev/null || true  # it may have just exited
     for _ in $(seq 1 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
   fi
 }
