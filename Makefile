@@ -66,9 +66,11 @@ postgres:  ## Make sure the local PostgreSQL cluster answers on 127.0.0.1:5432.
 	@scripts/ensure-postgres.sh
 
 # A single-node Slurm cluster (slurm-wlm + munge; installed when missing and root) for the
-# Slurm backend's tests; quick when it is already up.
+# Slurm backend's tests; quick when it is already up. Without one (not root, no Slurm) the
+# Slurm tests are skipped, except under CI=true, where this target and they fail.
 slurm:  ## Make sure a single-node Slurm cluster runs on this machine.
-	@scripts/ensure-slurm.sh
+	@scripts/ensure-slurm.sh || { if [ -n "$$CI" ]; then exit 1; fi; \
+	  echo "warning: no Slurm cluster; the Slurm tests will be skipped" >&2; }
 
 # CellProfiler 4.2.8 needs Python 3.9 and Java, so it gets its own venv; `starrynight cp run`
 # and the CellProfiler comparison test use it. Not installable here is a warning, not a stop
