@@ -3,7 +3,8 @@
 #
 # Installs Debian's slurm-wlm and munge when missing (root only), writes a slurm.conf for
 # this host (partition "debug", scheduling intervals tuned low so tests stay quick, memory
-# enforced through cgroup v1 and, as a second line, by the job accounting poller), then
+# enforced through cgroup v1, or by the job accounting poller where cgroups are not
+# writable), then
 # starts munged, slurmctld and slurmd. Idempotent: a cluster that already answers and runs
 # with this script's configuration is left alone (about 0.1 s).
 #
@@ -65,8 +66,8 @@ MpiDefault=none
 ProctrackType=$proctrack
 TaskPlugin=$task
 # Memory is a consumable resource and a hard limit: the cgroup's when cgroup v1 is
-# writable, else the accounting poller kills a job over its --mem (state OUT_OF_MEMORY
-# either way). Slurm refuses to run both at once.
+# writable (a job over its --mem ends OUT_OF_MEMORY, checked by the tests), else the
+# accounting poller kills it (not exercised here). Slurm refuses to run both at once.
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=$gather
