@@ -4,8 +4,7 @@
 # Installs Debian's slurm-wlm and munge when missing (root only), writes a slurm.conf for
 # this host (partition "debug", scheduling intervals tuned low so tests stay quick, memory
 # enforced through cgroup v1, or by the job accounting poller where cgroups are not
-# writable), then
-# starts munged, slurmctld and slurmd. Idempotent: a cluster that already answers and runs
+# writable), then starts munged, slurmctld and slurmd. Idempotent: a cluster that already answers and runs
 # with this script's configuration is left alone (about 0.1 s).
 #
 # Environment: SLURM_CONF_DIR (default /etc/slurm), SLURM_PARTITION (default debug).
@@ -141,7 +140,7 @@ stop() {
   local pidfile=$1
   if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     kill "$(cat "$pidfile")" 2>/dev/null || true  # it may have just exited
-    for _ in $(seq 1 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 50); do kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
   fi
 }
 if [ "$changed" = yes ]; then
