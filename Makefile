@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench ui serve lint format postgres cellprofiler chromium wrk clean
+.PHONY: install demo test bench ui serve lint format postgres slurm cellprofiler chromium wrk clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: python3.11 (or python3 >= 3.11) not found on PATH" >&2; exit 1; }
@@ -47,7 +47,7 @@ serve: install  ## Conductor REST API + Canvas on http://127.0.0.1:8000 (SQLite 
 	  echo "Canvas: http://127.0.0.1:8000/ - sign in with $$(cut -d: -f2 .conductor/tokens)"; \
 	fi; exec $(BIN)/conductor serve --host 127.0.0.1 --port 8000
 
-test: install postgres cellprofiler chromium  ## Run the whole test suite (PostgreSQL must be reachable).
+test: install postgres slurm cellprofiler chromium  ## Run the whole test suite (PostgreSQL and Slurm must be reachable).
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -64,6 +64,13 @@ format: install
 
 postgres:  ## Make sure the local PostgreSQL cluster answers on 127.0.0.1:5432.
 	@scripts/ensure-postgres.sh
+
+# A single-node Slurm cluster (slurm-wlm + munge; installed when missing and root) for the
+# Slurm backend's tests; quick when it is already up. Without one (not root, no Slurm) the
+# Slurm tests are skipped, except under CI=true, where this target and they fail.
+slurm:  ## Make sure a single-node Slurm cluster runs on this machine.
+	@scripts/ensure-slurm.sh || { if [ -n "$$CI" ]; then exit 1; fi; \
+	  echo "warning: no Slurm cluster; the Slurm tests will be skipped" >&2; }
 
 # CellProfiler 4.2.8 needs Python 3.9 and Java, so it gets its own venv; `starrynight cp run`
 # and the CellProfiler comparison test use it. Not installable here is a warning, not a stop

@@ -6,9 +6,11 @@ its environment names:
 - ``STARRYNIGHT_PROJECT_FILE``: optional JSON file with the fields ``dataset_uri``,
   ``workspace_uri``, ``backend``, ``backend_options`` (and optionally ``experiment_file``,
   ``stable_seconds``, ``qc``, ``tick_seconds`` — seconds between the daemon's sensor
-  and automation ticks, default 30);
+  and automation ticks, default 30 —, ``resources`` — per-step overrides of
+  :data:`starrynight.pipelines.resources.DEFAULTS`);
 - ``STARRYNIGHT_DATASET_URI``, ``STARRYNIGHT_WORKSPACE_URI``, ``STARRYNIGHT_BACKEND``
-  (``local`` | ``snakemake`` | ``aws_batch``; default ``local``) override the file.
+  (``local`` | ``snakemake`` | ``slurm`` | ``aws_batch``; default ``local``) override
+  the file.
 
 A code location loads even when nothing is configured (the UI then says so); assets and
 the sensor refuse to run with one clear message instead.
@@ -26,12 +28,14 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from pipecraft import AwsBatchBackend, Backend, LocalBackend, SnakemakeBackend
+from pipecraft import AwsBatchBackend, Backend, LocalBackend, SlurmBackend, SnakemakeBackend
 from pipecraft.errors import PipecraftError
 from starrynight import storage
+from starrynight.errors import UserError
 from starrynight.pipelines import Runner
+from starrynight.pipelines.resources import StepResources, step_table
 
-BACKENDS = ("local", "snakemake", "aws_batch")
+BACKENDS = ("local", "snakemake", "slurm", "aws_batch")
 _PROJECT_KEYS = {
     "dataset_uri",
     "workspace_uri",
@@ -41,6 +45,7 @@ _PROJECT_KEYS = {
     "stable_seconds",
     "tick_seconds",
     "qc",
+    "resources",
 }
 
 
@@ -100,7 +105,7 @@ class StarryNightProject(dg.ConfigurableResource):
 class PipecraftBackend(dg.ConfigurableResource):
     """The pipecraft backend every asset hands its pipeline to."""
 
-    kind: str = Field("local", description="local, snakemake or aws_batch.")
+    kind: str = Field("local", description="local, snakemake, slurm or aws_batch.")
     workdir: str | None = Field(
         None,
         description="Local folder for node logs and markers "
@@ -113,6 +118,22 @@ class PipecraftBackend(dg.ConfigurableResource):
     image: str | None = Field(None, description="AWS Batch container image.")
     region: str | None = Field(None, description="AWS region.")
     staging_uri: str | None = Field(None, description="s3:// prefix for large array specs.")
+    partition: str | None = Field(None, description="Slurm partition (default: the cluster's).")
+    account: str | None = Field(None, description="Slurm account charged for the jobs.")
+    qos: str | None = Field(None, description="Slurm quality of service.")
+    sbatch_args: list[str] = Field(
+        default_factory=list, description="Further sbatch options for every Slurm job."
+    )
+    max_memory_mb: int | None = Field(
+        None,
+        description="Largest memory an out-of-memory retry may ask for on this cluster or "
+        "queue (Slurm, AWS Batch), besides each step's own cap.",
+    )
+    step_resources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-step overrides of the default resources (the project's "
+        "'resources'): cpus, memory_mb, time_min, max_memory_mb, queue, account.",
+    )
     poll_seconds: float = Field(1.0, description="Interval between status relays.")
     log_tail: int = Field(200, description="Last log lines of each node relayed to Dagster.")
     cli: list[str] | None = Field(
@@ -129,6 +150,10 @@ class PipecraftBackend(dg.ConfigurableResource):
             argv = (sys.executable, "-m", "starrynight.cli")
         image = self.image if self.kind == "aws_batch" else None
         return Runner(argv=argv, image=image, env=dict(env or {}), workers=self.step_workers)
+
+    def step_table(self) -> dict[str, StepResources]:
+        """Resources per step: the defaults with this project's overrides."""
+        return step_table(self.step_resources)
 
     def build(self, workspace: str) -> Backend:
         """The pipecraft backend for ``workspace``.
@@ -151,8 +176,25 @@ class PipecraftBackend(dg.ConfigurableResource):
                     staging_uri=self.staging_uri,
                     poll_first=min(self.poll_seconds, 1.0),
                     poll_max=max(self.poll_seconds, 1.0),
+                    max_memory_mb=self.max_memory_mb,
                 )
             workdir = self.workdir or default_workdir(workspace, self.kind)
+            if self.kind == "slurm":
+                if storage.is_s3(workspace) and not self.workdir:
+                    raise ConfigError(
+                        "backend slurm needs backend_options.workdir (a folder every compute "
+                        "node sees) when the workspace is on s3://"
+                    )
+                return SlurmBackend(
+                    workdir,
+                    partition=self.partition,
+                    account=self.account,
+                    qos=self.qos,
+                    sbatch_args=self.sbatch_args,
+                    max_memory_mb=self.max_memory_mb,
+                    poll_first=min(self.poll_seconds, 1.0),
+                    poll_max=max(self.poll_seconds, 1.0),
+                )
             if self.kind == "snakemake":
                 return SnakemakeBackend(workdir, cores=self.max_workers, executor=self.executor)
             if self.kind == "local":
@@ -219,12 +261,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     options = settings.setdefault("backend_options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"backend_options {options!r}: expected a JSON object")
-    known = set(PipecraftBackend.model_fields) - {"kind"}
+    known = set(PipecraftBackend.model_fields) - {"kind", "step_resources"}
     unknown = set(options) - known
     if unknown:
         raise ConfigError(
             f"backend_options: unknown field(s) {sorted(unknown)}: expected some of {sorted(known)}"
         )
+    try:
+        step_table(settings.get("resources"))
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
     return settings
 
 
@@ -239,5 +285,9 @@ def build_resources(settings: Mapping[str, Any]) -> dict[str, Any]:
         project_kw["stable_seconds"] = float(settings["stable_seconds"])
     if settings.get("qc"):
         project_kw["qc"] = QCThresholds(**settings["qc"])
-    backend = PipecraftBackend(kind=settings.get("backend", "local"), **settings["backend_options"])
+    backend = PipecraftBackend(
+        kind=settings.get("backend", "local"),
+        step_resources=dict(settings.get("resources") or {}),
+        **settings["backend_options"],
+    )
     return {"project": StarryNightProject(**project_kw), "backend": backend}

@@ -1,4 +1,4 @@
-"""Pipecraft: domain-agnostic pipelines with local, Snakemake and AWS Batch backends.
+"""Pipecraft: domain-agnostic pipelines with local, Snakemake, Slurm and AWS Batch backends.
 
 A module author describes work as nodes (:class:`Command`, :class:`PyFunction`) composed
 with :class:`Seq`, :class:`Parallel` and :class:`Scatter` into a :class:`Pipeline`; an
@@ -9,6 +9,7 @@ the science built on it and imports nothing from it.
 from pipecraft.backends.aws_batch import AwsBatchBackend
 from pipecraft.backends.base import Backend, NodeState, RunHandle, RunStatus
 from pipecraft.backends.local import LocalBackend
+from pipecraft.backends.slurm import SlurmBackend
 from pipecraft.backends.snakemake import SnakemakeBackend
 from pipecraft.errors import BackendConfigError, PipecraftError, PipelineError
 from pipecraft.node import Command, Node, PyFunction, Resources
@@ -33,5 +34,6 @@ __all__ = [
     "RunStatus",
     "Scatter",
     "Seq",
+    "SlurmBackend",
     "SnakemakeBackend",
 ]

@@ -35,11 +35,26 @@ class Resources:
     cpus : int
         Number of CPU cores the node uses (>= 1).
     memory_mb : int
-        Memory the node needs, in MiB (>= 1).
+        Memory the node needs on its first attempt, in MiB (>= 1).
+    time_min : int, optional
+        Wall-time limit in minutes (Slurm ``--time``, AWS Batch attempt timeout); None
+        leaves it to the cluster's default.
+    max_memory_mb : int, optional
+        Cap on the memory of retries after an out-of-memory failure, which ask for
+        ``memory_mb x attempt`` (see :mod:`pipecraft.retry`); None means no cap but the
+        backend's own.
+    queue : str, optional
+        Where to run: the Slurm partition or AWS Batch job queue (None: the backend's).
+    account : str, optional
+        Slurm account charged for the job (None: the backend's; ignored elsewhere).
     """
 
     cpus: int = 1
     memory_mb: int = 1024
+    time_min: int | None = None
+    max_memory_mb: int | None = None
+    queue: str | None = None
+    account: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.cpus, int) or self.cpus < 1:
@@ -48,6 +63,31 @@ class Resources:
             raise PipelineError(
                 f"Resources.memory_mb: got {self.memory_mb!r}, expected an integer >= 1"
             )
+        if self.time_min is not None and (not isinstance(self.time_min, int) or self.time_min < 1):
+            raise PipelineError(
+                f"Resources.time_min: got {self.time_min!r}, expected an integer >= 1 or None"
+            )
+        if self.max_memory_mb is not None and (
+            not isinstance(self.max_memory_mb, int) or self.max_memory_mb < self.memory_mb
+        ):
+            raise PipelineError(
+                f"Resources.max_memory_mb: got {self.max_memory_mb!r}, expected an integer >= "
+                f"memory_mb ({self.memory_mb}) or None"
+            )
+        for name in ("queue", "account"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise PipelineError(
+                    f"Resources.{name}: got {value!r}, expected a non-empty name or None"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form; hints left at None are omitted."""
+        d: dict[str, Any] = {"cpus": self.cpus, "memory_mb": self.memory_mb}
+        for name in ("time_min", "max_memory_mb", "queue", "account"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
+        return d
 
 
 def normalize_path(path: str) -> str:
@@ -153,7 +193,7 @@ class Node:
             "name": self.name,
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
-            "resources": {"cpus": self.resources.cpus, "memory_mb": self.resources.memory_mb},
+            "resources": self.resources.to_dict(),
             "retries": self.retries,
             "env": dict(self.env),
         }

@@ -26,10 +26,14 @@ from pipecraft.backends.base import NodeState, RunHandle, RunStatus, overall_sta
 from pipecraft.errors import BackendConfigError
 from pipecraft.node import Node, node_argv
 from pipecraft.pipeline import DAG, Pipeline, as_dag
+from pipecraft.retry import describe_oom, memory_cap, next_memory
 
 MAX_DEPENDS_ON = 20
 MAX_ARRAY_SIZE = 10_000
 CANCEL_REASON = "cancelled by pipecraft"
+#: How Batch says a container was killed for memory ("OutOfMemoryError: Container killed
+#: due to memory usage").
+OOM_REASON = "OutOfMemoryError"
 _JOB_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
 _BATCH_STATES = {
@@ -66,6 +70,10 @@ class Submission:
     # Array dependencies whose child k needs only child k: Batch starts each child as
     # soon as its own upstream child succeeded, not after the whole upstream array.
     n_to_n: set[str] = field(default_factory=set)
+    #: memory of a retry after OutOfMemoryError (None: the node's request)
+    memory_mb: int | None = None
+    #: attempts left for Batch's own retries (None: the node's retries + 1)
+    attempts: int | None = None
 
 
 class AwsBatchBackend:
@@ -94,6 +102,9 @@ class AwsBatchBackend:
         First and longest pause, in seconds, between status polls (doubling backoff).
     max_inline_bytes : int
         Largest array spec passed inline in the command.
+    max_memory_mb : int, optional
+        Cap on a retry's memory (the largest instance the queue's compute environment
+        starts), besides each node's ``Resources.max_memory_mb``.
     """
 
     def __init__(
@@ -112,6 +123,7 @@ class AwsBatchBackend:
         poll_first: float = 1.0,
         poll_max: float = 30.0,
         max_inline_bytes: int = 6000,
+        max_memory_mb: int | None = None,
     ) -> None:
         if not isinstance(job_queue, str) or not job_queue:
             raise BackendConfigError(
@@ -148,6 +160,11 @@ class AwsBatchBackend:
         self.poll_first = poll_first
         self.poll_max = poll_max
         self.max_inline_bytes = max_inline_bytes
+        if max_memory_mb is not None and (not isinstance(max_memory_mb, int) or max_memory_mb < 1):
+            raise BackendConfigError(
+                f"AwsBatchBackend max_memory_mb={max_memory_mb!r}: expected an integer >= 1"
+            )
+        self.max_memory_mb = max_memory_mb
 
     # -- clients -------------------------------------------------------------------
 
@@ -343,26 +360,33 @@ class AwsBatchBackend:
     def _submit_kwargs(
         self, dag: DAG, s: Submission, definition: str, ids: dict[str, str]
     ) -> dict[str, Any]:
+        queue = self.job_queue
         if s.nodes:
             node = dag.nodes[s.nodes[0]]
             res, retries = node.resources, node.retries
             env = {**self.environment, **(node.env if s.array_size is None else {})}
+            memory = s.memory_mb or res.memory_mb
+            vcpus = res.cpus
+            queue = res.queue or queue
         else:  # barrier
-            res, retries, env = None, 0, {}
+            res, retries, env, memory, vcpus = None, 0, {}, 128, 1
+        attempts = s.attempts if s.attempts is not None else retries + 1
         kwargs: dict[str, Any] = {
             "jobName": s.name,
-            "jobQueue": self.job_queue,
+            "jobQueue": queue,
             "jobDefinition": definition,
             "containerOverrides": {
                 "command": s.command,
                 "environment": [{"name": k, "value": v} for k, v in sorted(env.items())],
                 "resourceRequirements": [
-                    {"type": "VCPU", "value": str(res.cpus if res else 1)},
-                    {"type": "MEMORY", "value": str(res.memory_mb if res else 128)},
+                    {"type": "VCPU", "value": str(vcpus)},
+                    {"type": "MEMORY", "value": str(memory)},
                 ],
             },
-            "retryStrategy": {"attempts": retries + 1},
+            "retryStrategy": retry_strategy(attempts),
         }
+        if res is not None and res.time_min is not None:
+            kwargs["timeout"] = {"attemptDurationSeconds": max(60, res.time_min * 60)}
         if s.depends_on:
             kwargs["dependsOn"] = [
                 {"jobId": ids[d], "type": "N_TO_N"} if d in s.n_to_n else {"jobId": ids[d]}
@@ -371,6 +395,27 @@ class AwsBatchBackend:
         if s.array_size:
             kwargs["arrayProperties"] = {"size": s.array_size}
         return kwargs
+
+
+def retry_strategy(attempts: int) -> dict[str, Any]:
+    """Batch's retry strategy: retry any failure but one for memory, which pipecraft
+    resubmits itself with more memory (Batch would retry with the same request)."""
+    strategy: dict[str, Any] = {"attempts": attempts}
+    if attempts > 1:
+        strategy["evaluateOnExit"] = [
+            {"onReason": f"{OOM_REASON}*", "action": "EXIT"},
+            {"onReason": "*", "action": "RETRY"},
+        ]
+    return strategy
+
+
+def is_out_of_memory(job: dict[str, Any]) -> bool:
+    """Whether a failed Batch job's last attempt was killed for memory."""
+    texts = [job.get("statusReason"), job.get("container", {}).get("reason")]
+    attempts = job.get("attempts") or []
+    if attempts:
+        texts += [attempts[-1].get("statusReason"), attempts[-1].get("container", {}).get("reason")]
+    return any(t and OOM_REASON in t for t in texts)
 
 
 def _unit_order(unit_deps: list[list[int]]) -> list[int] | None:
@@ -434,6 +479,11 @@ class AwsBatchRunHandle(RunHandle):
         self._cancelled = False
         self._lock = threading.Lock()
         self._jobs: dict[str, dict[str, Any]] = {}  # job id -> last description
+        # out-of-memory retries: attempts spent by replaced jobs, and why a node stopped
+        self._spent: dict[str, int] = {}
+        self._oom_final: dict[str, str] = {}
+        self._retried: set[str] = set()  # job ids already resubmitted
+        self._definitions: dict[str, str] = {}
 
     def _node_job_ids(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -459,6 +509,105 @@ class AwsBatchRunHandle(RunHandle):
             with self._lock:
                 for job in resp.get("jobs", []):
                     self._jobs[job["jobId"]] = job
+        if not self._cancelled:
+            self._retry_out_of_memory()
+
+    # -- out-of-memory retries -----------------------------------------------------
+
+    def _current(self) -> dict[str, tuple[Submission, int]]:
+        """Each node's latest submission and its index in it."""
+        out: dict[str, tuple[Submission, int]] = {}
+        for s in self.submissions:
+            for i, n in enumerate(s.nodes):
+                out[n] = (s, i)
+        return out
+
+    def _retry_out_of_memory(self) -> None:
+        """Resubmit nodes killed for memory with more of it (and what waited on them)."""
+        job_ids = self._node_job_ids()
+        for n in list(self.dag.nodes):
+            job_id = job_ids.get(n)
+            job = self._jobs.get(job_id or "", {})
+            if job.get("status") != "FAILED" or job_id in self._retried:
+                continue
+            if not is_out_of_memory(job) or n in self._oom_final:
+                continue
+            self._retried.add(job_id or "")
+            node = self.dag.nodes[n]
+            sub, _ = self._current()[n]
+            memory = sub.memory_mb or node.resources.memory_mb
+            spent = self._spent.get(n, 0) + max(1, len(job.get("attempts") or []))
+            cap = memory_cap(node.resources, self.backend.max_memory_mb)
+            grown = next_memory(node.resources, spent, memory, True, self.backend.max_memory_mb)
+            if spent > node.retries or grown is None:
+                self._oom_final[n] = describe_oom(memory, cap) + (
+                    ", not retried" if grown is None else f" after {spent} attempt(s)"
+                )
+                continue
+            self._spent[n] = spent
+            self._resubmit(n, grown, node.retries + 1 - spent)
+
+    def _affected(self, node: str) -> list[str]:
+        """Nodes whose current job fails because ``node``'s job failed (Batch fails
+        dependants at once; ``N_TO_N`` children only for their own index)."""
+        current = self._current()
+        start, index = current[node]
+        hit: dict[str, set[int] | None] = {start.name: {index} if start.array_size else None}
+        for s in self.submissions:
+            for d in s.depends_on:
+                if d not in hit:
+                    continue
+                if d in s.n_to_n and hit[d] is not None and s.array_size:
+                    got = hit.setdefault(s.name, set())
+                    if got is not None:
+                        got |= hit[d] or set()
+                else:
+                    hit[s.name] = None
+        out = []
+        for n in self.dag.nodes:
+            s, i = current[n]
+            wanted = s.name in hit and (hit[s.name] is None or i in (hit[s.name] or ()))
+            if wanted and (n == node or self._state_of(n) is not NodeState.SUCCEEDED):
+                out.append(n)
+        return out
+
+    def _state_of(self, node: str) -> NodeState:
+        job = self._jobs.get(self._node_job_ids().get(node, ""), {})
+        return _BATCH_STATES.get(job.get("status", ""), NodeState.PENDING)
+
+    def _resubmit(self, node: str, memory_mb: int, attempts: int) -> None:
+        b = self.backend
+        affected = self._affected(node)
+        inside = set(affected)
+        current = self._current()
+        ids = {s.name: s.job_id for s in self.submissions if s.job_id}
+        new_name: dict[str, str] = {}
+        round_ = len(self._retried)
+        for n in affected:
+            nd = self.dag.nodes[n]
+            image = b._image(nd)
+            name = job_name(self.dag.name, self.run_id, f"retry{round_}", n)
+            deps: list[str] = []
+            for d in self.dag.deps[n]:
+                dep = new_name[d] if d in inside else current[d][0].name
+                if (
+                    d in inside or self._state_of(d) is not NodeState.SUCCEEDED
+                ) and dep not in deps:
+                    deps.append(dep)
+            fresh: list[Submission] = []
+            deps = _barriers(deps, name, image, fresh)
+            sub = Submission(name, [n], image, node_argv(nd, b.python, with_env=False), None, deps)
+            if n == node:
+                sub.memory_mb, sub.attempts = memory_mb, attempts
+            fresh.append(sub)
+            if image not in self._definitions:
+                self._definitions[image] = b.job_definition(image)
+            for f in fresh:
+                kwargs = b._submit_kwargs(self.dag, f, self._definitions[image], ids)
+                f.job_id = b.client.submit_job(**kwargs)["jobId"]
+                ids[f.name] = f.job_id
+                self.submissions.append(f)
+            new_name[n] = name
 
     def _states(self) -> tuple[dict[str, NodeState], dict[str, str]]:
         job_ids = self._node_job_ids()
@@ -479,6 +628,8 @@ class AwsBatchRunHandle(RunHandle):
                         st = NodeState.UPSTREAM_FAILED
                     else:
                         reasons[n] = _failure_reason(job)
+                        if n in self._oom_final:
+                            reasons[n] += f"; {self._oom_final[n]}"
                 if st in (NodeState.FAILED, NodeState.UPSTREAM_FAILED):
                     bad.add(n)
                 elif self._cancelled and not st.done:

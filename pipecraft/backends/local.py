@@ -34,6 +34,7 @@ from pipecraft.backends.base import NodeState, RunHandle, RunStatus, overall_sta
 from pipecraft.errors import BackendConfigError
 from pipecraft.node import Command, Node, PyFunction
 from pipecraft.pipeline import DAG, Pipeline, _exists, as_dag
+from pipecraft.retry import OOM_EXIT_CODES, describe_oom, memory_cap, next_memory
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=@+-]")
 
@@ -359,6 +360,7 @@ class LocalRunHandle(RunHandle):
             self._journal.revoke(self.marker(node.name))
         attempts = node.retries + 1
         reason = "failed"
+        memory = node.resources.memory_mb
         path = self.log_path(node.name)
         path.unlink(missing_ok=True)
         log: Any = open(path, "w", buffering=1) if isinstance(node, Command) else _LazyLog(path)  # noqa: SIM115
@@ -367,9 +369,10 @@ class LocalRunHandle(RunHandle):
                 if self._cancel.is_set():
                     return NodeState.CANCELLED, None
                 if attempts > 1:
-                    log.write(f"=== pipecraft: attempt {attempt}/{attempts}\n")
+                    log.write(f"=== pipecraft: attempt {attempt}/{attempts} with {memory} MB\n")
+                oom = False
                 if isinstance(node, Command):
-                    ok, reason = self._run_command(node, log)
+                    ok, reason, oom = self._run_command(node, log, memory)
                 elif isinstance(node, PyFunction):
                     ok, reason = self._run_function(node, log)
                 else:
@@ -386,10 +389,25 @@ class LocalRunHandle(RunHandle):
                         self._journal.add(self.marker(node.name))
                     return NodeState.SUCCEEDED, None
                 log.write(f"=== pipecraft: {reason}\n")
+                grown = next_memory(node.resources, attempt, memory, oom)
+                if grown is None:
+                    why = describe_oom(memory, memory_cap(node.resources))
+                    reason = f"{reason}; {why}, not retried"
+                    log.write(f"=== pipecraft: {why}: not retried\n")
+                    break
+                memory = grown
         return NodeState.FAILED, reason
 
-    def _run_command(self, node: Command, log: TextIO) -> tuple[bool, str]:
-        env = {**os.environ, **self.backend.env, **node.env}
+    def _run_command(self, node: Command, log: TextIO, memory_mb: int) -> tuple[bool, str, bool]:
+        """Run the command once; return (ok, reason, killed for memory)."""
+        # No limit is imposed here (the machine's OOM killer or a container's is the
+        # limit); the grant is passed on so a step can size its buffers and workers.
+        env = {
+            **os.environ,
+            **self.backend.env,
+            **node.env,
+            "PIPECRAFT_MEMORY_MB": str(memory_mb),
+        }
         log.flush()
         try:
             proc = subprocess.Popen(
@@ -401,7 +419,7 @@ class LocalRunHandle(RunHandle):
                 start_new_session=True,
             )
         except OSError as exc:
-            return False, f"cannot start {node.argv[0]!r}: {exc.strerror or exc}"
+            return False, f"cannot start {node.argv[0]!r}: {exc.strerror or exc}", False
         with self._lock:
             self._procs[node.name] = proc
         try:
@@ -410,8 +428,10 @@ class LocalRunHandle(RunHandle):
             with self._lock:
                 self._procs.pop(node.name, None)
         if code == 0:
-            return True, ""
-        return False, f"exit code {code}" + _last_line(self.log_path(node.name))
+            return True, "", False
+        oom = code in OOM_EXIT_CODES and not self._cancel.is_set()
+        what = f"exit code {code}" + (" (killed: out of memory?)" if oom else "")
+        return False, what + _last_line(self.log_path(node.name)), oom
 
     def _run_function(self, node: PyFunction, log: TextIO) -> tuple[bool, str]:
         out, err = _routers or (None, None)

@@ -8,7 +8,10 @@ command and paths, so a changed node re-runs. Commands are quoted with :func:`sh
 and brace-escaped for Snakemake's formatter, so arguments with spaces, commas, quotes or
 braces reach the program unchanged. ``PyFunction`` nodes run as
 ``python -m pipecraft.run_node <json>``. A node's container image becomes the rule's
-``container:`` (used with ``--software-deployment-method apptainer``).
+``container:`` (used with ``--software-deployment-method apptainer``). Resources become
+``threads``, ``mem_mb``, ``runtime``, ``slurm_partition`` and ``slurm_account``; with
+retries, ``mem_mb`` grows with each attempt up to the node's cap (Snakemake cannot tell
+an out-of-memory kill from another failure).
 """
 
 from __future__ import annotations
@@ -42,6 +45,26 @@ def _container(node: Node) -> list[str]:
         return []
     uri = image if "://" in image else f"docker://{image}"
     return [f"    container: {uri!r}"]
+
+
+def _resources(node: Node) -> str:
+    """The rule's ``resources:`` (names the Slurm executor plugin reads)."""
+    res = node.resources
+    if node.retries:
+        # Snakemake does not say why an attempt failed, so memory grows with every
+        # attempt (memory_mb x attempt, capped), as in nf-pooled-cellpainting.
+        cap = f", {res.max_memory_mb}" if res.max_memory_mb is not None else ""
+        mem = f"lambda wildcards, attempt: min({res.memory_mb} * attempt{cap})"
+    else:
+        mem = str(res.memory_mb)
+    parts = [f"mem_mb={mem}"]
+    if res.time_min is not None:
+        parts.append(f"runtime={res.time_min}")
+    if res.queue is not None:
+        parts.append(f"slurm_partition={res.queue!r}")
+    if res.account is not None:
+        parts.append(f"slurm_account={res.account!r}")
+    return ", ".join(parts)
 
 
 def _braces(s: str) -> str:
@@ -159,7 +182,7 @@ class SnakemakeBackend:
                 f"    output: touch({flags[n]!r})",
                 f"    log: {log!r}",
                 f"    threads: {node.resources.cpus}",
-                f"    resources: mem_mb={node.resources.memory_mb}",
+                f"    resources: {_resources(node)}",
                 f"    retries: {node.retries}",
                 *_container(node),
                 f"    shell: {_braces(cmd)!r}",

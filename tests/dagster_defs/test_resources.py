@@ -52,7 +52,8 @@ def test_defaults_are_local(tmp_path: Path) -> None:
         ("{not json", "not valid JSON"),
         ("[1]", "expected a JSON object"),
         ('{"dataset": "x"}', "unknown field(s) ['dataset']"),
-        ('{"backend": "slurm"}', "backend 'slurm' is unknown"),
+        ('{"backend": "pbs"}', "backend 'pbs' is unknown"),
+        ('{"resources": {"segmentaton": {}}}', "resources.segmentaton: unknown step"),
         ('{"backend_options": {"queue": "q"}}', "backend_options: unknown field(s) ['queue']"),
     ],
 )

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from pipecraft import (
     Seq,
 )
 from pipecraft.backends.aws_batch import CANCEL_REASON, AwsBatchBackend
+from pipecraft.pipeline import DAG
 from pipecraft.testing import DEMO_EXPECTED, demo_pipeline, write_text
 from tests.conftest import BATCH_QUEUE, BATCH_REGION, write_batch_log
 
@@ -38,10 +40,19 @@ from tests.conftest import BATCH_QUEUE, BATCH_REGION, write_batch_log
 class Recorder:
     """A boto3 Batch client wrapper that records calls (and can emulate failures/queues)."""
 
-    def __init__(self, client: Any, fail: tuple[str, ...] = (), queued: bool = False) -> None:
+    def __init__(
+        self,
+        client: Any,
+        fail: tuple[str, ...] = (),
+        queued: bool = False,
+        oom: dict[str, int] | None = None,
+    ) -> None:
         self._client = client
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.fail = fail
+        # node -> memory (MB) it needs: below that its job fails with OutOfMemoryError
+        self.oom = dict(oom or {})
+        self.oom_ids: set[str] = set()
         self.queued = queued
         self.terminated: dict[str, str] = {}
 
@@ -58,6 +69,15 @@ class Recorder:
             if op == "terminate_job":
                 self.terminated[kw["jobId"]] = kw["reason"]
             resp = method(**kw)
+            if op == "describe_jobs":
+                for job in resp["jobs"]:
+                    if job["jobId"] in self.oom_ids:
+                        job["status"] = "FAILED"
+                        job.setdefault("container", {})
+                        job["statusReason"] = (
+                            "OutOfMemoryError: Container killed due to memory usage"
+                        )
+                        job["container"]["exitCode"] = 137
             if op == "describe_jobs" and self.queued:
                 for job in resp["jobs"]:
                     parent = job["jobId"].split(":")[0]
@@ -72,8 +92,32 @@ class Recorder:
     def _submit(self, method: Any, kw: dict[str, Any]) -> Any:
         deps = [d["jobId"] for d in kw.get("dependsOn", [])]
         dep_failed = bool(deps) and any(
-            j["status"] == "FAILED" for j in self._client.describe_jobs(jobs=deps)["jobs"]
+            j["status"] == "FAILED" or j["jobId"] in self.oom_ids
+            for j in self._client.describe_jobs(jobs=deps)["jobs"]
         )
+        memory = next(
+            int(r["value"])
+            for r in kw["containerOverrides"]["resourceRequirements"]
+            if r["type"] == "MEMORY"
+        )
+        oom = any(kw["jobName"].endswith(f"-{n}") and memory < m for n, m in self.oom.items())
+        command = kw["containerOverrides"]["command"]
+        if "arrayProperties" in kw and command[3:4] == ["--array"] and self.oom:
+            # an array job: the child running an OOM node fails, and so the parent
+            children = [n["name"] for n in json.loads(command[4])]
+            resp = method(**kw)
+            for i, n in enumerate(children):
+                if memory < self.oom.get(n, 0):
+                    self.oom_ids |= {f"{resp['jobId']}:{i}", resp["jobId"]}
+            return resp
+        if oom:
+            os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"] = "0"
+            try:
+                resp = method(**kw)
+            finally:
+                del os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"]
+            self.oom_ids.add(resp["jobId"])
+            return resp
         if any(kw["jobName"].endswith(f"-{n}") for n in self.fail) or dep_failed:
             os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"] = "0"
             try:
@@ -190,7 +234,14 @@ def test_success_and_job_definition_is_registered_once(moto_batch, tmp_path: Pat
             {"type": "MEMORY", "value": "8000"},
         ],
     }
-    assert a["retryStrategy"] == {"attempts": 3}
+    assert a["retryStrategy"] == {
+        "attempts": 3,
+        # Batch retries everything but a kill for memory, which pipecraft resubmits bigger
+        "evaluateOnExit": [
+            {"onReason": "OutOfMemoryError*", "action": "EXIT"},
+            {"onReason": "*", "action": "RETRY"},
+        ],
+    }
     assert backend(rec).run(p).wait(10) is RunStatus.SUCCEEDED
     images = sorted(
         c["containerProperties"]["image"] for c in rec.calls_to("register_job_definition")
@@ -362,3 +413,62 @@ def test_bad_configuration_fails_before_submitting(moto_batch, tmp_path: Path) -
         AwsBatchBackend("q", staging_uri="/tmp/x")
     with pytest.raises(BackendConfigError, match="job_queue=''"):
         AwsBatchBackend("")
+
+
+def memory_of(kw: dict[str, Any]) -> int:
+    reqs = kw["containerOverrides"]["resourceRequirements"]
+    return next(int(r["value"]) for r in reqs if r["type"] == "MEMORY")
+
+
+def test_out_of_memory_resubmits_with_growing_memory(moto_batch, tmp_path: Path) -> None:
+    # work-b needs 2500 MB: 1000 fails, 2000 fails, 2500 (the cap) succeeds; its array
+    # siblings are not re-run, gather (which Batch failed with it) is resubmitted.
+    p = demo_pipeline(tmp_path, python="python")
+    dag = p.compile()
+    res = Resources(memory_mb=1000, max_memory_mb=2500)
+    nodes = {
+        n: replace(node, resources=res, retries=3) if n.startswith("work-") else node
+        for n, node in dag.nodes.items()
+    }
+    edges = [(d, n) for n, ds in dag.deps.items() for d in ds]
+    dag = DAG("demo", nodes, edges, dag.groups, check_inputs=False)
+    rec = Recorder(moto_batch, fail=("doomed",), oom={"work-b": 2500})
+    h = backend(rec).run(dag)
+    assert h.wait(10) is RunStatus.FAILED
+    assert states(h) == DEMO_EXPECTED
+    subs = rec.calls_to("submit_job")
+    retried = [(s["jobName"].split("-", 2)[2], memory_of(s)) for s in subs[5:]]
+    assert retried == [
+        ("retry1-work-b", 2000),
+        ("retry1-gather", 1024),
+        ("retry2-work-b", 2500),
+        ("retry2-gather", 1024),
+    ]
+    # attempts left shrink; the first retry spent one of four
+    by_name = {s["jobName"].split("-", 2)[2]: s for s in subs[5:]}
+    assert by_name["retry1-work-b"]["retryStrategy"]["attempts"] == 3
+    assert by_name["retry2-work-b"]["retryStrategy"]["attempts"] == 2
+    ids = {s.name.split("-", 2)[2]: s.job_id for s in h.submissions}
+    assert by_name["retry2-gather"]["dependsOn"] == [{"jobId": ids["retry2-work-b"]}]
+    assert h.failures().keys() == {"doomed"}
+
+
+def test_out_of_memory_at_the_cap_fails_with_the_reason(moto_batch, tmp_path: Path) -> None:
+    hog = Command(
+        name="hog",
+        argv=["true"],
+        resources=Resources(memory_mb=1000, max_memory_mb=1500),
+        retries=5,
+    )
+    after = Command(name="after", argv=["true"])
+    rec = Recorder(moto_batch, oom={"hog": 99999})
+    h = backend(rec).run(Pipeline("p", Seq(hog, after)))
+    assert h.wait(10) is RunStatus.FAILED
+    assert states(h) == {"hog": "failed", "after": "upstream_failed"}
+    assert [memory_of(s) for s in rec.calls_to("submit_job") if "hog" in s["jobName"]] == [
+        1000,
+        1500,
+    ]
+    reason = h.failures()["hog"]
+    assert "OutOfMemoryError" in reason and "exit code 137" in reason
+    assert reason.endswith("out of memory with 1500 MB (the cap, 1500 MB), not retried")

@@ -149,12 +149,45 @@ def test_retries_rerun_a_failing_command(tmp_path: Path) -> None:
     assert h.wait(30) is RunStatus.SUCCEEDED
     assert counter.read_text() == "3"
     lines = h.log_lines("flaky")
-    assert lines[0] == "=== pipecraft: attempt 1/3" and "attempt 3" in lines
+    # a failure that is not for memory retries with the same request
+    assert lines[0] == "=== pipecraft: attempt 1/3 with 1024 MB" and "attempt 3" in lines
+    assert "=== pipecraft: attempt 3/3 with 1024 MB" in lines
     counter.unlink()
     short = Command(name="flaky", argv=[PY, "-c", script], retries=1)
     h = LocalBackend(tmp_path / "run2").run(Pipeline("p", short))
     assert h.wait(30) is RunStatus.FAILED
     assert h.failures() == {"flaky": "exit code 1: attempt 2"}
+
+
+# Killed with SIGKILL (what the OOM killer sends) unless granted enough memory.
+GREEDY = (
+    "import os, signal; mb = int(os.environ['PIPECRAFT_MEMORY_MB']); print('granted', mb); "
+    "os.kill(os.getpid(), signal.SIGKILL) if mb < int(os.environ['NEED_MB']) else print('ok')"
+)
+
+
+def test_out_of_memory_retries_grow_memory_up_to_the_cap(tmp_path: Path) -> None:
+    res = Resources(memory_mb=1000, max_memory_mb=2500)
+    node = Command(
+        name="greedy", argv=[PY, "-c", GREEDY], env={"NEED_MB": "2500"}, resources=res, retries=4
+    )
+    h = LocalBackend(tmp_path / "run").run(Pipeline("p", node))
+    assert h.wait(30) is RunStatus.SUCCEEDED
+    granted = [ln for ln in h.log_lines("greedy") if ln.startswith("granted")]
+    assert granted == ["granted 1000", "granted 2000", "granted 2500"]
+    assert "=== pipecraft: attempt 2/5 with 2000 MB" in h.log_lines("greedy")
+
+    # Out of memory at the cap: not retried, though retries are left.
+    node = Command(
+        name="greedy", argv=[PY, "-c", GREEDY], env={"NEED_MB": "9999"}, resources=res, retries=4
+    )
+    h = LocalBackend(tmp_path / "run2").run(Pipeline("p", node))
+    assert h.wait(30) is RunStatus.FAILED
+    granted = [ln for ln in h.log_lines("greedy") if ln.startswith("granted")]
+    assert granted == ["granted 1000", "granted 2000", "granted 2500"]
+    reason = h.failures()["greedy"]
+    assert reason.startswith("exit code -9 (killed: out of memory?)")
+    assert reason.endswith("out of memory with 2500 MB (the cap, 2500 MB), not retried")
 
 
 def test_pyfunction_logs_are_per_node_and_failures_carry_the_exception(tmp_path: Path) -> None:

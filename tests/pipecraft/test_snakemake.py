@@ -100,9 +100,17 @@ def test_snakefile_encodes_every_edge_resources_and_retries(tmp_path: Path) -> N
         "e",
         Seq(
             Command(
-                name="a", argv=["true"], resources=Resources(cpus=3, memory_mb=2048), retries=2
+                name="a",
+                argv=["true"],
+                resources=Resources(cpus=3, memory_mb=2048, max_memory_mb=5000, time_min=30),
+                retries=2,
             ),
-            Command(name="b", argv=["true"], image="repo/starrynight:1"),
+            Command(
+                name="b",
+                argv=["true"],
+                image="repo/starrynight:1",
+                resources=Resources(queue="bigmem", account="lab"),
+            ),
         ),
     )
     backend = SnakemakeBackend(tmp_path / "wd")
@@ -112,10 +120,13 @@ def test_snakefile_encodes_every_edge_resources_and_retries(tmp_path: Path) -> N
     rule_b = text[text.index("rule n1_b:") :]
     assert f"input: [{flag_a!r}]" in rule_b
     rule_a = text[text.index("rule n0_a:") : text.index("rule n1_b:")]
-    assert "threads: 3" in rule_a and "mem_mb=2048" in rule_a and "retries: 2" in rule_a
+    assert "threads: 3" in rule_a and "retries: 2" in rule_a and "runtime=30" in rule_a
+    assert "mem_mb=lambda wildcards, attempt: min(2048 * attempt, 5000)" in rule_a
+    assert "resources: mem_mb=1024" in rule_b  # no retries: a plain figure
     assert "input: []" in rule_a
     assert "container:" not in rule_a
     assert "container: 'docker://repo/starrynight:1'" in rule_b
+    assert "slurm_partition='bigmem', slurm_account='lab'" in rule_b
 
 
 def test_resume_after_snakemake_is_killed(tmp_path: Path) -> None:

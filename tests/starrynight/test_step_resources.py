@@ -1,0 +1,66 @@
+"""The per-step resource table and a project's overrides of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipecraft import Resources
+from starrynight.errors import UserError
+from starrynight.pipelines.resources import DEFAULTS, resources_for, step_table
+
+STEPS = (
+    "inventory",
+    "index",
+    "experiment",
+    "illum_cp",
+    "illum_sbs",
+    "corrected_cp",
+    "aligned_sbs",
+    "segmentation",
+    "barcode_calls",
+    "cell_features",
+    "gene_summary",
+)
+
+
+def test_every_step_has_a_row_and_heavier_steps_ask_more() -> None:
+    assert set(DEFAULTS) == {*STEPS, "default"}
+    assert resources_for("illum_cp") == Resources(
+        cpus=1, memory_mb=2048, time_min=240, max_memory_mb=8192
+    )
+    assert resources_for("cell_features").memory_mb > resources_for("illum_cp").memory_mb
+    assert resources_for("cell_features").cpus == 2
+    assert resources_for("some_new_step") == DEFAULTS["default"].to_pipecraft()
+
+
+def test_overrides_change_only_what_they_name() -> None:
+    table = step_table(
+        {
+            "segmentation": {"memory_mb": 8000, "queue": "bigmem", "account": "lab"},
+            "default": {"time_min": 30},
+        }
+    )
+    seg = resources_for("segmentation", table)
+    assert (seg.cpus, seg.memory_mb, seg.queue, seg.account) == (2, 8000, "bigmem", "lab")
+    # the default's retry head-room (4x) follows a larger first request
+    assert seg.max_memory_mb == 32000
+    assert resources_for("index", table) == resources_for("index")
+    assert resources_for("whatever", table).time_min == 30
+    assert DEFAULTS["segmentation"].memory_mb == 3072  # the defaults are untouched
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"segmentaton": {"cpus": 2}}, "resources.segmentaton: unknown step; expected one of"),
+        ({"index": {"gpus": 1}}, "resources.index: unknown field(s) gpus; expected some of"),
+        ({"index": {"cpus": 0}}, "resources.index: Resources.cpus: got 0, expected an integer"),
+        ({"index": 4}, "resources.index: got 4, expected an object of fields"),
+        ({"index": {"memory_mb": 4096, "max_memory_mb": 100}}, "max_memory_mb: got 100"),
+        ([1], "expected an object keyed by step name"),
+    ],
+)
+def test_bad_overrides_name_the_step_and_field(overrides, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        step_table(overrides)
+    assert message in str(err.value)
