@@ -11,7 +11,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 # Plate and well names end up in Dagster partition keys, which may not hold | [ ] ,
 PARTITION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 ExperimentType = Literal["ops", "cellpainting"]
-Backend = Literal["local", "snakemake", "aws_batch"]
+Backend = Literal["local", "snakemake", "aws_batch", "slurm"]
 
 
 class _Strict(BaseModel):

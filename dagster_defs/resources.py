@@ -149,7 +149,13 @@ class PipecraftBackend(dg.ConfigurableResource):
         else:
             argv = (sys.executable, "-m", "starrynight.cli")
         image = self.image if self.kind == "aws_batch" else None
-        return Runner(argv=argv, image=image, env=dict(env or {}), workers=self.step_workers)
+        return Runner(
+            argv=argv,
+            image=image,
+            env=dict(env or {}),
+            workers=self.step_workers,
+            resources=self.step_table(),
+        )
 
     def step_table(self) -> dict[str, StepResources]:
         """Resources per step: the defaults with this project's overrides."""

@@ -15,9 +15,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pipecraft import Command, Parallel, Pipeline, Scatter, Seq
-from pipecraft.node import Resources
 from starrynight import registry
 from starrynight import workspace as wsp
+from starrynight.pipelines.resources import StepResources, resources_for
 
 #: Steps of the per-plate catalog, in order.
 CATALOG_STEPS = tuple(s.name for s in registry.steps_at("plate") if s.group == "catalog")
@@ -45,12 +45,16 @@ class Runner:
         each Dagster run and the CLI's own completeness checks decide what to skip).
     workers : int
         ``--workers`` passed to the steps that parallelise inside a partition.
+    resources : mapping of str to StepResources, optional
+        The project's resource table per step (:func:`resources.step_table`); default:
+        :data:`resources.DEFAULTS`.
     """
 
     argv: tuple[str, ...] = (sys.executable, "-m", "starrynight.cli")
     image: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     workers: int = 2
+    resources: Mapping[str, StepResources] | None = None
 
     def command(
         self,
@@ -58,9 +62,9 @@ class Runner:
         args: Iterable[str],
         inputs: Iterable[str] = (),
         outputs: Iterable[str] = (),
-        cpus: int = 1,
+        step: str | None = None,
     ) -> Command:
-        """A node running ``starrynight <args>``."""
+        """A node running ``starrynight <args>``, with the resources of its ``step``."""
         return Command(
             name=_safe(name),
             argv=(*self.argv, *args),
@@ -68,7 +72,7 @@ class Runner:
             outputs=tuple(outputs),
             image=self.image,
             env=dict(self.env),
-            resources=Resources(cpus=cpus, memory_mb=2048 * cpus),
+            resources=resources_for(step or name.split("-", 1)[0], self.resources),
         )
 
 
@@ -177,19 +181,22 @@ def experiment_pipeline(
     if choices:
         return Pipeline(
             "experiment",
-            r.command("exp-new", ["exp", "new", "-w", ws, "-i", choices], outputs=[out]),
+            r.command(
+                "exp-new", ["exp", "new", "-w", ws, "-i", choices], outputs=[out], step="experiment"
+            ),
             check_inputs=False,
         )
     template = wsp.experiment_path(ws)[: -len("experiment.json")] + "experiment.init.json"
     return Pipeline(
         "experiment",
         Seq(
-            r.command("exp-init", ["exp", "init", "-w", ws], outputs=[template]),
+            r.command("exp-init", ["exp", "init", "-w", ws], outputs=[template], step="experiment"),
             r.command(
                 "exp-new",
                 ["exp", "new", "-w", ws, "-i", template],
                 inputs=[template],
                 outputs=[out],
+                step="experiment",
             ),
         ),
         check_inputs=False,
@@ -282,7 +289,7 @@ def well_pipeline(
                 s.argv(ws, plate, well, r.workers),
                 registry.same_level_inputs(s, ws, plate, well),
                 s.outputs(ws, plate, well),
-                cpus=1,
+                step=name,
             )
         )
     # Order comes from the declared inputs and outputs.

@@ -72,3 +72,14 @@ def test_unknown_step_names_the_known_ones() -> None:
         registry.step("stitching")
     with pytest.raises(ValueError, match="unknown step"):
         well_pipeline(WS, PLATE, WELL, steps=["stitching"])
+
+
+def test_every_row_has_default_resources() -> None:
+    from starrynight.pipelines.resources import DEFAULTS
+
+    assert {s.name for s in registry.STEPS} <= set(DEFAULTS)
+    dag = well_pipeline(WS, PLATE, WELL).compile()
+    for step in registry.steps_at("well"):
+        node = dag.nodes[node_name(step.name, PLATE, WELL)]
+        assert node.resources.memory_mb == DEFAULTS[step.name].memory_mb
+        assert node.resources.cpus == DEFAULTS[step.name].cpus
