@@ -16,13 +16,14 @@ from conductor.web import summary
 from conductor.web.forms import SERVICE_ERRORS
 from conductor.web.render import PageRoute, field, read_form, render
 from conductor.web.session import Reader, Writer
-from starrynight import experiment, storage, workspace
+from starrynight import storage, workspace
 from starrynight.errors import UserError
+from starrynight.roles import CP_REQUIRED, CP_ROLES, SBS_ROLES
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 Form = Annotated[dict[str, list[str]], Depends(read_form)]
-ROLES = {"cp": experiment.CP_ROLES, "sbs": experiment.SBS_ROLES}
-REQUIRED = {"cp": experiment.CP_REQUIRED, "sbs": experiment.SBS_ROLES}
+ROLES = {"cp": CP_ROLES, "sbs": SBS_ROLES}
+REQUIRED = {"cp": CP_REQUIRED, "sbs": SBS_ROLES}
 NOTICES = {"indexed": "Inventory and index done.", "roles": "Channel roles saved."}
 ROLE_LABELS = {
     "nuclei": "Nuclei",
