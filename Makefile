@@ -54,9 +54,11 @@ test: install postgres slurm cellprofiler chromium  ## Run the whole test suite 
 bench: install wrk  ## Run the benchmarks; each prints its figure and a same-run baseline ratio.
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-lint: install  ## ruff check and format check.
+lint: install  ## ruff check and format check; mypy on pipecraft and starrynight/algorithms.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy pipecraft
+	$(BIN)/mypy starrynight/algorithms
 
 format: install
 	$(BIN)/ruff format .

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
@@ -83,52 +84,15 @@ def run_pipeline(
     except PipecraftError as exc:
         raise dg.Failure(description=f"pipeline {pipeline.name}: {exc}") from None
     poll = float(getattr(backend, "poll_seconds", 1.0))
-    tail = int(getattr(backend, "log_tail", 200))
     log.info(
         f"pipeline {dag.name}: {len(dag)} node(s) on {getattr(backend, 'kind', '?')}: "
         + ", ".join(dag.nodes)
     )
-    seen: dict[str, NodeState] = {}
-    started: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    job_ids: dict[str, str] = {}
-
-    def relay() -> dict[str, NodeState]:
-        states = handle.node_states()
-        job_ids.update(_job_ids(handle))
-        now = time.monotonic()
-        for node, state in states.items():
-            if seen.get(node) is state:
-                continue
-            seen[node] = state
-            job = f" (job {job_ids[node]})" if node in job_ids else ""
-            if state is NodeState.RUNNING:
-                started.setdefault(node, now)
-            if state is NodeState.PENDING and not job:
-                # every local node starts pending; the pipeline line above says so once
-                # (each Dagster log line is an event-log write, ~50 ms on SQLite). A
-                # submitted Batch job is worth a line: it names the job id.
-                seen.pop(node)
-                continue
-            if not state.done:
-                log.info(f"{node}: {state.value}{job}")
-                continue
-            seconds[node] = round(now - started.get(node, now), 3)
-            lines = handle.log_lines(node) if state not in (NodeState.SKIPPED,) else []
-            text = "\n".join(lines[-tail:])
-            msg = f"{node}: {state.value}{job}" + (f"\n{text}" if text else "")
-            if state is NodeState.FAILED:
-                log.error(msg + f"\nreason: {handle.failures().get(node, 'failed')}")
-            elif state is NodeState.UPSTREAM_FAILED or state is NodeState.CANCELLED:
-                log.warning(msg)
-            else:
-                log.info(msg)
-        return states
-
+    relay = _Relay(handle, log, int(getattr(backend, "log_tail", 200)))
     try:
         while True:
             status = handle.wait(timeout=poll)
-            states = relay()
+            states = relay.poll()
             if status.done:
                 break
     except BaseException:
@@ -136,4 +100,55 @@ def run_pipeline(
         handle.cancel()
         raise
     failures = handle.failures()
-    return PipelineOutcome(handle.status(), states, failures, seconds, job_ids)
+    return PipelineOutcome(handle.status(), states, failures, relay.seconds, relay.job_ids)
+
+
+@dataclass
+class _Relay:
+    """Turns a run handle's node state changes into Dagster log lines."""
+
+    handle: Any
+    log: Any
+    #: Lines of a finished node's log that are relayed.
+    tail: int
+    seen: dict[str, NodeState] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    job_ids: dict[str, str] = field(default_factory=dict)
+
+    def poll(self) -> dict[str, NodeState]:
+        """Log every node whose state changed since the last poll; return all states."""
+        states = self.handle.node_states()
+        self.job_ids.update(_job_ids(self.handle))
+        now = time.monotonic()
+        for node, state in states.items():
+            if self.seen.get(node) is state:
+                continue
+            self.seen[node] = state
+            job = f" (job {self.job_ids[node]})" if node in self.job_ids else ""
+            if state is NodeState.RUNNING:
+                self.started.setdefault(node, now)
+            if state is NodeState.PENDING and not job:
+                # every local node starts pending; the pipeline line above says so once
+                # (each Dagster log line is an event-log write, ~50 ms on SQLite). A
+                # submitted Batch job is worth a line: it names the job id.
+                self.seen.pop(node)
+                continue
+            if not state.done:
+                self.log.info(f"{node}: {state.value}{job}")
+                continue
+            self.seconds[node] = round(now - self.started.get(node, now), 3)
+            self._finished(node, state, job)
+        return states
+
+    def _finished(self, node: str, state: NodeState, job: str) -> None:
+        """Log a finished node with the tail of its log, at the level its state deserves."""
+        lines = self.handle.log_lines(node) if state not in (NodeState.SKIPPED,) else []
+        text = "\n".join(lines[-self.tail :])
+        msg = f"{node}: {state.value}{job}" + (f"\n{text}" if text else "")
+        if state is NodeState.FAILED:
+            self.log.error(msg + f"\nreason: {self.handle.failures().get(node, 'failed')}")
+        elif state is NodeState.UPSTREAM_FAILED or state is NodeState.CANCELLED:
+            self.log.warning(msg)
+        else:
+            self.log.info(msg)

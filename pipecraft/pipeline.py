@@ -87,19 +87,7 @@ class _Builder:
             self.add(step)
             return [step.name], [step.name]
         if isinstance(step, Seq):
-            first: list[str] | None = None
-            prev: list[str] = []
-            for sub in step.steps:
-                src, snk = self.walk(sub, scatter)
-                if not src:
-                    continue
-                if first is None:
-                    first = src
-                for a in prev:
-                    for b in src:
-                        self.edges.append((a, b))
-                prev = snk
-            return first or [], prev
+            return self._walk_seq(step, scatter)
         if isinstance(step, Parallel):
             srcs: list[str] = []
             snks: list[str] = []
@@ -109,37 +97,64 @@ class _Builder:
                 snks += snk
             return srcs, snks
         if isinstance(step, Scatter):
-            srcs, snks = [], []
-            for item in step.items:
-                try:
-                    sub = step.body(item)
-                except PipelineError:
-                    raise
-                except Exception as exc:
-                    raise PipelineError(
-                        f"Scatter {step.name!r}: body failed for item {item!r}: {exc}"
-                    ) from exc
-                if not isinstance(sub, Node | Seq | Parallel | Scatter):
-                    raise PipelineError(
-                        f"Scatter {step.name!r}: body returned {sub!r} for item {item!r}, "
-                        "expected a Node, Seq, Parallel or Scatter"
-                    )
-                before = len(self.order)
-                src, snk = self.walk(sub, step.name)
-                # Nodes made by this item that no inner scatter claimed; the n-th of
-                # them across items is "the same step" for array jobs.
-                slot = 0
-                for name in self.order[before:]:
-                    if name not in self.groups:
-                        key = f"{step.name}#{slot}"
-                        idx = self.group_sizes.get(key, 0)
-                        self.groups[name] = (key, idx)
-                        self.group_sizes[key] = idx + 1
-                        slot += 1
-                srcs += src
-                snks += snk
-            return srcs, snks
+            return self._walk_scatter(step)
         raise PipelineError(f"cannot compose {step!r}: expected a Node, Seq, Parallel or Scatter")
+
+    def _walk_seq(self, step: Seq, scatter: str | None) -> tuple[list[str], list[str]]:
+        """Add the steps in order, each sink of one before each source of the next."""
+        first: list[str] | None = None
+        prev: list[str] = []
+        for sub in step.steps:
+            src, snk = self.walk(sub, scatter)
+            if not src:
+                continue
+            if first is None:
+                first = src
+            for a in prev:
+                for b in src:
+                    self.edges.append((a, b))
+            prev = snk
+        return first or [], prev
+
+    def _walk_scatter(self, step: Scatter) -> tuple[list[str], list[str]]:
+        """Add the body's step for every item, grouping the n-th nodes of the items."""
+        srcs: list[str] = []
+        snks: list[str] = []
+        for item in step.items:
+            sub = self._scatter_body(step, item)
+            before = len(self.order)
+            src, snk = self.walk(sub, step.name)
+            # Nodes made by this item that no inner scatter claimed; the n-th of
+            # them across items is "the same step" for array jobs.
+            slot = 0
+            for name in self.order[before:]:
+                if name not in self.groups:
+                    key = f"{step.name}#{slot}"
+                    idx = self.group_sizes.get(key, 0)
+                    self.groups[name] = (key, idx)
+                    self.group_sizes[key] = idx + 1
+                    slot += 1
+            srcs += src
+            snks += snk
+        return srcs, snks
+
+    @staticmethod
+    def _scatter_body(step: Scatter, item: Any) -> Step:
+        """``step.body(item)``, refused when it fails or does not return a step."""
+        try:
+            sub = step.body(item)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise PipelineError(
+                f"Scatter {step.name!r}: body failed for item {item!r}: {exc}"
+            ) from exc
+        if not isinstance(sub, Node | Seq | Parallel | Scatter):
+            raise PipelineError(
+                f"Scatter {step.name!r}: body returned {sub!r} for item {item!r}, "
+                "expected a Node, Seq, Parallel or Scatter"
+            )
+        return sub
 
 
 def _exists(path: str) -> bool:

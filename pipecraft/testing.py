@@ -81,39 +81,39 @@ def demo_pipeline(
     succeeded.
     """
     r = Path(root)
-    tool = [python, "-m", "pipecraft.testing"]
+    tool = (python, "-m", "pipecraft.testing")
     prepared = str(r / "prepared.txt")
 
     def work(item: str) -> Command:
         return Command(
             name=f"work-{item}",
-            argv=[*tool, "write", str(r / "work" / f"{item}.txt"), f"prepared+{item}\n"],
-            inputs=[prepared],
-            outputs=[str(r / "work" / f"{item}.txt")],
+            argv=(*tool, "write", str(r / "work" / f"{item}.txt"), f"prepared+{item}\n"),
+            inputs=(prepared,),
+            outputs=(str(r / "work" / f"{item}.txt"),),
         )
 
-    parts = [str(r / "work" / f"{i}.txt") for i in items]
+    parts = tuple(str(r / "work" / f"{i}.txt") for i in items)
     return Pipeline(
         "demo",
         Parallel(
             Seq(
                 Command(
                     name="prepare",
-                    argv=[*tool, "write", prepared, "prepared\n"],
-                    outputs=[prepared],
+                    argv=(*tool, "write", prepared, "prepared\n"),
+                    outputs=(prepared,),
                 ),
                 Scatter("work", items, work),
                 Command(
                     name="gather",
-                    argv=[*tool, "concat", str(r / "gathered.txt"), *parts],
+                    argv=(*tool, "concat", str(r / "gathered.txt"), *parts),
                     inputs=parts,
-                    outputs=[str(r / "gathered.txt")],
+                    outputs=(str(r / "gathered.txt"),),
                 ),
             ),
             Seq(
-                Command(name="doomed", argv=[*tool, "fail", "3", "doomed on purpose"]),
+                Command(name="doomed", argv=(*tool, "fail", "3", "doomed on purpose")),
                 Command(
-                    name="after-doomed", argv=[*tool, "write", str(r / "never.txt"), "never\n"]
+                    name="after-doomed", argv=(*tool, "write", str(r / "never.txt"), "never\n")
                 ),
             ),
         ),

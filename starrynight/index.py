@@ -360,101 +360,176 @@ def completeness(index_table: pa.Table, experiment=None) -> pa.Table:
     return _completeness(index_table, experiment)
 
 
-def _completeness(index_table: pa.Table, experiment=None, channels: tuple | None = None):
+def _completeness(
+    index_table: pa.Table, experiment=None, channels: tuple | None = None
+) -> pa.Table:
     """:func:`completeness`, optionally given the channel codes and lists already."""
     if index_table.num_rows == 0:
         return MISSING_SCHEMA.empty_table()
-    plate, plates = _codes(index_table.column("plate"))
-    well, wells = _codes(index_table.column("well"))
-    arm, arms = _codes(index_table.column("arm"))
-    if channels is not None and channels[0] is not None:
-        chan, chan_lists = channels[0].astype(np.int64), channels[1]
-    else:
-        chan, chan_lists = _channel_codes(index_table.column("channels"))
-    site = index_table.column("site").to_numpy().astype(np.int64)
-    cycle = index_table.column("cycle").to_numpy().astype(np.int64)
-    n_arm, n_site = len(arms), int(site.max()) + 1
-    cyc_values = _unique(cycle - cycle.min()) + cycle.min()
-    cyc = np.searchsorted(cyc_values, cycle)
-    n_cyc = len(cyc_values)
-    plate_arm = plate * n_arm + arm
-
-    # Expected cycles and channels per (plate, arm, cycle).
-    exp_cycles: dict[int, list[int]] = {}
-    exp_chans: dict[tuple[int, int], list[str]] = {}
-    for pac in _unique(plate_arm * n_cyc + cyc).tolist():
-        pa_code, c = divmod(pac, n_cyc)
-        exp_cycles.setdefault(pa_code, []).append(int(cyc_values[c]))
-    combos = _unique((plate_arm * n_cyc + cyc) * len(chan_lists) + chan)
-    for combo in combos.tolist():
-        pac, ch = divmod(combo, len(chan_lists))
-        merged = exp_chans.setdefault(divmod(pac, n_cyc), [])
-        merged += [c for c in chan_lists[ch] if c not in merged]
+    rows = _IndexCodes.of(index_table, channels)
+    exp_cycles, exp_chans, combos = _seen(rows)
     if experiment is not None:
-        wanted = {}
-        if experiment.cp is not None:
-            wanted["cp"] = ([0], list(experiment.cp.channels))
-        if experiment.sbs is not None:
-            wanted["sbs"] = (list(experiment.sbs.cycles), list(experiment.sbs.channels))
-        for pa_code in list(exp_cycles):
-            arm_name = arms[pa_code % n_arm]
-            if arm_name in wanted:
-                exp_cycles[pa_code] = wanted[arm_name][0]
-                for c in wanted[arm_name][0]:
-                    exp_chans[(pa_code, int(np.searchsorted(cyc_values, c)))] = wanted[arm_name][1]
-    out: list[tuple] = []
-
-    # Missing images: (plate, arm, well, site) groups with fewer cycles than expected.
-    group = (plate_arm * len(wells) + well) * n_site + site
-    gc = _unique(group * n_cyc + cyc)
-    groups, counts = _unique(gc // n_cyc, return_counts=True)
-    per_plate_arm = np.zeros(len(plates) * n_arm, np.int64)
-    for pa_code, cycles_wanted in exp_cycles.items():
-        per_plate_arm[pa_code] = len(cycles_wanted)
-    expected_n = per_plate_arm[groups // (len(wells) * n_site)]
-    cyc_set_all = {k: set(v) for k, v in exp_cycles.items()}
-    suspicious = groups[counts != expected_n]
-    if len(suspicious):
-        have: dict[int, set[int]] = {}
-        for g_c in gc[np.isin(gc // n_cyc, suspicious)].tolist():
-            g, c = divmod(g_c, n_cyc)
-            have.setdefault(g, set()).add(int(cyc_values[c]))
-        for g, present in have.items():
-            pw, s = divmod(g, n_site)
-            pa_code, w = divmod(pw, len(wells))
-            p, a = divmod(pa_code, n_arm)
-            for c in sorted(cyc_set_all[pa_code] - present):
-                out.append((plates[p], wells[w], s, arms[a], c, ["image"]))
-
-    # Missing channels: rows whose channel list lacks an expected channel.
-    bad_combos = []
-    for combo in combos.tolist():
-        pac, ch = divmod(combo, len(chan_lists))
-        pa_code, c = divmod(pac, n_cyc)
-        want = exp_chans.get((pa_code, c))
-        if want is not None and any(x not in chan_lists[ch] for x in want):
-            bad_combos.append(combo)
-    if bad_combos:
-        rows = np.flatnonzero(
-            np.isin((plate_arm * n_cyc + cyc) * len(chan_lists) + chan, bad_combos)
-        )
-        for r in rows.tolist():
-            want = exp_chans[(int(plate_arm[r]), int(cyc[r]))]
-            absent = [x for x in want if x not in chan_lists[chan[r]]]
-            out.append(
-                (
-                    plates[plate[r]],
-                    wells[well[r]],
-                    int(site[r]),
-                    arms[arm[r]],
-                    int(cycle[r]),
-                    absent,
-                )
-            )
+        _expect_experiment(rows, experiment, exp_cycles, exp_chans)
+    out = _missing_images(rows, exp_cycles) + _missing_channels(rows, exp_chans, combos)
     out.sort(key=lambda r: (r[0], r[1], r[2], r[3], r[4]))
     return pa.Table.from_pylist(
         [dict(zip(MISSING_SCHEMA.names, r, strict=True)) for r in out], schema=MISSING_SCHEMA
     )
+
+
+@dataclass(frozen=True)
+class _IndexCodes:
+    """The index rows as integer codes, and the values the codes stand for.
+
+    ``cyc`` is the position of the row's cycle in the sorted ``cyc_values``;
+    ``plate_arm`` is ``plate * n_arm + arm``.
+    """
+
+    plate: np.ndarray
+    plates: list
+    well: np.ndarray
+    wells: list
+    arm: np.ndarray
+    arms: list
+    chan: np.ndarray
+    chan_lists: list[list[str]]
+    site: np.ndarray
+    cycle: np.ndarray
+    cyc: np.ndarray
+    cyc_values: np.ndarray
+    plate_arm: np.ndarray
+
+    @classmethod
+    def of(cls, index_table: pa.Table, channels: tuple | None) -> _IndexCodes:
+        """Code a non-empty index; ``channels`` are its channel codes and lists, if known."""
+        plate, plates = _codes(index_table.column("plate"))
+        well, wells = _codes(index_table.column("well"))
+        arm, arms = _codes(index_table.column("arm"))
+        if channels is not None and channels[0] is not None:
+            chan, chan_lists = channels[0].astype(np.int64), channels[1]
+        else:
+            chan, chan_lists = _channel_codes(index_table.column("channels"))
+        site = index_table.column("site").to_numpy().astype(np.int64)
+        cycle = index_table.column("cycle").to_numpy().astype(np.int64)
+        cyc_values = _unique(cycle - cycle.min()) + cycle.min()
+        cyc = np.searchsorted(cyc_values, cycle)
+        return cls(
+            plate, plates, well, wells, arm, arms, chan, chan_lists, site, cycle, cyc,
+            cyc_values, plate * len(arms) + arm,
+        )  # fmt: skip
+
+    @property
+    def n_arm(self) -> int:
+        return len(self.arms)
+
+    @property
+    def n_cyc(self) -> int:
+        return len(self.cyc_values)
+
+    @property
+    def chan_combo(self) -> np.ndarray:
+        """Per row, a code of its (plate, arm, cycle, channel list)."""
+        return (self.plate_arm * self.n_cyc + self.cyc) * len(self.chan_lists) + self.chan
+
+
+def _seen(
+    rows: _IndexCodes,
+) -> tuple[dict[int, list[int]], dict[tuple[int, int], list[str]], np.ndarray]:
+    """Expected cycles per plate x arm and channels per (plate x arm, cycle): those seen.
+
+    Also returns the distinct (plate, arm, cycle, channel list) codes of the rows.
+    """
+    n_cyc, n_lists = rows.n_cyc, len(rows.chan_lists)
+    exp_cycles: dict[int, list[int]] = {}
+    exp_chans: dict[tuple[int, int], list[str]] = {}
+    for pac in _unique(rows.plate_arm * n_cyc + rows.cyc).tolist():
+        pa_code, c = divmod(pac, n_cyc)
+        exp_cycles.setdefault(pa_code, []).append(int(rows.cyc_values[c]))
+    combos = _unique(rows.chan_combo)
+    for combo in combos.tolist():
+        pac, ch = divmod(combo, n_lists)
+        merged = exp_chans.setdefault(divmod(pac, n_cyc), [])
+        merged += [c for c in rows.chan_lists[ch] if c not in merged]
+    return exp_cycles, exp_chans, combos
+
+
+def _expect_experiment(
+    rows: _IndexCodes,
+    experiment,
+    exp_cycles: dict[int, list[int]],
+    exp_chans: dict[tuple[int, int], list[str]],
+) -> None:
+    """Replace what is expected by the experiment's cycles and channels, per arm it has."""
+    wanted = {}
+    if experiment.cp is not None:
+        wanted["cp"] = ([0], list(experiment.cp.channels))
+    if experiment.sbs is not None:
+        wanted["sbs"] = (list(experiment.sbs.cycles), list(experiment.sbs.channels))
+    for pa_code in list(exp_cycles):
+        arm_name = rows.arms[pa_code % rows.n_arm]
+        if arm_name in wanted:
+            cycles, chans = wanted[arm_name]
+            exp_cycles[pa_code] = cycles
+            for c in cycles:
+                exp_chans[(pa_code, int(np.searchsorted(rows.cyc_values, c)))] = chans
+
+
+def _missing_images(rows: _IndexCodes, exp_cycles: dict[int, list[int]]) -> list[tuple]:
+    """Missing images: (plate, arm, well, site) groups with fewer cycles than expected."""
+    n_cyc, n_wells, n_site = rows.n_cyc, len(rows.wells), int(rows.site.max()) + 1
+    group = (rows.plate_arm * n_wells + rows.well) * n_site + rows.site
+    gc = _unique(group * n_cyc + rows.cyc)
+    groups, counts = _unique(gc // n_cyc, return_counts=True)
+    per_plate_arm = np.zeros(len(rows.plates) * rows.n_arm, np.int64)
+    for pa_code, cycles_wanted in exp_cycles.items():
+        per_plate_arm[pa_code] = len(cycles_wanted)
+    expected_n = per_plate_arm[groups // (n_wells * n_site)]
+    suspicious = groups[counts != expected_n]
+    if not len(suspicious):
+        return []
+    cyc_set_all = {k: set(v) for k, v in exp_cycles.items()}
+    have: dict[int, set[int]] = {}
+    for g_c in gc[np.isin(gc // n_cyc, suspicious)].tolist():
+        g, c = divmod(g_c, n_cyc)
+        have.setdefault(g, set()).add(int(rows.cyc_values[c]))
+    out: list[tuple] = []
+    for g, present in have.items():
+        pw, s = divmod(g, n_site)
+        pa_code, w = divmod(pw, n_wells)
+        p, a = divmod(pa_code, rows.n_arm)
+        for c in sorted(cyc_set_all[pa_code] - present):
+            out.append((rows.plates[p], rows.wells[w], s, rows.arms[a], c, ["image"]))
+    return out
+
+
+def _missing_channels(
+    rows: _IndexCodes, exp_chans: dict[tuple[int, int], list[str]], combos: np.ndarray
+) -> list[tuple]:
+    """Missing channels: rows whose channel list lacks an expected channel."""
+    n_lists = len(rows.chan_lists)
+    bad_combos = []
+    for combo in combos.tolist():
+        pac, ch = divmod(combo, n_lists)
+        want = exp_chans.get(divmod(pac, rows.n_cyc))
+        if want is not None and any(x not in rows.chan_lists[ch] for x in want):
+            bad_combos.append(combo)
+    if not bad_combos:
+        return []
+    out: list[tuple] = []
+    for r in np.flatnonzero(np.isin(rows.chan_combo, bad_combos)).tolist():
+        want = exp_chans[(int(rows.plate_arm[r]), int(rows.cyc[r]))]
+        absent = [x for x in want if x not in rows.chan_lists[rows.chan[r]]]
+        out.append(
+            (
+                rows.plates[rows.plate[r]],
+                rows.wells[rows.well[r]],
+                int(rows.site[r]),
+                rows.arms[rows.arm[r]],
+                int(rows.cycle[r]),
+                absent,
+            )
+        )
+    return out
 
 
 def check(ws: str, experiment=None) -> pa.Table:

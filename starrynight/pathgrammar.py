@@ -136,6 +136,28 @@ def load_grammar(path: str | None = None) -> Grammar:
         When the file is missing, is not JSON, lacks a field, has a pattern RE2 cannot
         compile or lacks a required named group.
     """
+    data, where = _read_json(path)
+    _check_fields(data, where)
+    grammar = Grammar(
+        name=data.get("name", Path(where).stem),
+        folder=data["folder"],
+        cp_folder=data["cp_folder"],
+        sbs_folder=data["sbs_folder"],
+        file=data["file"],
+        extensions=tuple(sorted(data["extensions"], key=len, reverse=True)),
+        channel_separator=data.get("channel_separator", ","),
+        metadata=tuple(data.get("metadata", [])),
+        description=data.get("description", ""),
+        folder_help=data.get("folder_help", ""),
+        file_help=data.get("file_help", ""),
+        source=where,
+    )
+    _check_patterns(grammar, where)
+    return grammar
+
+
+def _read_json(path: str | None) -> tuple[dict, str]:
+    """The pattern file's JSON object, and how to name the file in messages."""
     if path is None:
         text = resources.files("starrynight.grammar").joinpath(f"{DEFAULT_GRAMMAR}.json")
         raw, where = text.read_text(), f"built-in grammar {DEFAULT_GRAMMAR}.json"
@@ -147,6 +169,11 @@ def load_grammar(path: str | None = None) -> Grammar:
         raise UserError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a JSON object with the grammar's fields")
+    return data, where
+
+
+def _check_fields(data: dict, where: str) -> None:
+    """Refuse unknown or missing fields and fields of the wrong type."""
     known = {f for f in Grammar.__dataclass_fields__ if f != "source"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -163,20 +190,10 @@ def load_grammar(path: str | None = None) -> Grammar:
             raise UserError(f"{where}: field '{key}' must be a list of non-empty strings")
     if not data.get("channel_separator", ","):
         raise UserError(f"{where}: field 'channel_separator' must not be empty")
-    grammar = Grammar(
-        name=data.get("name", Path(where).stem),
-        folder=data["folder"],
-        cp_folder=data["cp_folder"],
-        sbs_folder=data["sbs_folder"],
-        file=data["file"],
-        extensions=tuple(sorted(data["extensions"], key=len, reverse=True)),
-        channel_separator=data.get("channel_separator", ","),
-        metadata=tuple(data.get("metadata", [])),
-        description=data.get("description", ""),
-        folder_help=data.get("folder_help", ""),
-        file_help=data.get("file_help", ""),
-        source=where,
-    )
+
+
+def _check_patterns(grammar: Grammar, where: str) -> None:
+    """Refuse patterns RE2 cannot compile or that lack a required named group."""
     for key, required in _REQUIRED.items():
         pattern = getattr(grammar, key)
         _check_compiles(where, key, pattern)
@@ -192,7 +209,6 @@ def load_grammar(path: str | None = None) -> Grammar:
                 raise UserError(f"{where}: pattern '{key}' has {g} but no group {g[:-6]}")
     for i, pattern in enumerate(grammar.metadata):
         _check_compiles(where, f"metadata[{i}]", pattern)
-    return grammar
 
 
 def _check_compiles(where: str, key: str, pattern: str) -> None:
@@ -480,43 +496,81 @@ def parse_paths(
     keys = _as_string(keys)
     if folder is None or name is None:
         folder, name = split_keys(keys)
+    folder = _as_folder_dictionary(folder)
+    name = _as_string(name)
+    n = len(keys)
+    if n == 0:
+        return ParsedPaths(INDEX_SCHEMA.empty_table(), REJECTS_SCHEMA.empty_table())
+
+    # Each check below rejects only rows still accepted (code 0), so a row's reason is
+    # the first check it fails.
+    reasons = _Reasons()
+    # --- folders: parsed once per distinct folder -----------------------------------
+    fidx = folder.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    folders = _parse_folders(_as_string(folder.dictionary), grammar, default_dataset)
+    folder_code = np.array([reasons.code(r) if r else 0 for r in folders.reason], dtype=np.int32)
+    code = folder_code[fidx] if len(folder_code) else np.zeros(n, np.int32)
+
+    # --- extension ------------------------------------------------------------------
+    ext_pos = _extensions(name, grammar.extensions)
+    code[(code == 0) & (ext_pos < 0)] = reasons.code(EXTENSION)
+
+    # --- file names: the only per-row regex work ------------------------------------
+    file_groups = grammar.groups("file")
+    fm = _extract(name, grammar.file, file_groups)
+    matched = fm["_matched"].to_numpy(zero_copy_only=False)
+    code[(code == 0) & ~matched] = reasons.code(f"{FILE} {grammar.file_help}".rstrip())
+    _reject_inconsistent(fm, file_groups, code, reasons)
+
+    site_np = _sites(fm, matched, code, reasons)
+    chan_idx, chan_lists = _channels(fm["channels"], grammar.channel_separator, code, reasons)
+    well_dict = pc.dictionary_encode(fm["well"])
+    _reject_duplicates(folders, fidx, well_dict, site_np, code, reasons)
+    _mark_metadata(keys, grammar.metadata, code, reasons)
+
+    accepted = code == 0
+    return ParsedPaths(
+        encoded=_index_table(
+            code, keys, fidx, folders, well_dict, site_np, chan_lists, chan_idx, ext_pos, grammar
+        ),
+        rejects=_rejects_table(
+            code, reasons.texts, reasons.details, keys, name, fidx, folders, fm, grammar
+        ),
+        channel_codes=chan_idx if accepted.all() else chan_idx[accepted],
+        channel_lists=chan_lists,
+    )
+
+
+@dataclass
+class _Reasons:
+    """Reject reasons met so far: a row's code is an index into ``texts`` (0: accepted)."""
+
+    texts: list[str] = field(default_factory=lambda: [""])
+    #: Per-row detail text, for the reasons whose detail is not the file name.
+    details: dict[int, object] = field(default_factory=dict)
+
+    def code(self, text: str) -> int:
+        """The code of reason ``text``, added when new."""
+        if text not in self.texts:
+            self.texts.append(text)
+        return self.texts.index(text)
+
+
+def _as_folder_dictionary(folder: pa.DictionaryArray | pa.ChunkedArray) -> pa.DictionaryArray:
+    """The folder column as one dictionary-encoded string array."""
     if isinstance(folder, pa.ChunkedArray):
         folder = folder.combine_chunks() if folder.num_chunks != 1 else folder.chunk(0)
         if isinstance(folder, pa.ChunkedArray):  # pragma: no cover - defensive
             folder = folder.chunk(0)
     if not pa.types.is_dictionary(folder.type):
         folder = pc.dictionary_encode(_as_string(folder))
-    name = _as_string(name)
-    n = len(keys)
-    if n == 0:
-        return ParsedPaths(INDEX_SCHEMA.empty_table(), REJECTS_SCHEMA.empty_table())
+    return folder
 
-    # Reason per row, as an index into `reasons`; 0 is "accepted".
-    reasons: list[str] = [""]
-    details: dict[int, object] = {}
 
-    def reason_code(text: str) -> int:
-        if text not in reasons:
-            reasons.append(text)
-        return reasons.index(text)
-
-    # --- folders: parsed once per distinct folder -----------------------------------
-    fidx = folder.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    folders = _parse_folders(_as_string(folder.dictionary), grammar, default_dataset)
-    folder_code = np.array([reason_code(r) if r else 0 for r in folders.reason], dtype=np.int32)
-    code = folder_code[fidx] if len(folder_code) else np.zeros(n, np.int32)
-
-    # --- extension ------------------------------------------------------------------
-    ext_pos = _extensions(name, grammar.extensions)
-    code[(code == 0) & (ext_pos < 0)] = reason_code(EXTENSION)
-
-    # --- file names: the only per-row regex work ------------------------------------
-    file_groups = grammar.groups("file")
-    fm = _extract(name, grammar.file, file_groups)
-    matched = fm["_matched"].to_numpy(zero_copy_only=False)
-    file_reason = f"{FILE} {grammar.file_help}".rstrip()
-    code[(code == 0) & ~matched] = reason_code(file_reason)
-
+def _reject_inconsistent(
+    fm: dict[str, pa.Array], file_groups: list[str], code: np.ndarray, reasons: _Reasons
+) -> None:
+    """Reject rows whose ``<g>_check`` group disagrees with group ``<g>`` (in place)."""
     for g in file_groups:
         if not g.endswith("_check"):
             continue
@@ -525,41 +579,55 @@ def parse_paths(
         differ = pc.and_(pc.not_equal(check, ref), pc.not_equal(check, ""))
         differ = pc.fill_null(differ, False).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(differ & (code == 0))
-        if len(rows):
-            sel = pa.array(rows)
-            a, b = pc.take(ref, sel), pc.take(check, sel)
-            bad = pc.not_equal(_norm_tokens(a), _norm_tokens(b)).to_numpy(zero_copy_only=False)
-            bad_rows = rows[bad]
-            c = reason_code(f"inconsistent {base}")
-            code[bad_rows] = c
-            for r, x, y in zip(
-                bad_rows,
-                pc.take(a, pa.array(np.flatnonzero(bad))).to_pylist(),
-                pc.take(b, pa.array(np.flatnonzero(bad))).to_pylist(),
-                strict=True,
-            ):
-                details[int(r)] = f"{base} {x} vs {y}"
+        if not len(rows):
+            continue
+        # Texts that differ may still agree once case and leading zeros are ignored.
+        sel = pa.array(rows)
+        a, b = pc.take(ref, sel), pc.take(check, sel)
+        bad = pc.not_equal(_norm_tokens(a), _norm_tokens(b)).to_numpy(zero_copy_only=False)
+        bad_rows = rows[bad]
+        code[bad_rows] = reasons.code(f"inconsistent {base}")
+        for r, x, y in zip(
+            bad_rows,
+            pc.take(a, pa.array(np.flatnonzero(bad))).to_pylist(),
+            pc.take(b, pa.array(np.flatnonzero(bad))).to_pylist(),
+            strict=True,
+        ):
+            reasons.details[int(r)] = f"{base} {x} vs {y}"
 
-    # --- site -----------------------------------------------------------------------
+
+def _sites(
+    fm: dict[str, pa.Array], matched: np.ndarray, code: np.ndarray, reasons: _Reasons
+) -> np.ndarray:
+    """Per row, the site number (int32); rows whose site is not a number are rejected."""
     site_text = fm["site"]
     try:
         # Rows the file pattern did not match hold "" (rejected already): cast "0".
         site = pc.cast(pc.if_else(fm["_matched"], site_text, "0"), pa.int32())
-        site_np = site.to_numpy(zero_copy_only=False)
+        return site.to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         ok_site = pc.match_substring_regex(site_text, r"^[0-9]{1,9}$")
         ok_np = pc.fill_null(ok_site, False).to_numpy(zero_copy_only=False)
-        code[(code == 0) & ~ok_np & matched] = reason_code(SITE)
-        site_np = np.zeros(n, dtype=np.int32)
+        code[(code == 0) & ~ok_np & matched] = reasons.code(SITE)
+        site_np = np.zeros(len(code), dtype=np.int32)
         good = np.flatnonzero(ok_np)
         site_np[good] = pc.cast(pc.take(site_text, pa.array(good)), pa.int32()).to_numpy()
+        return site_np
 
-    # --- channels: split once per distinct channel list -----------------------------
-    chan_dict = pc.dictionary_encode(fm["channels"])
+
+def _channels(
+    channels: pa.Array, separator: str, code: np.ndarray, reasons: _Reasons
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Per row, a code into the distinct channel lists, and those lists.
+
+    Each distinct channel text is split once; rows with an empty or repeated channel
+    name are rejected.
+    """
+    chan_dict = pc.dictionary_encode(channels)
     chan_idx = chan_dict.indices.to_numpy(zero_copy_only=False)
     chan_lists, chan_bad = [], []
     for text in chan_dict.dictionary.to_pylist():
-        parts = text.split(grammar.channel_separator) if text else []
+        parts = text.split(separator) if text else []
         chan_lists.append(parts)
         chan_bad.append(
             not parts or any(not p.strip() for p in parts) or len(set(parts)) < len(parts)
@@ -567,72 +635,81 @@ def parse_paths(
     chan_bad_np = np.array(chan_bad, dtype=bool)
     if chan_bad_np.any():
         bad = chan_bad_np[chan_idx] & (code == 0)
-        code[bad] = reason_code(CHANNELS)
+        code[bad] = reasons.code(CHANNELS)
+    return chan_idx, chan_lists
 
-    # --- duplicates: one image per plate/arm/cycle/well/site ------------------------
-    well_dict = pc.dictionary_encode(fm["well"])
-    well_idx = well_dict.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+def _reject_duplicates(
+    folders: _Folders,
+    fidx: np.ndarray,
+    wells: pa.DictionaryArray,
+    site_np: np.ndarray,
+    code: np.ndarray,
+    reasons: _Reasons,
+) -> None:
+    """Reject every accepted row whose plate/arm/cycle/well/site another row also has."""
+    well_idx = wells.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     ok = np.flatnonzero(code == 0)
-    if len(ok):
-        plate_key = {}
-        fgroup = np.array(
-            [
-                plate_key.setdefault(
-                    (
-                        folders.columns["dataset"][i],
-                        folders.columns["source"][i],
-                        folders.columns["batch"][i],
-                        folders.columns["plate"][i],
-                        folders.columns["arm"][i],
-                        folders.columns["cycle"][i],
-                    ),
-                    len(plate_key),
-                )
-                for i in range(len(folders.reason))
-            ],
-            dtype=np.int64,
-        )
-        nwell = max(len(well_dict.dictionary), 1)
-        site64 = site_np.astype(np.int64)
-        nsite = int(site64[ok].max()) + 1 if len(ok) else 1
-        combo = (fgroup[fidx[ok]] * nwell + well_idx[ok]) * nsite + site64[ok]
-        if int(combo.max()) < max(1 << 22, 8 * len(combo)):
-            # Counting beats sorting when the codes span a small range (the usual case).
-            per_combo = np.bincount(combo)[combo]
-        else:
-            # Sort once; only when some code repeats, count the repeated ones.
-            ordered = np.sort(combo)
-            repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-            per_combo = np.ones(len(combo), np.int64)
-            if len(repeated):
-                hit = np.isin(combo, repeated)
-                values, counts = np.unique(combo[hit], return_counts=True)
-                per_combo[hit] = counts[np.searchsorted(values, combo[hit])]
-        dup = per_combo > 1
-        if dup.any():
-            c = reason_code(DUPLICATE)
-            code[ok[dup]] = c
-            for r, k in zip(ok[dup].tolist(), per_combo[dup].tolist(), strict=True):
-                details[r] = f"{k} files for the same plate/cycle/well/site"
-
-    # --- metadata: rejected rows that are known non-images --------------------------
-    rejected = np.flatnonzero(code != 0)
-    if len(rejected) and grammar.metadata:
-        rkeys = pc.take(keys, pa.array(rejected))
-        is_meta = np.zeros(len(rejected), dtype=bool)
-        for pattern in grammar.metadata:
-            is_meta |= pc.match_substring_regex(rkeys, pattern).to_numpy(zero_copy_only=False)
-        code[rejected[is_meta]] = reason_code(METADATA)
-
-    accepted = code == 0
-    return ParsedPaths(
-        encoded=_index_table(
-            code, keys, fidx, folders, well_dict, site_np, chan_lists, chan_idx, ext_pos, grammar
-        ),
-        rejects=_rejects_table(code, reasons, details, keys, name, fidx, folders, fm, grammar),
-        channel_codes=chan_idx if accepted.all() else chan_idx[accepted],
-        channel_lists=chan_lists,
+    if not len(ok):
+        return
+    plate_key: dict[tuple, int] = {}
+    fgroup = np.array(
+        [
+            plate_key.setdefault(
+                (
+                    folders.columns["dataset"][i],
+                    folders.columns["source"][i],
+                    folders.columns["batch"][i],
+                    folders.columns["plate"][i],
+                    folders.columns["arm"][i],
+                    folders.columns["cycle"][i],
+                ),
+                len(plate_key),
+            )
+            for i in range(len(folders.reason))
+        ],
+        dtype=np.int64,
     )
+    nwell = max(len(wells.dictionary), 1)
+    site64 = site_np.astype(np.int64)
+    nsite = int(site64[ok].max()) + 1
+    combo = (fgroup[fidx[ok]] * nwell + well_idx[ok]) * nsite + site64[ok]
+    per_combo = _occurrences(combo)
+    dup = per_combo > 1
+    if dup.any():
+        code[ok[dup]] = reasons.code(DUPLICATE)
+        for r, k in zip(ok[dup].tolist(), per_combo[dup].tolist(), strict=True):
+            reasons.details[r] = f"{k} files for the same plate/cycle/well/site"
+
+
+def _occurrences(combo: np.ndarray) -> np.ndarray:
+    """Per element of ``combo`` (non-negative integers), how often its value occurs."""
+    if int(combo.max()) < max(1 << 22, 8 * len(combo)):
+        # Counting beats sorting when the codes span a small range (the usual case).
+        return np.bincount(combo)[combo]
+    # Sort once; only when some code repeats, count the repeated ones.
+    ordered = np.sort(combo)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    per_combo = np.ones(len(combo), np.int64)
+    if len(repeated):
+        hit = np.isin(combo, repeated)
+        values, counts = np.unique(combo[hit], return_counts=True)
+        per_combo[hit] = counts[np.searchsorted(values, combo[hit])]
+    return per_combo
+
+
+def _mark_metadata(
+    keys: pa.Array, patterns: tuple[str, ...], code: np.ndarray, reasons: _Reasons
+) -> None:
+    """Give rejected rows that are known non-images the metadata reason (in place)."""
+    rejected = np.flatnonzero(code != 0)
+    if not len(rejected) or not patterns:
+        return
+    rkeys = pc.take(keys, pa.array(rejected))
+    is_meta = np.zeros(len(rejected), dtype=bool)
+    for pattern in patterns:
+        is_meta |= pc.match_substring_regex(rkeys, pattern).to_numpy(zero_copy_only=False)
+    code[rejected[is_meta]] = reasons.code(METADATA)
 
 
 def _index_table(

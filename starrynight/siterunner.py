@@ -200,6 +200,37 @@ def run_sites(
     _refuse_missing(step, tasks, prints, missing_hint)
     recorded = {} if force else read_manifest(manifest)["sites"]
     run: SiteRun[R] = SiteRun()
+    todo = _plan(tasks, prints, recorded, load, run)
+    for folder in sorted({o.rsplit("/", 1)[0] for t in todo for o in t.outputs}):
+        storage.clean_temporary(folder)
+    done = {str(s): prints[s][0] for s in run.current}
+    bar = _Progress(step, len(tasks), len(run.current), progress)
+    with _executor(processes, workers, len(todo), skip_bad) as pool:
+        errors = _collect(
+            pool, fn, todo, run, done, prints, bar, skip_bad,
+            save=lambda: _write_manifest(manifest, step, done),
+        )  # fmt: skip
+    bar.close()
+    _remove_failed_outputs(tasks, errors, run, skip_bad)
+    run.bad = [errors[s] for s in sorted(errors)]
+    run.computed.sort()
+    run.current.sort()
+    _write_manifest(manifest, step, done)
+    return run
+
+
+def _plan(
+    tasks: Sequence[SiteTask],
+    prints: dict[int, tuple[str, list[str]]],
+    recorded: dict[str, str],
+    load: Callable[[SiteTask], R] | None,
+    run: SiteRun[R],
+) -> list[SiteTask]:
+    """The tasks to submit; current sites are loaded into ``run`` when ``load`` is given.
+
+    A site is current when the manifest recorded its inputs' fingerprint and every
+    output exists. Without ``load`` a current site is still submitted, marked current.
+    """
     todo = []
     for task in tasks:
         fp = prints[task.site][0]
@@ -213,36 +244,63 @@ def run_sites(
             todo.append(dataclasses.replace(task, current=True))
         else:
             todo.append(task)
-    for folder in sorted({o.rsplit("/", 1)[0] for t in todo for o in t.outputs}):
-        storage.clean_temporary(folder)
-    done = {str(s): prints[s][0] for s in run.current}
-    bar = _Progress(step, len(tasks), len(run.current), progress)
+    return todo
+
+
+def _collect(
+    pool: Executor,
+    fn: Callable[[SiteTask], R],
+    todo: Sequence[SiteTask],
+    run: SiteRun[R],
+    done: dict[str, str],
+    prints: dict[int, tuple[str, list[str]]],
+    bar: _Progress,
+    skip_bad: bool,
+    save: Callable[[], None],
+) -> dict[int, InputFileError]:
+    """Submit ``todo`` to ``pool`` and record each finished site in ``run`` and ``done``.
+
+    Returns the sites whose input could not be read. Without ``skip_bad`` the first one
+    cancels the sites not started yet. ``save`` rewrites the manifest every
+    :data:`MANIFEST_EVERY` seconds, but not once the run is failing.
+    """
     errors: dict[int, InputFileError] = {}
     last_write = time.monotonic()
-    with _executor(processes, workers, len(todo), skip_bad) as pool:
-        futures: dict[Future, SiteTask] = {pool.submit(fn, t): t for t in todo}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in sorted(finished, key=lambda f: futures[f].site):
-                task = futures[fut]
-                if fut.cancelled():
-                    continue
-                try:
-                    run.results[task.site] = fut.result()
-                except InputFileError as exc:
-                    errors[task.site] = exc
-                    if not skip_bad:
-                        for other in pending:
-                            other.cancel()
-                    continue
-                (run.current if task.current else run.computed).append(task.site)
-                done[str(task.site)] = prints[task.site][0]
-                bar.advance()
-            if time.monotonic() - last_write > MANIFEST_EVERY and not (errors and not skip_bad):
-                _write_manifest(manifest, step, done)
-                last_write = time.monotonic()
-    bar.close()
+    futures: dict[Future, SiteTask] = {pool.submit(fn, t): t for t in todo}
+    pending = set(futures)
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in sorted(finished, key=lambda f: futures[f].site):
+            task = futures[fut]
+            if fut.cancelled():
+                continue
+            try:
+                run.results[task.site] = fut.result()
+            except InputFileError as exc:
+                errors[task.site] = exc
+                if not skip_bad:
+                    for other in pending:
+                        other.cancel()
+                continue
+            (run.current if task.current else run.computed).append(task.site)
+            done[str(task.site)] = prints[task.site][0]
+            bar.advance()
+        if time.monotonic() - last_write > MANIFEST_EVERY and not (errors and not skip_bad):
+            save()
+            last_write = time.monotonic()
+    return errors
+
+
+def _remove_failed_outputs(
+    tasks: Sequence[SiteTask], errors: dict[int, InputFileError], run: SiteRun, skip_bad: bool
+) -> None:
+    """Remove what failed sites wrote; without ``skip_bad``, all this run wrote, and raise.
+
+    Raises
+    ------
+    InputFileError
+        Without ``skip_bad``, the first bad site's error in site order.
+    """
     by_site = {t.site: t for t in tasks}
     for site in errors:  # whatever a failed site wrote before it failed is not an output
         for uri in by_site[site].outputs:
@@ -254,11 +312,6 @@ def run_sites(
             for uri in by_site[site].outputs:
                 storage.remove(uri)
         raise errors[min(errors)]
-    run.bad = [errors[s] for s in sorted(errors)]
-    run.computed.sort()
-    run.current.sort()
-    _write_manifest(manifest, step, done)
-    return run
 
 
 def _well_print(tasks: Sequence[SiteTask]) -> str:

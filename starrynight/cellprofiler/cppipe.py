@@ -129,6 +129,33 @@ def parse_pipeline(text: str, where: str) -> PipelineInfo:
         One line naming ``where`` and what is wrong (header, version, module count).
     """
     lines = text.splitlines()
+    header = _header(lines, where)
+    version = header.get("Version", "")
+    if not version.isdigit():
+        raise UserError(
+            f"{where}: header line 'Version:' is {version!r}, expected a number "
+            "(a pipeline saved by CellProfiler 3 or 4 says Version:5)"
+        )
+    revision = header.get("DateRevision", "")
+    blocks = _module_blocks(lines)
+    if not blocks:
+        raise UserError(f"{where}: the pipeline has no modules")
+    warnings = _check_module_count(header.get("ModuleCount"), blocks, where)
+    return PipelineInfo(
+        where, int(version), int(revision) if revision.isdigit() else None,
+        tuple(b.name for b in blocks), tuple(b.enabled for b in blocks), tuple(blocks),
+        tuple(warnings),
+    )  # fmt: skip
+
+
+def _header(lines: list[str], where: str) -> dict[str, str]:
+    """The ``Key:value`` lines after the first line, up to the first blank one.
+
+    Raises
+    ------
+    UserError
+        When the first line is not CellProfiler's pipeline header.
+    """
     first = lines[0].strip() if lines else ""
     if first != HEADER:
         shown = first[:60] + ("..." if len(first) > 60 else "")
@@ -142,13 +169,11 @@ def parse_pipeline(text: str, where: str) -> PipelineInfo:
         key, sep, value = line.partition(":")
         if sep:
             header[key.strip()] = value.strip()
-    version = header.get("Version", "")
-    if not version.isdigit():
-        raise UserError(
-            f"{where}: header line 'Version:' is {version!r}, expected a number "
-            "(a pipeline saved by CellProfiler 3 or 4 says Version:5)"
-        )
-    revision = header.get("DateRevision", "")
+    return header
+
+
+def _module_blocks(lines: list[str]) -> list[Module]:
+    """Every ``ModuleName:[module_num:N|...]`` block with the setting lines under it."""
     blocks: list[Module] = []
     settings: list[tuple[str, str]] = []
     head: tuple[str, int, bool] | None = None
@@ -166,19 +191,28 @@ def parse_pipeline(text: str, where: str) -> PipelineInfo:
                 settings.append((s.group(1), s.group(2)))
     if head is not None:
         blocks.append(Module(*head, tuple(settings)))
-    if not blocks:
-        raise UserError(f"{where}: the pipeline has no modules")
-    warnings = []
-    count = header.get("ModuleCount")
-    if count is not None and not count.isdigit():
+    return blocks
+
+
+def _check_module_count(count: str | None, blocks: list[Module], where: str) -> list[str]:
+    """Warnings about the header's ``ModuleCount`` (none when absent).
+
+    Raises
+    ------
+    UserError
+        When it is not a number, or is smaller than the modules that follow.
+    """
+    if count is None:
+        return []
+    if not count.isdigit():
         raise UserError(f"{where}: header line 'ModuleCount:' is {count!r}, expected a number")
-    if count is not None and int(count) > len(blocks):
+    if int(count) > len(blocks):
         # CellProfiler reads up to ModuleCount blocks and stops at the end of the file.
-        warnings.append(
+        return [
             f"{where}: header says ModuleCount:{count} but {len(blocks)} module(s) follow; "
             "CellProfiler runs the modules that are there"
-        )
-    elif count is not None and int(count) < len(blocks):
+        ]
+    if int(count) < len(blocks):
         # CellProfiler would read only the first ModuleCount blocks and drop the rest
         # without a word: the run would not be the pipeline the file shows.
         dropped = ", ".join(f"{b.number} {b.name}" for b in blocks[int(count) :][:3])
@@ -187,11 +221,7 @@ def parse_pipeline(text: str, where: str) -> PipelineInfo:
             f"CellProfiler would silently skip module(s) {dropped}"
             f"{', ...' if len(blocks) - int(count) > 3 else ''}: set ModuleCount:{len(blocks)}"
         )
-    return PipelineInfo(
-        where, int(version), int(revision) if revision.isdigit() else None,
-        tuple(b.name for b in blocks), tuple(b.enabled for b in blocks), tuple(blocks),
-        tuple(warnings),
-    )  # fmt: skip
+    return []
 
 
 def plugin_modules(plugins: str | None) -> dict[str, str]:

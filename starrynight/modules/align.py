@@ -31,7 +31,7 @@ from starrynight.modules.illum import (
     normalise,
     plate_rows,
 )
-from starrynight.siterunner import SiteTask, run_sites
+from starrynight.siterunner import SiteRun, SiteTask, run_sites
 
 WINDOW_ALPHA = 0.25
 SCHEMA = pa.schema(
@@ -112,45 +112,13 @@ def align_well(
     qc = qc or alg.AlignmentQC()
     if interpolation not in ("cubic", "linear", "integer"):
         raise UserError(f"--interpolation {interpolation!r}: expected cubic, linear or integer")
-    rows = plate_rows(ws, plate)
-    sbs = [r for r in rows if r.arm == "sbs"]
-    if not sbs:
-        raise UserError(f"plate {plate!r}: no SBS cycles in the index, nothing to align")
-    well_rows = [r for r in sbs if r.well == well]
-    if not well_rows:
-        wells = sorted({r.well for r in sbs})
-        raise UserError(
-            f"plate {plate!r} well {well!r}: no SBS images (wells with SBS: {', '.join(wells)})"
-        )
+    sbs, well_rows = _sbs_rows(ws, plate, well)
     cycles = sorted({r.cycle for r in sbs})
-    sites: dict[int, dict[int, ImageRow]] = {}
-    for row in well_rows:
-        sites.setdefault(row.site, {})[row.cycle] = row
-    for site, by_cycle in sorted(sites.items()):
-        missing = [k for k in cycles if k not in by_cycle]
-        if missing:
-            raise UserError(
-                f"plate {plate!r} well {well!r} site {site}: SBS cycle(s) "
-                f"{', '.join(map(str, missing))} missing from the index (plate has cycles "
-                f"{', '.join(map(str, cycles))})"
-            )
+    sites = _sites_by_cycle(plate, well, well_rows, cycles)
     channels, roles = arm_channels(ws, "sbs", sbs)
-    nuclei = roles.get("nuclei")
-    if nuclei is None or nuclei not in channels:
-        raise UserError(
-            f"plate {plate!r}: no nuclear channel among SBS channels {', '.join(channels)} "
-            "(name one DAPI/Hoechst, or set the nuclei role in the experiment)"
-        )
+    nuclei = _nuclear_channel(plate, channels, roles)
     functions = {k: load_functions(ws, plate, channels, k, required=False) for k in cycles}
-    corrected = all(f is not None for f in functions.values())
-    if not corrected and any(f is not None for f in functions.values()):
-        missing_cycles = [k for k, f in functions.items() if f is None]
-        example = workspace.illum_path(ws, plate, normalise(channels[0]), missing_cycles[0])
-        raise UserError(
-            f"{example}: SBS illumination functions exist for some cycles but not for "
-            f"cycle(s) {', '.join(map(str, missing_cycles))} (run 'starrynight illum calc "
-            f"-w {ws} --plate {plate} --arm sbs')"
-        )
+    corrected = _illum_corrected(ws, plate, channels, functions)
     job = _WellJob(
         ws, plate, well, cycles, channels, channels.index(nuclei), functions, corrected,
         interpolation, upsample, qc,
@@ -173,6 +141,76 @@ def align_well(
         progress=progress,
         missing_hint="the index lists images that are gone (re-run inventory gen and index gen)",
     )  # fmt: skip
+    return _write_well_table(ws, plate, well, cycles, corrected, run, qc)
+
+
+def _sbs_rows(ws: str, plate: str, well: str) -> tuple[list[ImageRow], list[ImageRow]]:
+    """The plate's SBS index rows and the well's; refused when either is empty."""
+    sbs = [r for r in plate_rows(ws, plate) if r.arm == "sbs"]
+    if not sbs:
+        raise UserError(f"plate {plate!r}: no SBS cycles in the index, nothing to align")
+    well_rows = [r for r in sbs if r.well == well]
+    if not well_rows:
+        wells = sorted({r.well for r in sbs})
+        raise UserError(
+            f"plate {plate!r} well {well!r}: no SBS images (wells with SBS: {', '.join(wells)})"
+        )
+    return sbs, well_rows
+
+
+def _sites_by_cycle(
+    plate: str, well: str, well_rows: list[ImageRow], cycles: list[int]
+) -> dict[int, dict[int, ImageRow]]:
+    """Site -> cycle -> row; refused when a site lacks one of the plate's cycles."""
+    sites: dict[int, dict[int, ImageRow]] = {}
+    for row in well_rows:
+        sites.setdefault(row.site, {})[row.cycle] = row
+    for site, by_cycle in sorted(sites.items()):
+        missing = [k for k in cycles if k not in by_cycle]
+        if missing:
+            raise UserError(
+                f"plate {plate!r} well {well!r} site {site}: SBS cycle(s) "
+                f"{', '.join(map(str, missing))} missing from the index (plate has cycles "
+                f"{', '.join(map(str, cycles))})"
+            )
+    return sites
+
+
+def _nuclear_channel(plate: str, channels: list[str], roles: dict[str, str]) -> str:
+    """The SBS channel cycles are registered on; refused when there is none."""
+    nuclei = roles.get("nuclei")
+    if nuclei is None or nuclei not in channels:
+        raise UserError(
+            f"plate {plate!r}: no nuclear channel among SBS channels {', '.join(channels)} "
+            "(name one DAPI/Hoechst, or set the nuclei role in the experiment)"
+        )
+    return nuclei
+
+
+def _illum_corrected(ws: str, plate: str, channels: list[str], functions: dict) -> bool:
+    """Whether every cycle has illumination functions; refused when only some have."""
+    corrected = all(f is not None for f in functions.values())
+    if not corrected and any(f is not None for f in functions.values()):
+        missing_cycles = [k for k, f in functions.items() if f is None]
+        example = workspace.illum_path(ws, plate, normalise(channels[0]), missing_cycles[0])
+        raise UserError(
+            f"{example}: SBS illumination functions exist for some cycles but not for "
+            f"cycle(s) {', '.join(map(str, missing_cycles))} (run 'starrynight illum calc "
+            f"-w {ws} --plate {plate} --arm sbs')"
+        )
+    return corrected
+
+
+def _write_well_table(
+    ws: str,
+    plate: str,
+    well: str,
+    cycles: list[int],
+    corrected: bool,
+    run: SiteRun[pa.Table],
+    qc: alg.AlignmentQC,
+) -> AlignResult:
+    """Write the well's table of shifts from its site tables; the result lists QC flags."""
     table_uri = workspace.alignment_table_path(ws, plate, well)
     tables = run.ordered()
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
