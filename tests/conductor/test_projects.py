@@ -70,7 +70,7 @@ def test_bad_input_gets_422_naming_the_field(
         ({"dataset_uri": str(tmp_path / "nope")}, "no such folder"),
         ({"workspace_uri": str(dataset / "ws")}, "inside the dataset"),
         ({"experiment_type": "flow"}, "experiment_type"),
-        ({"backend": "slurm"}, "backend"),
+        ({"backend": "pbs"}, "backend"),
         ({"surprise": 1}, "surprise"),
     ]
     for change, expected in cases:
