@@ -204,10 +204,11 @@ def _call_job(*args: Any) -> dict[str, Any]:
         ]
     )
     dna = read_image(workspace.aligned_path(ws, plate, well, site, cycles[0], nuclei_ch), 1)[0]
-    nuclei = seg.segment_nuclei(dna, params.nuclei)
+    nuclei_params = seg.resolve_diameter(params.nuclei, dna)
+    nuclei = seg.segment_nuclei(dna, nuclei_params)
     expansion = params.cell_expansion
     if expansion is None:
-        expansion = 0.75 * params.nuclei.diameter
+        expansion = 0.75 * nuclei_params.diameter
     cells = seg.expand_nuclei(nuclei, expansion)
     write_mask(workspace.sbs_mask_path(ws, plate, well, site, "Cells"), cells)
     write_mask(workspace.sbs_mask_path(ws, plate, well, site, "Nuclei"), nuclei)

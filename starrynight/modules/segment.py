@@ -16,7 +16,7 @@ import io
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,8 @@ COUNTS_SCHEMA = pa.schema(
         ("n_cells", pa.int64()),
         ("flagged", pa.bool_()),
         ("reason", pa.string()),
+        ("diameter", pa.float64()),
+        ("diameter_source", pa.string()),
     ]
 )
 
@@ -303,6 +305,8 @@ class SegmentResult:
     cells: int
     flagged: dict[int, str]
     outputs: list[str]
+    diameter: float | None = None
+    diameter_source: str = ""
 
 
 def _segment_images(
@@ -363,7 +367,41 @@ def _result(
     return SegmentResult(
         plate, well, len(rows), computed, len(rows) - computed,
         sum(r["n_nuclei"] for r in rows), sum(r["n_cells"] for r in rows), flags, outputs,
+        rows[0].get("diameter") if rows else None,
+        rows[0].get("diameter_source", "") if rows else "",
     )  # fmt: skip
+
+
+#: Sites of a well whose nuclear stain the diameter estimate measures (evenly spread).
+DIAMETER_SITES = 6
+
+
+def well_diameter(
+    ws: str, plate: str, well: str, sites: Sequence[int], nuclei_ch: str, params: SegmentParams
+) -> tuple[SegmentParams, str]:
+    """``params`` with the well's nucleus diameter, and where that diameter came from.
+
+    A given diameter is kept (``"given"``). Otherwise it is estimated once per well
+    (:func:`seg.estimate_diameter`) from the nuclear stain of up to
+    :data:`DIAMETER_SITES` sites spread over the well, read one at a time, so every
+    site of the well is segmented at the same scale (``"estimated"``). A well with
+    too few isolated nuclei to measure takes :data:`seg.FALLBACK_DIAMETER` and says
+    so.
+    """
+    nuc = params.nuclei
+    if nuc.diameter is not None:
+        return params, "given"
+    chosen = sorted(set(np.linspace(0, len(sites) - 1, min(DIAMETER_SITES, len(sites))).round()))
+    images = (
+        read_image(workspace.corrected_path(ws, plate, well, sites[int(i)], nuclei_ch), 1)[0]
+        for i in chosen
+    )
+    d = seg.estimate_diameter(images, nuc.smoothing_sigma, nuc.threshold_factor)
+    if d is None:
+        d, source = seg.FALLBACK_DIAMETER, "default (too few isolated nuclei to estimate)"
+    else:
+        source = f"estimated from {len(chosen)} site(s)"
+    return replace(params, nuclei=replace(nuc, diameter=d)), source
 
 
 def segment_site(
@@ -410,7 +448,10 @@ def _segment_job(*args: Any) -> dict[str, Any]:
     }
 
 
-def _counts_table(results: Iterable[dict[str, Any]], flags: dict[int, str]) -> pa.Table:
+def _counts_table(
+    results: Iterable[dict[str, Any]], flags: dict[int, str], diameter: float | None,
+    source: str,
+) -> pa.Table:  # fmt: skip
     res = sorted(results, key=lambda r: r["site"])
     columns = {
         "site": [r["site"] for r in res],
@@ -418,6 +459,9 @@ def _counts_table(results: Iterable[dict[str, Any]], flags: dict[int, str]) -> p
         "n_cells": [r["n_cells"] for r in res],
         "flagged": [r["site"] in flags for r in res],
         "reason": [flags.get(r["site"], "") for r in res],
+        # The nucleus diameter (pixels) the sites were segmented with.
+        "diameter": [diameter] * len(res),
+        "diameter_source": [source] * len(res),
     }
     return typed_table(columns, COUNTS_SCHEMA)
 
@@ -462,12 +506,15 @@ def segment_well(
         counts = read_table(counts_uri).to_pylist()
         flags = {r["site"]: r["reason"] for r in counts if r["flagged"]}
         return _result(plate, well, counts, 0, flags, outputs)
+    params, source = well_diameter(ws, plate, well, sites, nuclei_ch, params)
     jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params, not force) for s in sites]
     results, _ = run_well(_segment_job, jobs, workers, {"objects": (objects_uri, OBJECTS_SCHEMA)})
     # The counts table goes last: its flags need every site, and it marks the well done.
     flags = _flags(results, params)
-    write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
-    return _result(plate, well, results, sum(r["computed"] for r in results), flags, outputs)
+    counts = _counts_table(results, flags, params.nuclei.diameter, source)
+    write_table(counts_uri, counts, COUNTS_SCHEMA)
+    return _result(plate, well, counts.to_pylist(), sum(r["computed"] for r in results), flags,
+                   outputs)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- segcheck
@@ -528,10 +575,12 @@ def segcheck_well(
         raise UserError(f"--every {every}: expected a positive number of sites")
     params = params or SegmentParams()
     sites, nuclei_ch, cell_ch = _cp_inputs(ws, plate, well, nuclei_channel, cell_channel)
+    params, source = well_diameter(ws, plate, well, sites, nuclei_ch, params)
     jobs = [(ws, plate, well, s, nuclei_ch, cell_ch, params) for s in sites[::every]]
     results = run_sites(_segcheck_job, jobs, workers)
     flags = _flags(results, params)
     counts_uri = workspace.segcheck_counts_path(ws, plate, well)
-    write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
+    counts = _counts_table(results, flags, params.nuclei.diameter, source)
+    write_table(counts_uri, counts, COUNTS_SCHEMA)
     outputs = [r["png"] for r in results] + [counts_uri]
-    return _result(plate, well, results, len(results), flags, outputs)
+    return _result(plate, well, counts.to_pylist(), len(results), flags, outputs)
