@@ -243,7 +243,8 @@ def test_cli_all_zero_site_reports_no_cells(
     counts = pq.read_table(workspace.segmentation_counts_path(ws, "P", "B2")).to_pylist()
     assert counts == [{"site": 1, "n_nuclei": 0, "n_cells": 0, "flagged": True,
                        "reason": "0 objects (fewer than 1)", "diameter": 20.0,
-                       "diameter_source": "default (too few isolated nuclei to estimate)"}]  # fmt: skip
+                       "diameter_source": "default (too few isolated nuclei to estimate)"},
+                      ]  # fmt: skip
 
 
 def _assert_typed(uri: str, schema: pa.Schema, rows: int | None = 0) -> None:
