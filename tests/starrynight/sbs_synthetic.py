@@ -27,7 +27,7 @@ def random_library(
     chosen = []
     while len(chosen) < n:
         s = "".join(rng.choice(list("ACGT"), cycles))
-        if all(sum(a != b for a, b in zip(s, o)) >= min_distance for o in chosen):
+        if all(sum(a != b for a, b in zip(s, o, strict=True)) >= min_distance for o in chosen):
             chosen.append(s)
     return bc.build_library(chosen, [f"g{i}" for i in range(n)], cycles)
 
@@ -60,7 +60,7 @@ def synthetic_site(
         nuclei[max(0, y - 4) : y + 5, max(0, x - 4) : x + 5] = i
     cells = expand_labels(nuclei, 14)
     labels = np.unique(cells)[1:]
-    truth = {int(l): int(rng.integers(len(library.barcodes))) for l in labels}
+    truth = {int(lab): int(rng.integers(len(library.barcodes))) for lab in labels}
     impulses = np.zeros((cycles, 4, size, size), np.float32)
     for lab in labels:
         ys, xs = np.nonzero(cells == lab)
@@ -68,7 +68,7 @@ def synthetic_site(
         pick = rng.choice(len(ys), k, replace=False)
         amp = rng.lognormal(0, 0.5, k)
         seq = library.barcodes[truth[int(lab)]]
-        for c, base in enumerate(seq):
+        for c in range(len(seq)):
             # Each cycle, each amplicon's signal varies (incomplete extension), and a
             # fraction lags one cycle behind (phasing).
             a_c = amp * rng.lognormal(0, jitter, k) * 0.95**c
