@@ -16,8 +16,12 @@ Two presets (:func:`preset_settings`):
 ``default``
     The same method, except that the camera's dark level (its offset, which is not
     illuminated) is removed from the mean before smoothing, so the function models the
-    illumination alone rather than illumination plus a constant; the median uses a
-    larger disk (size 30) and runs on the un-truncated mean.
+    illumination alone rather than illumination plus a constant; the median (size 10,
+    both arms) runs on the un-truncated mean and only removes outliers: the function
+    is the smooth surface fitted to it (a quadratic in log, :func:`fit_surface`).
+    On the sample's known fields this leaves 0.2-0.4x the vignetting of the
+    ``cellprofiler`` preset on every channel (``bench/bench_illum.py``); BaSiC
+    (``bench/bench_illum_basic.py``) left ~0.9x at ~30 s per channel.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ Rescale = Literal["robust_minimum", "median", "none"]
 Preset = Literal["default", "cellprofiler"]
 
 ROBUST_FACTOR = 0.02
-#: Degree of the default preset's smooth surface: a radial falloff with an off-centre
-#: optical axis and a tilt needs a few terms beyond the quadratic.
+#: Degree of the default preset's smooth surface, in log: a Gaussian-like radial
+#: falloff with an off-centre axis is quadratic in log, a tilt nearly linear. Degree 4
+#: followed the cells of the mean more than the optics (sample: 0.65x vs 0.53x
+#: CellProfiler's residual for the worst channel, before the median was reduced).
 SURFACE_DEGREE = 2
 UINT16_MAX = 65535.0
 MEDIAN_LEVELS = 4095.0
@@ -91,8 +97,8 @@ def preset_settings(preset: Preset, arm: str) -> IllumSettings:
 
     Both shrink by 0.25, median-filter the shrunk image and rescale by the robust
     minimum. ``cellprofiler`` uses the legacy pipelines' sizes, 10 (CP) and 20 (SBS);
-    ``default`` uses 30 (at most a quarter of the shrunk image's side) and removes the
-    camera dark level first.
+    ``default`` removes the camera dark level first, uses size 10 for both arms and
+    fits a smooth surface (:data:`SURFACE_DEGREE`) to the median-filtered image.
 
     Parameters
     ----------
@@ -112,12 +118,13 @@ def preset_settings(preset: Preset, arm: str) -> IllumSettings:
         size = 10.0 if arm == "cp" else 20.0
         return replace(base, size=size, cellprofiler_scaling=True, dark_level=0.0)
     if preset == "default":
-        # Size 30 (CellProfiler's largest automatic size) for both arms: with a few
-        # dozen images per plate the legacy CP size 10 follows the nuclei pattern of the
-        # mean (correlation with the true field 0.77 for DAPI on the sample) instead
-        # of the illumination (0.97 at size 30).
+        # The median only removes outliers; the surface fit does the smoothing. (A
+        # median alone follows the cells of a few dozen images, and a large median
+        # disk is biased at the borders of the shrunk image, where vignetting is
+        # strongest: size 30 before the fit left 0.53x CellProfiler's residual for a
+        # membrane stain, size 10 0.38x.)
         return replace(
-            base, size=30.0, cellprofiler_scaling=False, dark_level=None, max_size_fraction=0.25,
+            base, size=10.0, cellprofiler_scaling=False, dark_level=None, max_size_fraction=0.25,
             surface_degree=SURFACE_DEGREE,
         )  # fmt: skip
     raise ValueError(f"preset must be 'default' or 'cellprofiler', got {preset!r}")
