@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,14 +27,22 @@ from tests.starrynight import sbs_synthetic
 
 
 def by_counts(sbs: np.ndarray, cells: np.ndarray, library: bc.Library) -> bc.CellCalls:
-    """The calls by read counts alone on the same spots and reads."""
+    """The calls before per-base evidence, on the same spots and reads.
+
+    Reads matched without quality (distance ties ambiguous); each cell takes its most
+    frequent barcode and is a "tie between barcodes" whenever the runner-up was seen
+    as often (the previous rule of ``assign_cells``).
+    """
     reads = bc.read_site(sbs, cells, library)
     s = reads.spots
-    bases = np.array([[bc.BASES.index(b) for b in r] for r in s["read"]]).reshape(-1, 7)
+    n_cycles = library.length
+    bases = np.array([[bc.BASES.index(b) for b in r] for r in s["read"]]).reshape(-1, n_cycles)
     idx, _ = bc.match_reads(bases, library, 1)
-    return bc.assign_cells(
-        reads.cells.label, np.asarray(s["cell"]), idx, np.ones(len(idx)), min_odds=1.0 + 1e-9
-    )
+    calls = bc.assign_cells(reads.cells.label, np.asarray(s["cell"]), idx, np.ones(len(idx)))
+    tied = (calls.second_count == calls.count) & (calls.count > 0)
+    index = np.where(tied, -1, calls.barcode_index)
+    reason = ["tie between barcodes" if t else r for t, r in zip(tied, calls.reason, strict=True)]
+    return dataclasses.replace(calls, barcode_index=index, reason=reason)
 
 
 def main() -> None:

@@ -543,6 +543,24 @@ def barcode_log_likelihood(
     return np.where(agree, np.log(p), np.log((1.0 - p) / 3.0)).sum(axis=(1, 2))
 
 
+def _posterior(
+    reads: np.ndarray, base_quality: np.ndarray, matched: np.ndarray, library: Library,
+    lut: np.ndarray,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Posterior of a cell's matched barcodes, and the mass of its unmatched neighbours.
+
+    Candidates are the matched barcodes plus every library barcode within one base
+    more than each read's nearest (flat prior over them).
+    """
+    d = hamming_matrix(encode(reads), library.codes)
+    near = np.flatnonzero((d <= d.min(axis=1, keepdims=True) + 1).any(axis=0))
+    rivals = np.setdiff1d(near, matched)
+    ll = barcode_log_likelihood(reads, base_quality, lut[np.r_[matched, rivals]])
+    post = np.exp(ll - ll.max())
+    post /= post.sum()
+    return post[: len(matched)], float(post[len(matched) :].sum())
+
+
 def assign_cells(
     labels: np.ndarray,
     spot_cell: np.ndarray,
@@ -564,9 +582,12 @@ def assign_cells(
     two barcodes seen equally often are decided by the evidence at the bases that
     tell them apart; ``score`` is then each barcode's posterior probability among
     those candidates. Without them the score is the summed ``spot_weight`` (all
-    ones: read counts). A cell is left ambiguous ("tie between barcodes") only when
-    the winner is less than ``min_odds`` times as likely (or as supported) as the
-    runner-up.
+    ones: read counts). The alternatives weighed against the winner include the
+    library barcodes one base further from each read than its match, which no read
+    matched: a lone read one mismatch from a barcode, with that base unsure, is as
+    likely a read of a neighbour with one more error. A cell is left ambiguous ("tie
+    between barcodes") only when the winner is less than ``min_odds`` times as likely
+    (or as supported) as all the alternatives together.
 
     Parameters
     ----------
@@ -586,7 +607,7 @@ def assign_cells(
     min_quality : float
         Reads below it are not used (they still count in ``n_spots``).
     min_odds : float
-        How many times better supported the winner must be than the runner-up.
+        How many times better supported the winner must be than all alternatives.
     reads, base_quality : numpy.ndarray, optional
         ``(n_spots, cycles)`` base indices and per-base quality of every spot.
     library : Library, optional
@@ -646,11 +667,10 @@ def assign_cells(
             if i is None:
                 continue
             cnts, wsum = g_cnt[s:e], g_w[s:e]
+            others = 0.0
             if evidence:
                 own = ids[starts[s] : (starts[e] if e < len(starts) else len(cs))]
-                ll = barcode_log_likelihood(reads[own], base_quality[own], lut[g_bc[s:e]])
-                wsum = np.exp(ll - ll.max())
-                wsum = wsum / wsum.sum()
+                wsum, others = _posterior(reads[own], base_quality[own], g_bc[s:e], library, lut)
             rank = np.lexsort((-cnts, -wsum))
             top = rank[0]
             n_matched[i] = int(cnts.sum())
@@ -660,7 +680,7 @@ def assign_cells(
                 second_bc[i] = int(g_bc[s + rank[1]])
             if count[i] < min_count:
                 reason[i] = f"only {count[i]} matching spot(s), need {min_count}"
-            elif len(rank) > 1 and wsum[top] < min_odds * wsum[rank[1]]:
+            elif wsum[top] < min_odds * (float(wsum.sum() - wsum[top]) + others):
                 reason[i] = "tie between barcodes"
             else:
                 best[i] = int(g_bc[s + top])
