@@ -725,7 +725,7 @@ class SpotParams:
         Reads whose weakest base call has a lower quality (0..1, see
         :func:`call_bases`) are not used for the cell's call.
     min_odds : float
-        How many times more likely than the runner-up a cell's barcode must be
+        How many times more likely than all alternatives a cell's barcode must be
         (see :func:`assign_cells`); below, the cell is a tie.
     """
 

@@ -67,7 +67,8 @@ def barcodes() -> None:
     type=click.FloatRange(min=1.0),
     default=2.0,
     show_default=True,
-    help="How many times more likely than the runner-up a cell's barcode must be; "
+    help="How many times more likely than all other barcodes together a cell's barcode "
+    "must be; "
     "below, the cell is left as a tie.",
 )
 @click.option(
