@@ -13,7 +13,8 @@ Usage: python bench/bench_illum.py [--n 40] [--size 1480] [--memory-n 500] [--sk
    (2 threads, each file read once) against the floor, a plain single-threaded numpy
    loop that reads each file once and adds its planes into float64 accumulators.
    Peak traced memory for N and for --memory-n (files repeated) shows it does not grow
-   with N.
+   with N. Then the fixed per-plate cost of turning one channel's mean into its
+   function (shrink, median, surface fit, rescale, enlarge), per preset.
 3. ``illum apply`` per image: the real step on a well (read, correct 5 channels, write
    5 TIFFs, including its per-well set-up), with 1 and 2 workers, against a plain
    single-threaded read + write of the same images; alternating runs, min and median.
@@ -75,6 +76,24 @@ def accuracy(tmp: Path) -> None:
             v = [vignetting_left(true, functions[p, arm, ch]) for p in ("cellprofiler", "default")]
             print(f"  {arm + ' ' + ch:14s} {c[0]:8.4f} {c[1]:8.4f} {v[0]:7.3f} {v[1]:7.3f}"
                   f"   default leaves {v[1] / v[0]:.2f}x the cellprofiler preset's")  # fmt: skip
+
+
+def smoothing_cost(size: int, reps: int = 3) -> None:
+    """The fixed per-plate cost: one mean image to one function, per channel and preset."""
+    from starrynight.algorithms import illum as alg
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    mean = 100 + 2000 * np.exp(-2 * (yy**2 + xx**2)) * rng.uniform(0.5, 1.5, (size, size))
+    print(f"per-plate smoothing, one {size}x{size} channel (paid once per plate and channel):")
+    for preset in ("cellprofiler", "default"):
+        settings = alg.preset_settings(preset, "cp")  # type: ignore[arg-type]
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            alg.illumination_function(mean, settings, 100.0 if preset == "default" else 0.0)
+            ts.append(time.perf_counter() - t)
+        print(f"  {preset:12s}: {min(ts) * 1e3:7.1f} ms (best of {reps})")
 
 
 def make_files(folder: Path, n: int, size: int) -> list[ImageRow]:
@@ -208,6 +227,7 @@ def main() -> None:
         if not args.skip_calc:
             (Path(tmp) / "calc").mkdir()
             calc_speed(Path(tmp) / "calc", args.n, args.size, args.memory_n)
+            smoothing_cost(args.size)
         (Path(tmp) / "apply").mkdir()
         apply_speed(Path(tmp) / "apply", args.apply_n, args.size, args.reps)
 

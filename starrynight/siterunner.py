@@ -66,6 +66,9 @@ class SiteTask:
         URIs the site writes; the site is complete when all exist (and are current).
     args : tuple
         What the site function needs besides the task (picklable for processes).
+    settings : str
+        The step's options that shape the outputs (e.g. ``repr`` of its parameters):
+        part of the fingerprint, so outputs made with other options are stale.
     current : bool
         Set by the runner: the outputs exist and were made from these inputs, so the
         site function may read them back instead of recomputing (when no ``load`` is
@@ -77,6 +80,7 @@ class SiteTask:
     outputs: tuple[str, ...]
     args: tuple[Any, ...] = ()
     current: bool = False
+    settings: str = ""
 
 
 @dataclass
@@ -196,7 +200,7 @@ def run_sites(
         ``skip_bad``, the first bad input in site order.
     """
     tasks = sorted(tasks, key=lambda t: t.site)
-    prints = {t.site: fingerprint(t.inputs) for t in tasks}
+    prints = {t.site: _task_print(t) for t in tasks}
     _refuse_missing(step, tasks, prints, missing_hint)
     recorded = {} if force else read_manifest(manifest)["sites"]
     run: SiteRun[R] = SiteRun()
@@ -317,7 +321,7 @@ def _remove_failed_outputs(
 def _well_print(tasks: Sequence[SiteTask]) -> str:
     h = hashlib.sha1()
     for task in sorted(tasks, key=lambda t: t.site):
-        h.update(f"{task.site}\0{fingerprint(task.inputs)[0]}\0".encode())
+        h.update(f"{task.site}\0{_task_print(task)[0]}\0".encode())
     return h.hexdigest()
 
 
@@ -346,6 +350,27 @@ def mark_well_done(manifest: str, tasks: Sequence[SiteTask]) -> None:
     data = read_manifest(manifest)
     data["well"] = _well_print(tasks)
     storage.write_bytes(manifest, (json.dumps(data, indent=0) + "\n").encode())
+
+
+def _task_print(task: SiteTask) -> tuple[str, list[str]]:
+    """:func:`fingerprint` of a task's inputs, with its settings mixed in."""
+    digest, missing = fingerprint(task.inputs)
+    if task.settings:
+        digest = hashlib.sha1(f"{digest}\0{task.settings}".encode()).hexdigest()
+    return digest, missing
+
+
+def require_inputs(step: str, tasks: Sequence[SiteTask], hint: str = "") -> None:
+    """Refuse (as :func:`run_sites` would) when inputs of some sites are missing.
+
+    For steps that read inputs before running the sites (e.g. to estimate a scale).
+
+    Raises
+    ------
+    UserError
+        Naming how many sites lack inputs, which, and one missing file.
+    """
+    _refuse_missing(step, tasks, {t.site: fingerprint(t.inputs) for t in tasks}, hint)
 
 
 def _refuse_missing(

@@ -153,7 +153,11 @@ def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def match_reads(
-    reads: np.ndarray, library: Library, max_distance: int = 1, chunk: int = 4096
+    reads: np.ndarray,
+    library: Library,
+    max_distance: int = 1,
+    chunk: int = 4096,
+    quality: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest library barcode of each read within ``max_distance`` mismatches.
 
@@ -164,6 +168,12 @@ def match_reads(
     library : Library
     max_distance : int
         Largest Hamming distance accepted.
+    quality : numpy.ndarray, optional
+        Per-base quality ``(n, length)`` in [0, 1] (see :func:`call_bases`). When
+        several barcodes are equally close, the one whose mismatches fall on the
+        least certain bases wins: a mismatch costs the quality of the base it
+        contradicts. Without it (or when those costs are equal too) the read is
+        ambiguous.
 
     Returns
     -------
@@ -185,9 +195,34 @@ def match_reads(
         ties = (d == dmin[:, None]).sum(axis=1) > 1
         idx = np.where(dmin <= max_distance, best, -1)
         idx[(dmin <= max_distance) & ties] = -2
+        if quality is not None:
+            for i in np.flatnonzero(idx == -2):
+                idx[i] = _resolve_tie(
+                    reads[start + i], quality[start + i], library, np.flatnonzero(d[i] == dmin[i])
+                )
         index[start : start + chunk] = idx
         distance[start : start + chunk] = dmin
     return index, distance
+
+
+#: Mismatch costs closer than this are equal: the evidence does not decide.
+TIE_TOLERANCE = 1e-3
+
+
+def _resolve_tie(
+    read: np.ndarray, quality: np.ndarray, library: Library, candidates: np.ndarray
+) -> int:
+    """Of equally close barcodes, the one whose mismatches sit on the weakest bases.
+
+    Returns its library index, or -2 when the two cheapest cost the same.
+    """
+    lut = np.array([_CODE[b] for b in BASES])
+    seqs = np.array([[_CODE[b] for b in library.barcodes[c]] for c in candidates])
+    cost = ((seqs != lut[read][None]) * quality[None]).sum(axis=1)
+    order = np.argsort(cost)
+    if cost[order[1]] - cost[order[0]] <= TIE_TOLERANCE:
+        return -2
+    return int(candidates[order[0]])
 
 
 # --------------------------------------------------------------------------- spots
@@ -449,8 +484,10 @@ def call_bases(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class CellCalls:
     """Barcode of each cell, aligned arrays sorted by cell label.
 
-    ``barcode_index`` is -1 for unassigned cells; ``reason`` says why
-    (``""`` when assigned).
+    ``barcode_index`` is -1 for unassigned cells; ``reason`` says why (``""`` when
+    assigned). ``second_index`` is the runner-up barcode (-1 when the cell's reads
+    name only one), as brieflow reports the top two. ``count``/``second_count`` are
+    the reads of those two, ``score``/``second_score`` their summed read weights.
     """
 
     label: np.ndarray
@@ -461,17 +498,96 @@ class CellCalls:
     second_count: np.ndarray
     confidence: np.ndarray
     reason: list[str]
+    second_index: np.ndarray
+    score: np.ndarray
+    second_score: np.ndarray
+
+
+def base_accuracy(base_quality: np.ndarray) -> np.ndarray:
+    """Probability that a base call is right, from its quality ``(top - second) / top``.
+
+    A call whose two brightest channels are equal (quality 0) is a coin toss between
+    them (0.5); a call with one channel lit alone (quality 1) is almost surely right
+    (0.99, so that a single base never outweighs everything else).
+    """
+    return 0.5 + 0.49 * np.clip(np.asarray(base_quality, np.float64), 0.0, 1.0)
+
+
+def barcode_log_likelihood(
+    reads: np.ndarray, base_quality: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
+    """Log-likelihood of each candidate barcode given a cell's reads.
+
+    Each read's base at each cycle is right with probability ``p`` =
+    :func:`base_accuracy` of its quality, otherwise one of the three other bases.
+    Only the cycles where candidates differ change their ranking, so equal read
+    counts are decided by how clearly the reads were called at the bases that
+    distinguish the barcodes, not by their overall quality.
+
+    Parameters
+    ----------
+    reads : numpy.ndarray
+        ``(n, cycles)`` base indices of the cell's reads.
+    base_quality : numpy.ndarray
+        ``(n, cycles)`` their per-base quality.
+    candidates : numpy.ndarray
+        ``(m, cycles)`` base indices of the candidate barcodes.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` ``(m,)``.
+    """
+    p = base_accuracy(base_quality)
+    agree = reads[None, :, :] == candidates[:, None, :]
+    return np.where(agree, np.log(p), np.log((1.0 - p) / 3.0)).sum(axis=(1, 2))
+
+
+def _posterior(
+    reads: np.ndarray, base_quality: np.ndarray, matched: np.ndarray, library: Library,
+    lut: np.ndarray,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Posterior of a cell's matched barcodes, and the mass of its unmatched neighbours.
+
+    Candidates are the matched barcodes plus every library barcode within one base
+    more than each read's nearest (flat prior over them).
+    """
+    d = hamming_matrix(encode(reads), library.codes)
+    near = np.flatnonzero((d <= d.min(axis=1, keepdims=True) + 1).any(axis=0))
+    rivals = np.setdiff1d(near, matched)
+    ll = barcode_log_likelihood(reads, base_quality, lut[np.r_[matched, rivals]])
+    post = np.exp(ll - ll.max())
+    post /= post.sum()
+    return post[: len(matched)], float(post[len(matched) :].sum())
 
 
 def assign_cells(
     labels: np.ndarray,
     spot_cell: np.ndarray,
     spot_barcode: np.ndarray,
-    spot_quality: np.ndarray,
+    spot_weight: np.ndarray,
     *,
     min_count: int = 1,
+    spot_quality: np.ndarray | None = None,
+    min_quality: float = 0.0,
+    min_odds: float = 2.0,
+    reads: np.ndarray | None = None,
+    base_quality: np.ndarray | None = None,
+    library: Library | None = None,
 ) -> CellCalls:
-    """Give each cell the barcode most of its matched spots carry.
+    """Give each cell the barcode its matched reads support best.
+
+    With ``reads``, ``base_quality`` and ``library`` the barcodes its reads matched
+    are ranked by :func:`barcode_log_likelihood` over all the cell's used reads, so
+    two barcodes seen equally often are decided by the evidence at the bases that
+    tell them apart; ``score`` is then each barcode's posterior probability among
+    those candidates. Without them the score is the summed ``spot_weight`` (all
+    ones: read counts). The alternatives weighed against the winner include the
+    library barcodes one base further from each read than its match, which no read
+    matched: a lone read one mismatch from a barcode, with that base unsure, is as
+    likely a read of a neighbour with one more error. A cell is left ambiguous ("tie
+    between barcodes") only when the winner is less than ``min_odds`` times as likely
+    (or as supported) as all the alternatives together.
 
     Parameters
     ----------
@@ -481,17 +597,27 @@ def assign_cells(
         Cell label of each spot (0 = outside cells).
     spot_barcode : numpy.ndarray
         Library index of each spot's read (negative = no match / ambiguous).
-    spot_quality : numpy.ndarray
-        Per-spot read quality (minimum over cycles); breaks ties between barcodes
-        seen equally often.
+    spot_weight : numpy.ndarray
+        Weight of each read when no base-level evidence is given (all ones counts
+        reads).
     min_count : int
-        Spots that must agree for a call.
+        Reads of the winning barcode a call needs.
+    spot_quality : numpy.ndarray, optional
+        Per-read quality compared with ``min_quality`` (default: ``spot_weight``).
+    min_quality : float
+        Reads below it are not used (they still count in ``n_spots``).
+    min_odds : float
+        How many times better supported the winner must be than all alternatives.
+    reads, base_quality : numpy.ndarray, optional
+        ``(n_spots, cycles)`` base indices and per-base quality of every spot.
+    library : Library, optional
+        Needed with ``reads``.
 
     Returns
     -------
     CellCalls
-        ``confidence`` is the fraction of the cell's matched spots that carry the
-        called barcode.
+        ``confidence`` is the called barcode's share of the cell's matched evidence
+        (its posterior probability with base-level evidence).
     """
     labels = np.asarray(labels, np.int64)
     n = len(labels)
@@ -499,51 +625,79 @@ def assign_cells(
     n_spots = np.zeros(n, np.int32)
     n_matched = np.zeros(n, np.int32)
     best = np.full(n, -1, np.int64)
+    second_bc = np.full(n, -1, np.int64)
     count = np.zeros(n, np.int32)
     second = np.zeros(n, np.int32)
+    score = np.zeros(n, np.float32)
+    second_score = np.zeros(n, np.float32)
     conf = np.zeros(n, np.float32)
     reason = ["no spots"] * n
+    weight = np.asarray(spot_weight, np.float64)
+    quality = weight if spot_quality is None else np.asarray(spot_quality, np.float64)
+    evidence = reads is not None and base_quality is not None and library is not None
+    if evidence:
+        lut = np.array([[_CODE[b] for b in bcode] for bcode in library.barcodes])
+    spot_ids = np.arange(len(spot_cell))
     inside = spot_cell > 0
     cells_s = spot_cell[inside].astype(np.int64)
     bc_s = spot_barcode[inside]
-    q_s = spot_quality[inside]
+    w_s, q_s, id_s = weight[inside], quality[inside], spot_ids[inside]
     for lab, cnt in zip(*np.unique(cells_s, return_counts=True), strict=True):
         if int(lab) in pos:
             n_spots[pos[int(lab)]] = cnt
-    ok = bc_s >= 0
+    low = np.zeros(n, bool)
+    for lab in np.unique(cells_s[(bc_s >= 0) & (q_s < min_quality)]):
+        if int(lab) in pos:
+            low[pos[int(lab)]] = True
+    ok = (bc_s >= 0) & (q_s >= min_quality)
     order = np.lexsort((bc_s[ok], cells_s[ok]))
-    cs, bs, qs = cells_s[ok][order], bc_s[ok][order], q_s[ok][order]
+    cs, bs, ws = cells_s[ok][order], bc_s[ok][order], w_s[ok][order]
+    ids = id_s[ok][order]
     if len(cs):
-        # Group by (cell, barcode): counts and summed quality per group.
+        # Group by (cell, barcode): read counts and summed weights per group.
         key_change = np.r_[True, (cs[1:] != cs[:-1]) | (bs[1:] != bs[:-1])]
         starts = np.flatnonzero(key_change)
         g_cell, g_bc = cs[starts], bs[starts]
         g_cnt = np.diff(np.r_[starts, len(cs)])
-        g_q = np.add.reduceat(qs, starts)
+        g_w = np.add.reduceat(ws, starts)
         cell_starts = np.flatnonzero(np.r_[True, g_cell[1:] != g_cell[:-1]])
         cell_ends = np.r_[cell_starts[1:], len(g_cell)]
         for s, e in zip(cell_starts, cell_ends, strict=True):
             i = pos.get(int(g_cell[s]))
             if i is None:
                 continue
-            cnts, qual = g_cnt[s:e], g_q[s:e]
-            rank = np.lexsort((-qual, -cnts))
+            cnts, wsum = g_cnt[s:e], g_w[s:e]
+            others = 0.0
+            if evidence:
+                own = ids[starts[s] : (starts[e] if e < len(starts) else len(cs))]
+                wsum, others = _posterior(reads[own], base_quality[own], g_bc[s:e], library, lut)
+            rank = np.lexsort((-cnts, -wsum))
             top = rank[0]
             n_matched[i] = int(cnts.sum())
-            count[i] = int(cnts[top])
-            second[i] = int(cnts[rank[1]]) if len(rank) > 1 else 0
+            count[i], score[i] = int(cnts[top]), float(wsum[top])
+            if len(rank) > 1:
+                second[i], second_score[i] = int(cnts[rank[1]]), float(wsum[rank[1]])
+                second_bc[i] = int(g_bc[s + rank[1]])
             if count[i] < min_count:
                 reason[i] = f"only {count[i]} matching spot(s), need {min_count}"
-            elif second[i] == count[i]:
+            elif wsum[top] < min_odds * (float(wsum.sum() - wsum[top]) + others):
                 reason[i] = "tie between barcodes"
             else:
                 best[i] = int(g_bc[s + top])
-                conf[i] = count[i] / n_matched[i]
+                total = float(wsum.sum())
+                conf[i] = score[i] / total if total > 0 else count[i] / n_matched[i]
                 reason[i] = ""
     for i in range(n):
         if n_spots[i] and not n_matched[i]:
-            reason[i] = "no spot read matched a barcode"
-    return CellCalls(labels, n_spots, n_matched, best, count, second, conf, reason)
+            reason[i] = (
+                f"every matching read below quality {min_quality:g}"
+                if low[i]
+                else "no spot read matched a barcode"
+            )
+    return CellCalls(
+        labels, n_spots, n_matched, best, count, second, conf, reason, second_bc, score,
+        second_score,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- site
@@ -567,6 +721,12 @@ class SpotParams:
         Estimate and undo per-cycle crosstalk.
     min_count : int
         Spots that must agree on a cell's barcode.
+    min_quality : float
+        Reads whose weakest base call has a lower quality (0..1, see
+        :func:`call_bases`) are not used for the cell's call.
+    min_odds : float
+        How many times more likely than all alternatives a cell's barcode must be
+        (see :func:`assign_cells`); below, the cell is a tie.
     """
 
     sigma: float = 1.0
@@ -575,6 +735,8 @@ class SpotParams:
     max_distance: int = 1
     compensate: bool = True
     min_count: int = 1
+    min_quality: float = 0.0
+    min_odds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -649,14 +811,18 @@ def read_site(
         mats = np.broadcast_to(np.eye(4), (sbs.shape[0], 4, 4)).copy()
     bases, quality = call_bases(values)
     if len(spots):
-        idx, dist = match_reads(bases, library, p.max_distance)
+        idx, dist = match_reads(bases, library, p.max_distance, quality=quality)
     else:
         idx, dist = np.zeros(0, np.int64), np.zeros(0, np.int16)
     spot_cell = cells[spots[:, 0], spots[:, 1]] if len(spots) else np.zeros(0, np.int64)
     spot_q = quality.min(axis=1) if len(spots) else np.zeros(0, np.float32)
     labels = np.unique(cells)
     labels = labels[labels > 0]
-    calls = assign_cells(labels, spot_cell, idx, spot_q, min_count=p.min_count)
+    calls = assign_cells(
+        labels, spot_cell, idx, np.ones(len(spots)), min_count=p.min_count,
+        spot_quality=spot_q, min_quality=p.min_quality, min_odds=p.min_odds,
+        reads=bases, base_quality=quality, library=library,
+    )  # fmt: skip
     if len(labels) and not covered.all():
         area = np.bincount(cells.ravel(), minlength=int(labels.max()) + 1)[labels]
         inside = np.bincount(cells[covered].ravel(), minlength=int(labels.max()) + 1)[labels]

@@ -2,21 +2,38 @@
 
 Classical pipeline in the spirit of CellProfiler's IdentifyPrimaryObjects /
 IdentifySecondaryObjects: Gaussian smoothing, an Otsu threshold with a correction
-factor, declumping by a marker-controlled watershed on the distance transform (markers
-are maxima of smoothed intensity times distance, so touching nuclei with a dim seam
-between them split even when their union is convex), then size limits. Cells grow
-from the nuclei by a watershed on the cell-stain image inside its foreground.
+factor made local (so a dim corner of a vignetted field keeps its nuclei), declumping
+by a marker-controlled watershed on smoothed intensity times distance (markers are its
+maxima, so touching nuclei with a dim seam between them split even when their union is
+convex), then size limits. Cells grow from the nuclei by a watershed on the cell-stain
+image inside its foreground.
+
+Every length scale follows the nucleus diameter. When none is given it is estimated
+from the image (:func:`estimate_diameter`): the median equivalent diameter of the
+isolated, convex objects of the thresholded nuclear stain — as cellpose estimates
+object size before segmenting, for the same reason: a fixed scale fails when the
+magnification or binning changes.
 
 All functions are pure: arrays in, arrays or plain values out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import feature, filters, measure, segmentation
+
+#: Diameter used when none is given and the image holds no object to measure.
+FALLBACK_DIAMETER = 20.0
+#: Objects an estimate needs; fewer and :func:`estimate_diameter` gives up.
+MIN_OBJECTS_FOR_ESTIMATE = 3
+#: Smallest object (pixels) measured by the estimate: specks of noise are not nuclei.
+MIN_ESTIMATE_AREA = 16
+#: Solidity above which a thresholded object is taken as one nucleus, not a clump.
+SINGLE_SOLIDITY = 0.9
 
 
 @dataclass(frozen=True)
@@ -25,8 +42,9 @@ class NucleiParams:
 
     Attributes
     ----------
-    diameter : float
-        Typical nucleus diameter in pixels; sets the declumping scale.
+    diameter : float or None
+        Typical nucleus diameter in pixels; sets the declumping scale. ``None``
+        estimates it from the image (:func:`estimate_diameter`).
     smoothing_sigma : float
         Gaussian sigma (pixels) applied before thresholding.
     threshold_factor : float
@@ -35,17 +53,33 @@ class NucleiParams:
     min_area, max_area : float or None
         Size limits in pixels; ``None`` derives them from ``diameter`` (10% and 10x
         the area of a disc of that diameter).
+    local_threshold : bool
+        Follow slow changes of brightness across the field: the threshold keeps its
+        place between the local background and the local nuclear intensity
+        (see :func:`nuclear_foreground`) instead of one value for the whole image.
+    local_scale : float
+        Size of "local", in nucleus diameters (Gaussian sigma of the local means).
     """
 
-    diameter: float = 20.0
+    diameter: float | None = None
     smoothing_sigma: float = 1.0
     threshold_factor: float = 0.85
     min_area: float | None = None
     max_area: float | None = None
+    local_threshold: bool = True
+    local_scale: float = 4.0
 
     def area_limits(self) -> tuple[float, float]:
-        """Return ``(min_area, max_area)`` in pixels."""
-        disc = np.pi * (self.diameter / 2) ** 2
+        """Return ``(min_area, max_area)`` in pixels.
+
+        Raises
+        ------
+        ValueError
+            When a limit must be derived from a diameter that is not known yet.
+        """
+        if self.diameter is None and (self.min_area is None or self.max_area is None):
+            raise ValueError("area limits need a diameter: resolve it first (estimate_diameter)")
+        disc = np.pi * (self.diameter / 2) ** 2 if self.diameter is not None else 0.0
         lo = self.min_area if self.min_area is not None else 0.1 * disc
         hi = self.max_area if self.max_area is not None else 10.0 * disc
         return float(lo), float(hi)
@@ -59,6 +93,151 @@ def _otsu(values: np.ndarray) -> float | None:
     return float(filters.threshold_otsu(finite))
 
 
+def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    img = image.astype(np.float32, copy=False)
+    return filters.gaussian(img, sigma, preserve_range=True) if sigma else img
+
+
+def object_diameters(
+    image: np.ndarray, smoothing_sigma: float = 1.0, threshold_factor: float = 0.85
+) -> np.ndarray:
+    """Equivalent diameters of the isolated nuclei of one nuclear-stain image.
+
+    Thresholds the smoothed image at ``threshold_factor`` x Otsu and keeps the
+    connected objects that look like one nucleus: convex (solidity above
+    :data:`SINGLE_SOLIDITY`; clumps of touching nuclei are not), at least
+    :data:`MIN_ESTIMATE_AREA` pixels, not cut by the image border.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` diameters ``2 * sqrt(area / pi)`` in pixels, one per kept object
+        (empty for a flat image).
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    smooth = _smooth(image, smoothing_sigma)
+    t = _otsu(smooth)
+    if t is None:
+        return np.zeros(0, np.float64)
+    objects = measure.label(ndi.binary_fill_holes(smooth > t * threshold_factor))
+    objects = segmentation.clear_border(objects)
+    props = measure.regionprops_table(objects, properties=("area", "solidity"))
+    area, solidity = props["area"], props["solidity"]
+    keep = (area >= MIN_ESTIMATE_AREA) & (solidity > SINGLE_SOLIDITY)
+    return 2.0 * np.sqrt(area[keep] / np.pi)
+
+
+def estimate_diameter(
+    images: Iterable[np.ndarray], smoothing_sigma: float = 1.0, threshold_factor: float = 0.85
+) -> float | None:
+    """Typical nucleus diameter (pixels) of a set of nuclear-stain images.
+
+    The median of :func:`object_diameters` pooled over ``images`` (e.g. a few sites
+    of a well): isolated nuclei measure the scale directly, and the median ignores
+    the odd clump that still passes the convexity test and the odd fragment.
+
+    Parameters
+    ----------
+    images : iterable of numpy.ndarray
+        2-D nuclear-stain images of one magnification (streamed: one at a time).
+    smoothing_sigma, threshold_factor : float
+        As in :class:`NucleiParams`.
+
+    Returns
+    -------
+    float or None
+        The diameter, or None when fewer than :data:`MIN_OBJECTS_FOR_ESTIMATE`
+        isolated nuclei were found (nothing to measure the scale on).
+    """
+    found = [object_diameters(im, smoothing_sigma, threshold_factor) for im in images]
+    pooled = np.concatenate(found) if found else np.zeros(0)
+    if pooled.size < MIN_OBJECTS_FOR_ESTIMATE:
+        return None
+    return float(np.median(pooled))
+
+
+def resolve_diameter(params: NucleiParams, image: np.ndarray) -> NucleiParams:
+    """``params`` with a diameter: the given one, else estimated from ``image``.
+
+    Falls back to :data:`FALLBACK_DIAMETER` when the image has too few isolated
+    nuclei to measure (a site with a handful of nuclei segments the same either way).
+    """
+    if params.diameter is not None:
+        return params
+    d = estimate_diameter([image], params.smoothing_sigma, params.threshold_factor)
+    return replace(params, diameter=d if d is not None else FALLBACK_DIAMETER)
+
+
+def _local_mean(
+    values: np.ndarray, mask: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-weighted mean of ``values`` over ``mask`` and the weight of the mask.
+
+    Computed on a grid ``step = sigma / 8`` pixels coarser and enlarged back
+    (bilinear): the result is smooth at that scale anyway, and a full-size Gaussian
+    of sigma ~100 px costs seconds per image.
+    """
+    step = max(1, int(sigma / 8))
+    h, w = values.shape
+    ph, pw = -h % step, -w % step
+    v = np.pad(np.where(mask, values, 0.0).astype(np.float32), ((0, ph), (0, pw)), "edge")
+    m = np.pad(mask.astype(np.float32), ((0, ph), (0, pw)), "edge")
+    shape = (v.shape[0] // step, step, v.shape[1] // step, step)
+    num = ndi.gaussian_filter(v.reshape(shape).mean(axis=(1, 3)), sigma / step)
+    den = ndi.gaussian_filter(m.reshape(shape).mean(axis=(1, 3)), sigma / step)
+    mean = num / np.maximum(den, 1e-6)
+    if step > 1:
+        zoom = (v.shape[0] / mean.shape[0], v.shape[1] / mean.shape[1])
+        mean = ndi.zoom(mean, zoom, order=1, mode="nearest", grid_mode=True)[:h, :w]
+        den = ndi.zoom(den, zoom, order=1, mode="nearest", grid_mode=True)[:h, :w]
+    return mean, den
+
+
+def nuclear_foreground(
+    smooth: np.ndarray, threshold: float, diameter: float, local_scale: float | None
+) -> np.ndarray:
+    """Foreground of a smoothed nuclear stain, holes filled.
+
+    With ``local_scale`` the global ``threshold`` is made local: it sits at the same
+    fraction of the way from the background mean to the nuclear mean as it does
+    globally, with both means taken locally (Gaussian of sigma ``local_scale *
+    diameter``; where one class is absent nearby its global mean is used). Under a
+    multiplicative illumination falloff both means scale together, so a dim corner
+    is thresholded as the bright centre is; two passes let the classes settle.
+
+    Parameters
+    ----------
+    smooth : numpy.ndarray
+        Smoothed 2-D image.
+    threshold : float
+        Global threshold (Otsu times the correction factor).
+    diameter : float
+        Nucleus diameter in pixels.
+    local_scale : float or None
+        ``None`` for the plain global threshold.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask.
+    """
+    fg = smooth > threshold
+    if local_scale is not None and fg.any() and not fg.all():
+        g_fg, g_bg = float(smooth[fg].mean()), float(smooth[~fg].mean())
+        if g_fg > g_bg:
+            level = (threshold - g_bg) / (g_fg - g_bg)
+            sigma = local_scale * diameter
+            for _ in range(2):
+                m_fg, w_fg = _local_mean(smooth, fg, sigma)
+                m_bg, w_bg = _local_mean(smooth, ~fg, sigma)
+                # A few percent of weight is a handful of pixels: too few for a mean.
+                m_fg = np.where(w_fg > 0.02, m_fg, g_fg)
+                m_bg = np.where(w_bg > 0.02, m_bg, g_bg)
+                fg = smooth > m_bg + level * (m_fg - m_bg)
+    return ndi.binary_fill_holes(fg)
+
+
 def segment_nuclei(image: np.ndarray, params: NucleiParams | None = None) -> np.ndarray:
     """Label the nuclei of a nuclear-stain image.
 
@@ -67,7 +246,8 @@ def segment_nuclei(image: np.ndarray, params: NucleiParams | None = None) -> np.
     image : numpy.ndarray
         2-D nuclear stain (any numeric dtype), ideally illumination-corrected.
     params : NucleiParams, optional
-        Tuning; defaults suit nuclei about 20 pixels across.
+        Tuning; by default the diameter is estimated from ``image`` (give one, e.g.
+        estimated once per well, for the same scale on every site).
 
     Returns
     -------
@@ -78,14 +258,15 @@ def segment_nuclei(image: np.ndarray, params: NucleiParams | None = None) -> np.
     p = params or NucleiParams()
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    p = resolve_diameter(p, image)
+    assert p.diameter is not None
     img = image.astype(np.float32, copy=False)
-    smooth = (
-        filters.gaussian(img, p.smoothing_sigma, preserve_range=True) if p.smoothing_sigma else img
-    )
+    smooth = _smooth(img, p.smoothing_sigma)
     t = _otsu(smooth)
     if t is None:
         return np.zeros(img.shape, np.int32)
-    foreground = ndi.binary_fill_holes(smooth > t * p.threshold_factor)
+    local = p.local_scale if p.local_threshold else None
+    foreground = nuclear_foreground(smooth, t * p.threshold_factor, p.diameter, local)
     min_area, max_area = p.area_limits()
     foreground = _drop_small(foreground, min_area)
     if not foreground.any():
@@ -112,7 +293,9 @@ def segment_nuclei(image: np.ndarray, params: NucleiParams | None = None) -> np.
         centres = ndi.maximum_position(distance, regions, unseeded)
         for i, (y, x) in enumerate(centres):
             markers[y, x] = len(peaks) + 1 + i
-    labels = segmentation.watershed(-distance, markers, mask=foreground)
+    # Flooding the same surface the markers came from puts the dividing line in the
+    # dim seam between two nuclei (flooding -distance cut by shape alone).
+    labels = segmentation.watershed(-surface, markers, mask=foreground)
     return filter_by_area(labels, min_area, max_area)
 
 

@@ -56,11 +56,26 @@ def barcodes() -> None:
     help="Spots that must agree on a cell's barcode.",
 )
 @click.option(
-    "--diameter",
-    type=float,
-    default=20.0,
+    "--min-quality",
+    type=click.FloatRange(0, 1),
+    default=0.0,
     show_default=True,
-    help="Typical nucleus diameter in pixels (SBS nuclear stain).",
+    help="Ignore reads whose weakest base call has a lower quality, (top - second) / top.",
+)
+@click.option(
+    "--min-odds",
+    type=click.FloatRange(min=1.0),
+    default=2.0,
+    show_default=True,
+    help="How many times more likely than all other barcodes together a cell's barcode "
+    "must be; "
+    "below, the cell is left as a tie.",
+)
+@click.option(
+    "--diameter",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Typical nucleus diameter in pixels (SBS nuclear stain) [estimated per site].",
 )
 @click.option(
     "--cell-expansion",
@@ -76,6 +91,8 @@ def call(**kw: Any) -> None:
             max_distance=kw["max_mismatches"],
             compensate=not kw["no_compensation"],
             min_count=kw["min_count"],
+            min_quality=kw["min_quality"],
+            min_odds=kw["min_odds"],
         ),
         nuclei=NucleiParams(diameter=kw["diameter"]),
         cell_expansion=kw["cell_expansion"],

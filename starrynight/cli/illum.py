@@ -28,7 +28,8 @@ def illum() -> None:
 @click.option(
     "--preset", type=click.Choice(["default", "cellprofiler"]), default="default",
     show_default=True,
-    help="default: removes the camera dark level, median size 30; cellprofiler: "
+    help="default: removes the camera dark level, median size 10, smooth log-quadratic "
+    "surface; cellprofiler: "
     "CellProfiler 4.2.8's CorrectIlluminationCalculate with the legacy Broad settings.",
 )  # fmt: skip
 @click.option(

@@ -17,8 +17,9 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--nuclei-channel", help="Nuclear stain (normalised name, e.g. DAPI)."),
         click.option("--cell-channel", help="Cell stain to grow cells on (e.g. PhalloAF750)."),
         click.option(
-            "--diameter", type=float, default=20.0, show_default=True,
-            help="Typical nucleus diameter in pixels (declumping scale).",
+            "--diameter", type=click.FloatRange(min=1.0), default=None,
+            help="Typical nucleus diameter in pixels (declumping scale) [estimated per "
+            "well from the nuclear stain].",
         ),
         click.option(
             "--threshold-factor", type=float, default=0.85, show_default=True,
@@ -63,6 +64,8 @@ def _report(res: SegmentResult) -> None:
         click.echo("no cells found in this well", err=True)
     for site, why in sorted(res.flagged.items()):
         click.echo(f"flagged site {site}: {why}", err=True)
+    if res.diameter is not None:
+        click.echo(f"nucleus diameter {res.diameter:.1f} px ({res.diameter_source})")
     for uri in res.outputs:
         click.echo(uri)
 

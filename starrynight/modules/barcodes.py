@@ -51,6 +51,8 @@ CELLS_SCHEMA = pa.schema(
         ("n_matched", pa.int32()),
         ("count", pa.int32()),
         ("second_count", pa.int32()),
+        ("second_barcode", pa.string()),
+        ("second_gene_symbol", pa.string()),
         ("confidence", pa.float32()),
         ("status", pa.string()),
         ("reason", pa.string()),
@@ -195,10 +197,11 @@ def _call_job(task: SiteTask) -> dict[str, Any]:
         ]
     )
     dna = read_image(workspace.aligned_path(ws, plate, well, site, cycles[0], nuclei_ch), 1)[0]
-    nuclei = seg.segment_nuclei(dna, params.nuclei)
+    nuclei_params = seg.resolve_diameter(params.nuclei, dna)
+    nuclei = seg.segment_nuclei(dna, nuclei_params)
     expansion = params.cell_expansion
     if expansion is None:
-        expansion = 0.75 * params.nuclei.diameter
+        expansion = 0.75 * nuclei_params.diameter
     cells = seg.expand_nuclei(nuclei, expansion)
     write_mask(workspace.sbs_mask_path(ws, plate, well, site, "Cells"), cells)
     write_mask(workspace.sbs_mask_path(ws, plate, well, site, "Nuclei"), nuclei)
@@ -219,6 +222,8 @@ def _call_job(task: SiteTask) -> dict[str, Any]:
         "n_matched": calls.n_matched,
         "count": calls.count,
         "second_count": calls.second_count,
+        "second_barcode": [library.barcodes[i] if i >= 0 else None for i in calls.second_index],
+        "second_gene_symbol": [library.genes[i] if i >= 0 else None for i in calls.second_index],
         "confidence": calls.confidence,
         "status": ["assigned" if i >= 0 else "unassigned" for i in idx],
         "reason": calls.reason,

@@ -16,7 +16,7 @@ import dataclasses
 import io
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,13 @@ from starrynight import storage, workspace
 from starrynight.algorithms import segmentation as seg
 from starrynight.errors import UserError
 from starrynight.imageio import read_image, write_tiff
-from starrynight.siterunner import SiteTask, mark_well_done, run_sites, well_current
+from starrynight.siterunner import (
+    SiteTask,
+    mark_well_done,
+    require_inputs,
+    run_sites,
+    well_current,
+)
 
 # --------------------------------------------------------------------------- shared I/O
 
@@ -56,6 +62,8 @@ COUNTS_SCHEMA = pa.schema(
         ("n_cells", pa.int64()),
         ("flagged", pa.bool_()),
         ("reason", pa.string()),
+        ("diameter", pa.float64()),
+        ("diameter_source", pa.string()),
     ]
 )
 
@@ -209,6 +217,8 @@ class SegmentResult:
     cells: int
     flagged: dict[int, str]
     outputs: list[str]
+    diameter: float | None = None
+    diameter_source: str = ""
     bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -300,7 +310,41 @@ def _result(
     return SegmentResult(
         plate, well, len(rows), computed, len(rows) - computed,
         sum(r["n_nuclei"] for r in rows), sum(r["n_cells"] for r in rows), flags, outputs,
+        rows[0].get("diameter") if rows else None,
+        rows[0].get("diameter_source", "") if rows else "",
     )  # fmt: skip
+
+
+#: Sites of a well whose nuclear stain the diameter estimate measures (evenly spread).
+DIAMETER_SITES = 6
+
+
+def well_diameter(
+    ws: str, plate: str, well: str, sites: Sequence[int], nuclei_ch: str, params: SegmentParams
+) -> tuple[SegmentParams, str]:
+    """``params`` with the well's nucleus diameter, and where that diameter came from.
+
+    A given diameter is kept (``"given"``). Otherwise it is estimated once per well
+    (:func:`seg.estimate_diameter`) from the nuclear stain of up to
+    :data:`DIAMETER_SITES` sites spread over the well, read one at a time, so every
+    site of the well is segmented at the same scale (``"estimated"``). A well with
+    too few isolated nuclei to measure takes :data:`seg.FALLBACK_DIAMETER` and says
+    so.
+    """
+    nuc = params.nuclei
+    if nuc.diameter is not None:
+        return params, "given"
+    chosen = sorted(set(np.linspace(0, len(sites) - 1, min(DIAMETER_SITES, len(sites))).round()))
+    images = (
+        read_image(workspace.corrected_path(ws, plate, well, sites[int(i)], nuclei_ch), 1)[0]
+        for i in chosen
+    )
+    d = seg.estimate_diameter(images, nuc.smoothing_sigma, nuc.threshold_factor)
+    if d is None:
+        d, source = seg.FALLBACK_DIAMETER, "default (too few isolated nuclei to estimate)"
+    else:
+        source = f"estimated from {len(chosen)} site(s)"
+    return replace(params, nuclei=replace(nuc, diameter=d)), source
 
 
 def segment_site(
@@ -349,7 +393,10 @@ def _segment_job(task: SiteTask) -> dict[str, Any]:
     }
 
 
-def _counts_table(results: Iterable[dict[str, Any]], flags: dict[int, str]) -> pa.Table:
+def _counts_table(
+    results: Iterable[dict[str, Any]], flags: dict[int, str], diameter: float | None,
+    source: str,
+) -> pa.Table:  # fmt: skip
     res = sorted(results, key=lambda r: r["site"])
     columns = {
         "site": [r["site"] for r in res],
@@ -357,6 +404,9 @@ def _counts_table(results: Iterable[dict[str, Any]], flags: dict[int, str]) -> p
         "n_cells": [r["n_cells"] for r in res],
         "flagged": [r["site"] in flags for r in res],
         "reason": [flags.get(r["site"], "") for r in res],
+        # The nucleus diameter (pixels) the sites were segmented with.
+        "diameter": [diameter] * len(res),
+        "diameter_source": [source] * len(res),
     }
     return typed_table(columns, COUNTS_SCHEMA)
 
@@ -404,15 +454,19 @@ def segment_well(
     outputs = [objects_uri, counts_uri]
     manifest = workspace.site_manifest_path(ws, "segmentation", plate, well)
     sites, nuclei_ch, cell_ch = _cp_inputs(ws, plate, well, nuclei_channel, cell_channel)
+    # Existing outputs are kept whatever the options (--force redoes them).
     tasks = segment_tasks(ws, plate, well, sites, nuclei_ch, cell_ch, params)
     if well_current(manifest, tasks, outputs, force):
         counts = read_table(counts_uri).to_pylist()
         flags = {r["site"]: r["reason"] for r in counts if r["flagged"]}
         return _result(plate, well, counts, 0, flags, outputs)
+    hint = f"run 'starrynight illum apply -w {ws} --plate {plate} --well {well}'"
+    require_inputs("segment", tasks, hint)
+    params, source = well_diameter(ws, plate, well, sites, nuclei_ch, params)
+    tasks = segment_tasks(ws, plate, well, sites, nuclei_ch, cell_ch, params)
     run = run_sites(
         "segment", _segment_job, tasks, manifest=manifest, workers=workers, processes=True,
-        force=force, skip_bad=skip_bad, progress=progress,
-        missing_hint=f"run 'starrynight illum apply -w {ws} --plate {plate} --well {well}'",
+        force=force, skip_bad=skip_bad, progress=progress, missing_hint=hint,
     )  # fmt: skip
     results = run.ordered()
     write_table(
@@ -420,9 +474,11 @@ def segment_well(
     )
     # The counts table goes last: its flags need every site, and it marks the well done.
     flags = _flags(results, params)
-    write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
+    counts = _counts_table(results, flags, params.nuclei.diameter, source)
+    write_table(counts_uri, counts, COUNTS_SCHEMA)
     mark_well_done(manifest, tasks)
-    res = _result(plate, well, results, sum(r["computed"] for r in results), flags, outputs)
+    res = _result(plate, well, counts.to_pylist(), sum(r["computed"] for r in results), flags,
+                  outputs)  # fmt: skip
     return dataclasses.replace(res, bad_files=run.bad_files)
 
 
@@ -488,15 +544,19 @@ def segcheck_well(
         dataclasses.replace(t, outputs=(workspace.segcheck_overlay_path(ws, plate, well, t.site),))
         for t in segment_tasks(ws, plate, well, sites[::every], nuclei_ch, cell_ch, params)
     ]
+    hint = f"run 'starrynight illum apply -w {ws} --plate {plate} --well {well}'"
+    require_inputs("segcheck", tasks, hint)
+    params, source = well_diameter(ws, plate, well, sites, nuclei_ch, params)
+    tasks = [dataclasses.replace(t, args=(*t.args[:-1], params)) for t in tasks]
     run = run_sites(
         "segcheck", _segcheck_job, tasks,
         manifest=workspace.site_manifest_path(ws, "segcheck", plate, well),
-        workers=workers, processes=True, force=True,
-        missing_hint=f"run 'starrynight illum apply -w {ws} --plate {plate} --well {well}'",
+        workers=workers, processes=True, force=True, missing_hint=hint,
     )  # fmt: skip
     results = run.ordered()
     flags = _flags(results, params)
     counts_uri = workspace.segcheck_counts_path(ws, plate, well)
-    write_table(counts_uri, _counts_table(results, flags), COUNTS_SCHEMA)
+    counts = _counts_table(results, flags, params.nuclei.diameter, source)
+    write_table(counts_uri, counts, COUNTS_SCHEMA)
     outputs = [r["png"] for r in results] + [counts_uri]
-    return _result(plate, well, results, len(results), flags, outputs)
+    return _result(plate, well, counts.to_pylist(), len(results), flags, outputs)

@@ -242,7 +242,9 @@ def test_cli_all_zero_site_reports_no_cells(
     assert "no cells found" in err and "flagged site 1" in err
     counts = pq.read_table(workspace.segmentation_counts_path(ws, "P", "B2")).to_pylist()
     assert counts == [{"site": 1, "n_nuclei": 0, "n_cells": 0, "flagged": True,
-                       "reason": "0 objects (fewer than 1)"}]  # fmt: skip
+                       "reason": "0 objects (fewer than 1)", "diameter": 20.0,
+                       "diameter_source": "default (too few isolated nuclei to estimate)"},
+                      ]  # fmt: skip
 
 
 def _assert_typed(uri: str, schema: pa.Schema, rows: int | None = 0) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from starrynight.algorithms import barcodes as bc
+from tests.starrynight import sbs_synthetic
 
 
 def test_library_is_the_prefix_the_cycles_read() -> None:
@@ -136,3 +137,56 @@ def test_read_site_all_zero_images_give_no_calls() -> None:
     assert len(reads.spots["y"]) == 0
     assert reads.cells.barcode_index.tolist() == [-1]
     assert reads.cells.reason[0]  # an explicit reason, not an empty call
+
+
+def test_equal_counts_are_decided_by_the_bases_that_tell_barcodes_apart() -> None:
+    lib = bc.build_library(["AAAA", "AAAC", "GGGG"], ["a", "c", "g"], 4)
+    reads = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 1]])
+    idx = np.array([0, 1, 0, 1])
+    cells = np.array([1, 1, 2, 2])
+    quality = np.full((4, 4), 0.9, np.float32)
+    quality[0, 3] = 0.1  # cell 1: the AAAA read is unsure of its last base, AAAC sure
+    calls = bc.assign_cells(
+        np.array([1, 2]), cells, idx, np.ones(4), reads=reads, base_quality=quality, library=lib
+    )
+    assert calls.barcode_index.tolist() == [1, -1]
+    assert calls.second_index[0] == 0
+    assert calls.count.tolist() == [1, 1] and calls.second_count.tolist() == [1, 1]
+    assert calls.reason == ["", "tie between barcodes"]  # cell 2: truly balanced
+    assert calls.score[0] > 2 * calls.second_score[0]
+    assert calls.confidence[0] == pytest.approx(calls.score[0])
+
+
+def test_min_quality_drops_weak_reads() -> None:
+    labels = np.array([1])
+    calls = bc.assign_cells(labels, np.array([1, 1]), np.array([3, 3]), np.ones(2),
+                            spot_quality=np.array([0.05, 0.1]), min_quality=0.2)  # fmt: skip
+    assert calls.barcode_index.tolist() == [-1]
+    assert calls.reason == ["every matching read below quality 0.2"]
+    kept = bc.assign_cells(labels, np.array([1, 1]), np.array([3, 3]), np.ones(2),
+                           spot_quality=np.array([0.05, 0.3]), min_quality=0.2)  # fmt: skip
+    assert kept.barcode_index.tolist() == [3] and kept.n_matched.tolist() == [1]
+
+
+def test_match_reads_uses_base_quality_to_break_distance_ties() -> None:
+    lib = bc.build_library(["AAAA", "AAGG"], ["a", "g"], 4)
+    read = np.array([[0, 0, 2, 0]])  # AAGA: one mismatch from each
+    q = np.array([[0.9, 0.9, 0.9, 0.1]])  # the last base is the unsure one
+    assert bc.match_reads(read, lib, 1, quality=q)[0].tolist() == [1]
+    assert bc.match_reads(read, lib, 1, quality=np.full((1, 4), 0.5))[0].tolist() == [-2]
+
+
+def test_dye_crosstalk_site_calls_right_without_ties() -> None:
+    # Cy3/A594 (G/T) and Cy5/Cy7 (A/C) leak into each other; dim, jittery amplicons.
+    rng = np.random.default_rng(0)
+    lib = sbs_synthetic.random_library(rng, 400, 7, min_distance=1)
+    totals = np.zeros(3)
+    counted = 0
+    for _ in range(3):
+        sbs, cells, truth = sbs_synthetic.synthetic_site(rng, lib)
+        calls = bc.read_site(sbs, cells, lib).cells
+        *fractions, n = sbs_synthetic.score_calls(calls, truth, cells, 24)
+        totals += np.array(fractions) * n
+        counted += n
+    right, wrong, _ = totals / counted
+    assert right >= 0.95 and wrong <= 0.01, (right, wrong)

@@ -198,3 +198,22 @@ def test_presets_and_bad_names():
         alg.preset_settings("fancy", "cp")
     with pytest.raises(ValueError):
         alg.preset_settings("default", "xx")
+
+
+def test_fit_surface_recovers_a_log_quadratic_field_through_cell_clutter():
+    rng = np.random.default_rng(8)
+    yy, xx = np.mgrid[0:64, 0:80] / 63 - 0.5
+    field = np.exp(-1.5 * ((yy - 0.1) ** 2 + (xx + 0.05) ** 2)) * (1 + 0.1 * yy)
+    cluttered = field * (1 + 0.2 * rng.standard_normal(field.shape) ** 2)
+    fit = alg.fit_surface(cluttered, 2)
+    ratio = fit / field
+    assert ratio.std() / ratio.mean() < 0.01  # the shape, up to a constant
+    assert np.corrcoef(fit.ravel(), field.ravel())[0, 1] > 0.999
+    tiny = np.zeros((2, 2))
+    np.testing.assert_array_equal(alg.fit_surface(tiny, 2), tiny)  # nothing to fit
+
+
+def test_default_preset_fits_a_surface_and_cellprofiler_preset_does_not():
+    assert alg.preset_settings("default", "cp").surface_degree == alg.SURFACE_DEGREE
+    assert alg.preset_settings("cellprofiler", "cp").surface_degree is None
+    assert alg.preset_settings("cellprofiler", "sbs").surface_degree is None

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 from skimage.draw import disk
+from skimage.transform import resize
 
 from starrynight.algorithms import segmentation as seg
 
@@ -20,7 +21,51 @@ def test_real_nuclei_f1_at_iou_half() -> None:
     truth = tifffile.imread(DATA / "mask2d.tif")
     score = seg.match_labels(seg.segment_nuclei(image), truth, 0.5)
     assert score.tp + score.fn == 125
+    assert score.f1 >= 0.78, score
+
+
+def _degraded(image: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same nuclei at twice the pixel count, vignetted (corners at 30%), noisy."""
+    n = 2 * image.shape[0]
+    big = resize(image.astype(np.float64), (n, n), order=1, preserve_range=True)
+    big_truth = resize(truth, (n, n), order=0, preserve_range=True, anti_aliasing=False)
+    yy, xx = np.mgrid[0:n, 0:n] / (n - 1) - 0.5
+    signal = big * np.exp(-2.4 * (yy**2 + xx**2)) * 20
+    rng = np.random.default_rng(0)
+    noisy = 100 + rng.poisson(signal) + rng.normal(0, 5, signal.shape)
+    return np.clip(noisy, 0, 65535).astype(np.uint16), big_truth.astype(np.int32)
+
+
+def test_scale_is_estimated_and_adapts_to_upscaled_vignetted_noisy_images() -> None:
+    image = tifffile.imread(DATA / "img2d.tif")
+    truth = tifffile.imread(DATA / "mask2d.tif")
+    worse, worse_truth = _degraded(image, truth)
+    areas = np.bincount(truth.ravel())[1:]
+    true_d = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi)))
+    d1, d2 = seg.estimate_diameter([image]), seg.estimate_diameter([worse])
+    assert d1 == pytest.approx(true_d, rel=0.1)
+    assert d2 == pytest.approx(2 * true_d, rel=0.15)
+    score = seg.match_labels(seg.segment_nuclei(worse), worse_truth, 0.5)
     assert score.f1 >= 0.75, score
+    # The fixed 20 px scale (and one global threshold) of before fall well short.
+    fixed = seg.NucleiParams(diameter=20.0, local_threshold=False)
+    assert seg.match_labels(seg.segment_nuclei(worse, fixed), worse_truth, 0.5).f1 < 0.7
+
+
+@pytest.mark.parametrize("radius", [5, 12])
+def test_estimate_diameter_measures_isolated_discs_and_ignores_clumps(radius: int) -> None:
+    img = np.full((256, 256), 10.0)
+    rng = np.random.default_rng(radius)
+    for y in range(3 * radius, 256 - 3 * radius, 4 * radius):
+        for x in range(3 * radius, 256 - 3 * radius, 4 * radius):
+            img[disk((y, x), radius)] = 500
+    img[disk((2 * radius, 2 * radius), 3 * radius)] = 500  # one big clump-like blob
+    img += rng.normal(0, 5, img.shape)
+    assert seg.estimate_diameter([img]) == pytest.approx(2 * radius, rel=0.12)
+    assert seg.estimate_diameter([np.zeros((64, 64))]) is None
+    resolved = seg.resolve_diameter(seg.NucleiParams(), np.zeros((64, 64)))
+    assert resolved.diameter == seg.FALLBACK_DIAMETER
+    assert seg.resolve_diameter(seg.NucleiParams(diameter=7), img).diameter == 7
 
 
 def _two_touching_discs() -> tuple[np.ndarray, np.ndarray]:
