@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from starrynight import storage, workspace
 from starrynight.errors import UserError
+from starrynight.geometry import Layout
 
 CP_ROLES = ("nuclei", "cell", "mito")
 # Roles every CP experiment must fill; the others may be left empty ("" is dropped).
@@ -37,6 +38,7 @@ class CPArm(_Model):
 
     channels: list[str] = Field(min_length=1)
     roles: dict[str, str]
+    layout: Layout | None = None  # site layout when files carry no stage positions
 
     @model_validator(mode="after")
     def _roles_point_at_channels(self) -> CPArm:
@@ -51,6 +53,7 @@ class SBSArm(_Model):
     cycles: list[int] = Field(min_length=1)
     channels: list[str] = Field(min_length=1)
     roles: dict[str, str]
+    layout: Layout | None = None  # site layout when files carry no stage positions
 
     @model_validator(mode="after")
     def _roles_point_at_channels(self) -> SBSArm:
