@@ -221,8 +221,8 @@ def register_overlap(
     measured : numpy.ndarray
         ``p_j - p_i`` (y, x) in pixels.
     ncc : float
-        Normalised cross-correlation (Pearson) of the template and the matched region
-        at the best integer shift.
+        Pearson correlation of the template and the matched region at the sub-pixel
+        shift (bilinear), i.e. of the overlap as placed.
     edge : float
         1.0 when the best shift lies on the border of the searched range (the true
         correction may be larger than ``margin``), else 0.0.
@@ -231,10 +231,14 @@ def register_overlap(
         raise ValueError(f"crops must be equal 2-D shapes, got {crop_i.shape} and {crop_j.shape}")
     h, w = crop_i.shape
     m = int(max(0, min(margin, (h - 8) // 2, (w - 8) // 2)))
-    ncc = _ncc_map(np.asarray(crop_i, np.float32)[m : h - m, m : w - m], crop_j, m)
+    template = np.asarray(crop_i, np.float32)[m : h - m, m : w - m]
+    ncc = _ncc_map(template, crop_j, m)
     q = np.array(np.unravel_index(int(np.nanargmax(ncc)), ncc.shape))
     peak = float(ncc[q[0], q[1]])
     sub = np.array([_vertex(ncc[:, q[1]], q[0]), _vertex(ncc[q[0], :], q[1])])
+    placed = _placed_correlation(template, np.asarray(crop_j, np.float32), q, sub)
+    if np.isfinite(placed):
+        peak = placed
     # Content at u in crop_i is at u - (t - d) in crop_j, so the template (crop_i from
     # m) matches crop_j at q = m - (t - d): the correction is m - q.
     correction = m - (q + sub)
@@ -260,6 +264,34 @@ def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(denom > 0, num / denom, np.nan)
     return out
+
+
+def _placed_correlation(
+    template: np.ndarray, image: np.ndarray, q: np.ndarray, sub: np.ndarray
+) -> float:
+    """Pearson correlation of ``template`` with ``image`` at offset ``q + sub`` (bilinear)."""
+    th, tw = template.shape
+    y0, x0 = int(q[0]) - 1, int(q[1]) - 1
+    if y0 < 0 or x0 < 0 or y0 + th + 2 > image.shape[0] or x0 + tw + 2 > image.shape[1]:
+        return float("nan")
+    region = image[y0 : y0 + th + 2, x0 : x0 + tw + 2]
+    fy, fx = float(sub[0]), float(sub[1])
+    # Bilinear sample at (1 + u + sub): the four neighbours weighted by the fraction.
+    oy, ox = (1, 1)
+    if fy < 0:
+        oy, fy = 0, fy + 1
+    if fx < 0:
+        ox, fx = 0, fx + 1
+    a = region[oy : oy + th, ox : ox + tw]
+    b = region[oy : oy + th, ox + 1 : ox + 1 + tw]
+    c = region[oy + 1 : oy + 1 + th, ox : ox + tw]
+    d = region[oy + 1 : oy + 1 + th, ox + 1 : ox + 1 + tw]
+    moved = (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
+    t = template.astype(np.float64).ravel()
+    v = moved.astype(np.float64).ravel()
+    if t.std() == 0 or v.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(t, v)[0, 1])
 
 
 def _window_sums(a: np.ndarray, th: int, tw: int) -> np.ndarray:
@@ -376,7 +408,7 @@ def solve_positions(
     residual = np.full(len(measurements), np.nan)
     while True:
         used = np.array([s == PAIR_USED for s in pair_status], bool)
-        positions, labels, n_comp = _solve(rec, ii[used], jj[used], t[used], w[used])
+        positions, _labels, n_comp = _solve(rec, ii[used], jj[used], t[used], w[used])
         residual = np.linalg.norm(positions[jj] - positions[ii] - t, axis=1) if len(t) else residual
         if not used.any():
             break
