@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
 
+import numpy as np
 import tifffile
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -361,3 +362,25 @@ def read_positions_csv(uri: str) -> dict[int, tuple[float, float]]:
             raise UserError(f"{uri}: line {line}: site {site} is listed twice")
         out[site] = (y, x)
     return out
+
+
+def read_plane(uri: str, index: int) -> np.ndarray:
+    """Read one frame (page) of a multi-page TIFF, not the others; ranged reads on S3.
+
+    Raises
+    ------
+    InputFileError
+        When the file is unreadable or has no frame ``index``.
+    """
+    with open_ranged(uri) as fh:
+        try:
+            with tifffile.TiffFile(fh, is_ome=False) as tif:
+                if index >= len(tif.pages):
+                    raise InputFileError(
+                        uri, f"expected at least {index + 1} frames, found {len(tif.pages)}"
+                    )
+                return tif.pages[index].asarray()
+        except InputFileError:
+            raise
+        except Exception as exc:
+            raise InputFileError(uri, f"not a readable TIFF ({_first_line(exc)})") from exc
