@@ -272,8 +272,6 @@ def write_mosaic(
     """
     import zarr
     from numcodecs import Blosc
-    from ome_zarr.format import FormatV04
-    from ome_zarr.writer import write_multiscales_metadata
 
     height, width = shape
     levels = 1
@@ -352,20 +350,31 @@ def write_mosaic(
                 for c in channels
             ]
         }  # fmt: skip
-        write_multiscales_metadata(
-            root,
-            datasets,
-            fmt=FormatV04(),
-            axes=[
-                {"name": "c", "type": "channel"},
-                {"name": "y", "type": "space", "unit": "micrometer"},
-                {"name": "x", "type": "space", "unit": "micrometer"},
-            ],
-            name=Path(target).stem,
-            metadata={"omero": omero},
-        )
+        root.attrs.update(ngff_attrs(Path(target).stem, datasets, omero))
         png = thumbnail_png(local, channels)
     return levels, png
+
+
+def ngff_attrs(name: str, datasets: list[dict], omero: dict) -> dict:
+    """Group attributes of an OME-NGFF 0.4 multiscale image with axes ``c, y, x``.
+
+    Written here rather than with ``ome-zarr``'s writer: that package's S3 extra pins
+    ``botocore`` below what ``boto3`` needs, and the metadata is small and fixed.
+    """
+    axes = [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    multiscale = {
+        "version": "0.4",
+        "name": name,
+        "axes": axes,
+        "datasets": datasets,
+        "type": "mean",
+        "metadata": {"method": "2x2 mean of the level above", "seams": "nearest field centre"},
+    }
+    return {"multiscales": [multiscale], "omero": {"version": "0.4", "name": name, **omero}}
 
 
 def _tile_shape(tiles: Sequence[Tile]) -> tuple[int, int]:
@@ -464,7 +473,7 @@ def thumbnail_png(local_zarr: str, channels: Sequence[str]) -> bytes:
     lo, hi = np.percentile(img[img > 0], [1, 99.5]) if (img > 0).any() else (0.0, 1.0)
     scaled = np.clip((img - lo) / max(hi - lo, 1e-9), 0, 1)
     buf = io.BytesIO()
-    Image.fromarray(np.rint(scaled * 255).astype(np.uint8), "L").save(buf, format="PNG")
+    Image.fromarray(np.rint(scaled * 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
