@@ -181,7 +181,9 @@ class Render:
     spot_amp: np.ndarray
 
 
-def render_field(spec, frame: Frame, cells: Cells, size: int, margin: int, r_px: float) -> Render:
+def render_field(
+    spec, frame: Frame, cells: Cells, size: int, margin: int, r_px: float, with_cells: bool = True
+) -> Render:
     """Nuclei, labels and spots of one field of ``size`` pixels (window ``size + 2 margin``).
 
     Nuclei are ellipses with a soft (half-pixel) edge evaluated at pixel centres, with a
@@ -194,6 +196,12 @@ def render_field(spec, frame: Frame, cells: Cells, size: int, margin: int, r_px:
     reach = 1.3 * cells.radii.max(axis=1) / frame.pixel + 2
     inside = np.all((centres > -reach[:, None]) & (centres < n + reach[:, None]), axis=1)
     index = [0]
+    # Pixel -> well frame is affine: world = origin + jac @ (row, col) of the window.
+    origin = frame.to_world(np.array([[-margin, -margin]], float))[0]
+    jac = np.stack(
+        [frame.to_world(np.array([[1.0 - margin, -margin]]))[0] - origin,
+         frame.to_world(np.array([[-margin, 1.0 - margin]]))[0] - origin], axis=1
+    )  # fmt: skip
     for c in np.flatnonzero(inside):
         cy, cx = centres[c]
         rr = math.ceil(reach[c])
@@ -201,7 +209,8 @@ def render_field(spec, frame: Frame, cells: Cells, size: int, margin: int, r_px:
         x0, x1 = max(0, int(cx) - rr), min(n, int(cx) + rr + 2)
         if y0 >= y1 or x0 >= x1:
             continue
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        yy = np.arange(y0, y1, dtype=np.float64)[:, None]
+        xx = np.arange(x0, x1, dtype=np.float64)[None, :]
         dy, dx = yy - cy, xx - cx
         phi = cells.angle[c] - frame.rotation
         u = dy * math.cos(phi) + dx * math.sin(phi)
@@ -209,16 +218,17 @@ def render_field(spec, frame: Frame, cells: Cells, size: int, margin: int, r_px:
         ry, rx = cells.radii[c] / frame.pixel
         d = np.sqrt((u / ry) ** 2 + (v / rx) ** 2)
         edge = 1.0 / (1.0 + np.exp(np.clip((d - 1.0) * min(ry, rx) / 0.5, -50, 50)))
-        world = frame.to_world(np.stack([yy - margin, xx - margin], axis=-1))
-        ky, kx, ph = cells.wave[c]
-        rel = world - cells.centre[c]
-        texture = 1 + 0.15 * np.cos(ky * rel[..., 0] + kx * rel[..., 1] + ph)
+        k = cells.wave[c, :2]
+        # The texture's phase k . (world - centre) is linear in the pixel indices.
+        ph = float(k @ (origin - cells.centre[c])) + cells.wave[c, 2]
+        k_row, k_col = k @ jac
+        texture = 1 + 0.15 * np.cos(k_row * yy + k_col * xx + ph)
         signal[y0:y1, x0:x1] += (cells.brightness[c] * edge * texture).astype(np.float32)
         mask = (d < 1.0) & (labels[y0:y1, x0:x1] == 0)
         if mask.any():
             labels[y0:y1, x0:x1][mask] = len(index)
             index.append(c)
-    cell_labels = expand_labels(labels, distance=round(1.6 * r_px))
+    cell_labels = expand_labels(labels, distance=round(1.6 * r_px)) if with_cells else labels
     spot_rc = frame.to_pixels(cells.spot_pos) + margin
     ok = np.all((spot_rc >= 0) & (spot_rc < n - 1), axis=1)
     return Render(
@@ -405,8 +415,12 @@ def generate_field(job: FieldJob, spec, barcodes: list[tuple[str, str]]) -> dict
     field_um = n * frames[0].pixel
     out: dict = {"positions": [], "cells": [], "sbs_cells": [], "shifts": [], "n_files": 0}
     first_rc = None
+    channels = spec.cp_channels if job.arm == "cp" else spec.sbs_channels
+    # Cell masks (expanded nuclei) feed the cytoplasm and spot channels and the truth
+    # masks; a nuclei-only acquisition does without them.
+    with_cells = not all(smp.NUCLEAR_NAMES.search(c) for c in channels)
     for k, (frame, path) in enumerate(zip(frames, job.paths, strict=True), start=1):
-        rendered = render_field(spec, frame, cells, n, margin, r_px)
+        rendered = render_field(spec, frame, cells, n, margin, r_px, with_cells)
         labels_local = rendered.index
         scene = smp._Scene(
             rendered.labels, rendered.cells,
@@ -416,7 +430,6 @@ def generate_field(job: FieldJob, spec, barcodes: list[tuple[str, str]]) -> dict
             (np.zeros(0, int),) * 4,
         )  # fmt: skip
         planes = []
-        channels = spec.cp_channels if job.arm == "cp" else spec.sbs_channels
         for i, ch in enumerate(channels):
             illum = smp.illumination_field(spec, job.arm, i)
             if smp.NUCLEAR_NAMES.search(ch):
@@ -497,7 +510,8 @@ def _truth_cells(spec, job: FieldJob, rendered: Render, cells: Cells, barcodes, 
     mask_dir = Path(job.truth) / "masks" / plate / well
     dtype = np.uint16 if rendered.labels.max() < 65535 else np.uint32
     write_tiff(str(mask_dir / f"{prefix}Site_{job.site}_nuclei.tiff"), nuclei.astype(dtype))
-    write_tiff(str(mask_dir / f"{prefix}Site_{job.site}_cells.tiff"), cell_mask.astype(dtype))
+    if rendered.cells is not rendered.labels:
+        write_tiff(str(mask_dir / f"{prefix}Site_{job.site}_cells.tiff"), cell_mask.astype(dtype))
     labels = np.unique(nuclei)
     labels = labels[labels > 0]
     rows = []
