@@ -251,19 +251,37 @@ def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
     """Pearson correlation of ``template`` with ``image`` at offsets ``[0, 2m]^2``."""
     th, tw = template.shape
     ih, iw = image.shape
+    # Centre the image: the window variances below are differences of large sums.
     img = np.asarray(image, np.float32)
+    img = img - np.float32(img.mean())
     t0 = template - np.float32(template.mean())
     fh, fw = sfft.next_fast_len(ih, real=True), sfft.next_fast_len(iw, real=True)
-    spec = sfft.rfft2(img, s=(fh, fw)) * np.conj(sfft.rfft2(t0, s=(fh, fw)))
+    spec = sfft.rfft2(img, s=(fh, fw))
+    spec *= np.conj(sfft.rfft2(t0, s=(fh, fw)))
     num = sfft.irfft2(spec, s=(fh, fw))[: 2 * m + 1, : 2 * m + 1].astype(np.float64)
     n = th * tw
-    s1 = _window_sums(img.astype(np.float64), th, tw)
-    s2 = _window_sums(img.astype(np.float64) ** 2, th, tw)
+    s1 = _window_sums(img, th, tw, m)
+    s2 = _window_sums(img * img, th, tw, m)
     var_i = np.clip(s2 - s1**2 / n, 0, None)
-    denom = np.sqrt(var_i * float(np.sum(t0.astype(np.float64) ** 2)))
+    denom = np.sqrt(var_i * float(np.dot(t0.ravel(), t0.ravel())))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(denom > 0, num / denom, np.nan)
     return out
+
+
+def _window_sums(a: np.ndarray, th: int, tw: int, m: int) -> np.ndarray:
+    """Sums of ``a`` over the ``th x tw`` windows at offsets ``[0, 2m]^2``.
+
+    Row sums of the ``2m + 1`` row windows slide one row at a time (one pass over
+    ``a``); the column windows are then taken on that small array.
+    """
+    rows = np.empty((2 * m + 1, a.shape[1]), np.float64)
+    rows[0] = a[:th].sum(axis=0, dtype=np.float64)
+    for q in range(1, 2 * m + 1):
+        rows[q] = rows[q - 1] - a[q - 1] + a[q - 1 + th]
+    c = np.zeros((2 * m + 1, a.shape[1] + 1))
+    np.cumsum(rows, axis=1, out=c[:, 1:])
+    return c[:, tw : tw + 2 * m + 1] - c[:, : 2 * m + 1]
 
 
 def _placed_correlation(
@@ -287,18 +305,12 @@ def _placed_correlation(
     c = region[oy + 1 : oy + 1 + th, ox : ox + tw]
     d = region[oy + 1 : oy + 1 + th, ox + 1 : ox + 1 + tw]
     moved = (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
-    t = template.astype(np.float64).ravel()
-    v = moved.astype(np.float64).ravel()
-    if t.std() == 0 or v.std() == 0:
+    t = template.ravel() - np.float32(template.mean())
+    v = moved.ravel() - np.float32(moved.mean())
+    tt, vv = float(np.dot(t, t)), float(np.dot(v, v))
+    if tt <= 0 or vv <= 0:
         return float("nan")
-    return float(np.corrcoef(t, v)[0, 1])
-
-
-def _window_sums(a: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """Sums of ``a`` over every ``th x tw`` window (integral image)."""
-    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
-    np.cumsum(np.cumsum(a, axis=0), axis=1, out=c[1:, 1:])
-    return c[th:, tw:] - c[:-th, tw:] - c[th:, :-tw] + c[:-th, :-tw]
+    return float(np.dot(t, v)) / np.sqrt(tt * vv)
 
 
 def _vertex(values: np.ndarray, i: int) -> float:
