@@ -232,11 +232,13 @@ def register_overlap(
     h, w = crop_i.shape
     m = int(max(0, min(margin, (h - 8) // 2, (w - 8) // 2)))
     template = np.asarray(crop_i, np.float32)[m : h - m, m : w - m]
-    ncc = _ncc_map(template, crop_j, m)
-    q = np.array(np.unravel_index(int(np.nanargmax(ncc)), ncc.shape))
-    peak = float(ncc[q[0], q[1]])
-    sub = np.array([_vertex(ncc[:, q[1]], q[0]), _vertex(ncc[q[0], :], q[1])])
-    placed = _placed_correlation(template, np.asarray(crop_j, np.float32), q, sub)
+    image = np.asarray(crop_j, np.float32)
+    ncc, lo = _search(np.asarray(crop_i, np.float32), template, image, m)
+    local = np.array(np.unravel_index(int(np.nanargmax(ncc)), ncc.shape))
+    q = lo + local
+    peak = float(ncc[local[0], local[1]])
+    sub = np.array([_vertex(ncc[:, local[1]], local[0]), _vertex(ncc[local[0], :], local[1])])
+    placed = _placed_correlation(template, image, q, sub)
     if np.isfinite(placed):
         peak = placed
     # Content at u in crop_i is at u - (t - d) in crop_j, so the template (crop_i from
@@ -245,6 +247,70 @@ def register_overlap(
     rounded = np.array([round(float(offset[0])), round(float(offset[1]))], np.float64)
     on_edge = float(m > 0 and (q.min() == 0 or q.max() == 2 * m))
     return rounded + correction, peak, on_edge
+
+
+#: Overlaps whose template is at least this many pixels on its short side are searched
+#: coarse-to-fine: on 2x2-binned crops first, then at full resolution around that peak.
+COARSE_MIN_SIDE = 32
+
+
+def _search(
+    crop_i: np.ndarray, template: np.ndarray, image: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """NCC of ``template`` in ``image`` on a block of offsets holding the best one.
+
+    Returns the block and its first offset (``q`` = first + index). Small overlaps get
+    the whole ``[0, 2m]^2`` by FFT; larger ones a 2x2-binned FFT search, then the
+    full-resolution NCC on the 3x3 offsets around its peak, moved uphill until centred
+    (a quarter of the FFT work; the full-resolution peak keeps its sub-pixel precision).
+    """
+    if min(template.shape) < COARSE_MIN_SIDE or m < 4:
+        return _ncc_map(template, image, m), np.zeros(2, int)
+    ci, cj = _bin2(crop_i), _bin2(image)
+    mb = m // 2
+    hb, wb = ci.shape
+    coarse = _ncc_map(ci[mb : hb - mb, mb : wb - mb], cj, mb)
+    qb = np.array(np.unravel_index(int(np.nanargmax(coarse)), coarse.shape))
+    # Binned offset qb means a correction of (mb - qb) binned = 2 (mb - qb) full pixels.
+    centre = m - 2 * (mb - qb)
+    # Walk the 3x3 full-resolution block uphill until its centre is the maximum (or the
+    # search border is reached): binning leaves the peak within a pixel or two.
+    for _ in range(4):
+        lo = np.clip(centre - 1, 0, 2 * m)
+        hi = np.clip(centre + 1, 0, 2 * m)
+        block = _ncc_direct(template, image, lo, hi)
+        if np.all(np.isnan(block)):
+            break
+        best = lo + np.array(np.unravel_index(int(np.nanargmax(block)), block.shape))
+        if np.array_equal(best, centre):
+            break
+        centre = best
+    return block, lo
+
+
+def _bin2(a: np.ndarray) -> np.ndarray:
+    h, w = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
+    v = a[:h, :w]
+    return 0.25 * (v[0::2, 0::2] + v[1::2, 0::2] + v[0::2, 1::2] + v[1::2, 1::2])
+
+
+def _ncc_direct(template: np.ndarray, image: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """Pearson correlation of ``template`` with ``image`` at offsets ``lo..hi`` (inclusive)."""
+    th, tw = template.shape
+    t0 = (template - np.float32(template.mean())).ravel()
+    tt = float(np.dot(t0, t0))
+    n = th * tw
+    out = np.full((hi[0] - lo[0] + 1, hi[1] - lo[1] + 1), np.nan)
+    for a in range(out.shape[0]):
+        for b in range(out.shape[1]):
+            y, x = lo[0] + a, lo[1] + b
+            win = image[y : y + th, x : x + tw]
+            flat = np.ascontiguousarray(win).ravel()
+            s1 = float(flat.sum(dtype=np.float64))
+            var = float(np.dot(flat, flat)) - s1 * s1 / n
+            if var > 0 and tt > 0:
+                out[a, b] = float(np.dot(t0, flat)) / np.sqrt(var * tt)
+    return out
 
 
 def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
