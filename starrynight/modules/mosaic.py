@@ -312,26 +312,33 @@ def write_mosaic(
                         )
             return r
 
+        neighbours = _overlapping(tiles, tile_h, tile_w)
+        masks: dict[int, np.ndarray] = {}
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for b0 in range(0, height, chunk):
                 b1 = min(height, b0 + chunk)
                 members = [i for i, t in enumerate(tiles) if t.y < b1 and t.y + tile_h > b0]
-                owner = _owners(tiles, members, b0, b1, width, tile_h, tile_w)
+                for i in members:
+                    if i not in masks:
+                        masks[i] = _own_mask(tiles, i, neighbours[i], tile_h, tile_w)
                 band = np.zeros((len(channels), b1 - b0, width), np.uint16)
 
-                def fill(c: int, band=band, members=members, owner=owner, b0=b0, b1=b1) -> None:
-                    for i in members:
-                        t = tiles[i]
-                        r0, r1 = max(b0, t.y), min(b1, t.y + tile_h)
-                        rows = reader(i, c).rows(r0 - t.y, r1 - t.y)
-                        sel = owner[r0 - b0 : r1 - b0, t.x : t.x + tile_w] == i
-                        band[c, r0 - b0 : r1 - b0, t.x : t.x + tile_w][sel] = rows[sel]
+                def fill(job: tuple[int, int], band=band, b0=b0, b1=b1) -> None:
+                    # Owned regions are disjoint, so tiles can be pasted concurrently.
+                    c, i = job
+                    t = tiles[i]
+                    r0, r1 = max(b0, t.y), min(b1, t.y + tile_h)
+                    rows = reader(i, c).rows(r0 - t.y, r1 - t.y)
+                    dst = band[c, r0 - b0 : r1 - b0, t.x : t.x + tile_w]
+                    np.copyto(dst, rows, where=masks[i][r0 - t.y : r1 - t.y])
 
-                list(pool.map(fill, range(len(channels))))
-                # Fields whose last rows this band held are done: drop their readers.
+                list(pool.map(fill, [(c, i) for c in range(len(channels)) for i in members]))
+                # Fields whose last rows this band held are done: drop their state.
                 with lock:
                     for key in [k for k in readers if tiles[k[0]].y + tile_h <= b1]:
                         del readers[key]
+                for i in [i for i in masks if tiles[i].y + tile_h <= b1]:
+                    del masks[i]
                 _cascade(arrays, pending, written, band, 0, chunk, final=False)
             _cascade(arrays, pending, written, None, 0, chunk, final=True)
         datasets = [
@@ -382,22 +389,40 @@ def _tile_shape(tiles: Sequence[Tile]) -> tuple[int, int]:
     return first.shape  # type: ignore[return-value]
 
 
-def _owners(tiles, members, b0, b1, width, tile_h, tile_w) -> np.ndarray:
-    """Per pixel of the band, the member tile whose centre is nearest (-1: none)."""
-    owner = np.full((b1 - b0, width), -1, np.int32)
-    best = np.full((b1 - b0, width), np.inf, np.float32)
-    for i in members:
-        t = tiles[i]
-        r0, r1 = max(b0, t.y), min(b1, t.y + tile_h)
-        cy, cx = t.y + tile_h / 2, t.x + tile_w / 2
-        dy = ((np.arange(r0, r1) + 0.5 - cy) ** 2).astype(np.float32)[:, None]
-        dx = ((np.arange(t.x, t.x + tile_w) + 0.5 - cx) ** 2).astype(np.float32)[None, :]
-        d = dy + dx
-        view = best[r0 - b0 : r1 - b0, t.x : t.x + tile_w]
-        closer = d < view
-        view[closer] = d[closer]
-        owner[r0 - b0 : r1 - b0, t.x : t.x + tile_w][closer] = i
-    return owner
+def _overlapping(tiles: Sequence[Tile], tile_h: int, tile_w: int) -> list[list[int]]:
+    """For each tile, the other tiles its rectangle overlaps."""
+    ys = np.array([t.y for t in tiles])
+    xs = np.array([t.x for t in tiles])
+    out = []
+    for i, t in enumerate(tiles):
+        hit = (np.abs(ys - t.y) < tile_h) & (np.abs(xs - t.x) < tile_w)
+        hit[i] = False
+        out.append(np.flatnonzero(hit).tolist())
+    return out
+
+
+def _own_mask(
+    tiles: Sequence[Tile], i: int, others: Sequence[int], tile_h: int, tile_w: int
+) -> np.ndarray:
+    """Pixels of tile ``i`` nearer its centre than any overlapping tile's (ties: lower index).
+
+    Only the overlap rectangles are compared, so the cost is the overlaps' area.
+    """
+    t = tiles[i]
+    mask = np.ones((tile_h, tile_w), bool)
+    cy, cx = t.y + tile_h / 2, t.x + tile_w / 2
+    for j in others:
+        o = tiles[j]
+        y0, y1 = max(t.y, o.y), min(t.y, o.y) + tile_h
+        x0, x1 = max(t.x, o.x), min(t.x, o.x) + tile_w
+        ry = np.arange(y0, y1) + 0.5
+        rx = np.arange(x0, x1) + 0.5
+        oy, ox = o.y + tile_h / 2, o.x + tile_w / 2
+        mine = (ry[:, None] - cy) ** 2 + (rx[None, :] - cx) ** 2
+        theirs = (ry[:, None] - oy) ** 2 + (rx[None, :] - ox) ** 2
+        lost = theirs < mine if j > i else theirs <= mine
+        mask[y0 - t.y : y1 - t.y, x0 - t.x : x1 - t.x] &= ~lost
+    return mask
 
 
 def _cascade(arrays, pending, written, band, level, chunk, final) -> None:
@@ -419,12 +444,17 @@ def _cascade(arrays, pending, written, band, level, chunk, final) -> None:
 
 
 def _half(block: np.ndarray) -> np.ndarray:
-    """2x2 mean (an odd last row or column is averaged with itself)."""
-    _c, h, w = block.shape
+    """2x2 mean, rounded (an odd last row or column is averaged with itself)."""
+    _, h, w = block.shape
     if h % 2 or w % 2:
-        block = np.pad(block, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
-    b = block.astype(np.uint32)
-    out = (b[:, 0::2, 0::2] + b[:, 1::2, 0::2] + b[:, 0::2, 1::2] + b[:, 1::2, 1::2] + 2) // 4
+        block = np.concatenate([block, block[:, -1:]], axis=1) if h % 2 else block
+        block = np.concatenate([block, block[:, :, -1:]], axis=2) if w % 2 else block
+    out = block[:, 0::2, 0::2].astype(np.uint32)
+    out += block[:, 1::2, 0::2]
+    out += block[:, 0::2, 1::2]
+    out += block[:, 1::2, 1::2]
+    out += 2
+    out >>= 2
     return out.astype(np.uint16)
 
 
