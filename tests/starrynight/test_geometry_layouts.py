@@ -8,6 +8,7 @@ import tifffile
 
 from starrynight import geometry as geo
 from starrynight.errors import InputFileError, UserError
+from tests.starrynight.test_storage import bucket, s3_endpoint  # noqa: F401 (fixtures)
 
 
 def test_pcpip_round_layouts_have_their_site_counts():
@@ -107,3 +108,33 @@ def test_positions_csv(tmp_path):
     dup.write_text("site,x_um,y_um\n0,1,1\n0,2,2\n")
     with pytest.raises(UserError, match="line 3: site 0 is listed twice"):
         geo.read_positions_csv(str(dup))
+
+
+def test_headers_frames_and_mosaics_on_s3(bucket, tmp_path):  # noqa: F811 (fixture)
+    from starrynight import storage
+    from starrynight.modules import mosaic as mos
+
+    local = tmp_path / "a.ome.tiff"
+    planes = np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50)
+    tifffile.imwrite(
+        local, planes, ome=True, photometric="minisblack",
+        metadata={"axes": "CYX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65,
+                  "Plane": {"PositionX": [10.0] * 2, "PositionY": [20.0] * 2}},
+    )  # fmt: skip
+    uri = f"s3://{bucket}/ds/a.ome.tiff"
+    storage.write_bytes(uri, local.read_bytes())
+    h = geo.read_ome_header(uri)
+    assert h.position_um == (20.0, 10.0) and h.pixel_size_um == (0.65, 0.65)
+    np.testing.assert_array_equal(geo.read_plane(uri, 1), planes[1])
+
+    tile = f"s3://{bucket}/ws/t.tiff"
+    single = tmp_path / "t.tiff"
+    tifffile.imwrite(single, planes[0])
+    storage.write_bytes(tile, single.read_bytes())
+    np.testing.assert_array_equal(mos._TileRows(tile).rows(5, 9), planes[0][5:9])
+    target = f"s3://{bucket}/ws/mosaics/P-A1/cp.zarr"
+    tiles = [mos.Tile(0, 0, 0, (tile,)), mos.Tile(1, 0, 30, (tile,))]
+    levels, png = mos.write_mosaic(target, tiles, ["DAPI"], (0.65, 0.65), (40, 80), chunk=64)
+    assert levels == 1 and png[:4] == b"\x89PNG"
+    attrs = storage.read_bytes(storage.join(target, ".zattrs"))
+    assert b'"multiscales"' in attrs
