@@ -93,7 +93,7 @@ def test_refined_positions_match_the_truth_sub_pixel(scene):
 
 
 def test_refinement_ignores_the_convention_of_the_recorded_point(scene):
-    tiles, truth, recorded = scene
+    tiles, _, recorded = scene
     shifted = recorded + np.array([100.0, 100.0])  # "centre" instead of "corner"
     _, _, a = _refine(tiles, recorded)
     _, _, b = _refine(tiles, shifted)
