@@ -192,10 +192,6 @@ def geometry_well(
     """
     options = options or RefineOptions()
     report_uri = workspace.geometry_report_path(ws, plate, well)
-    if not force and storage.exists(report_uri):
-        data = json.loads(storage.read_bytes(report_uri))
-        groups = [GroupReport(**g) for g in data["groups"]]
-        return GeometryResult(plate, well, report_uri, True, groups)
     unknown = [a for a in arms if a not in ("cp", "sbs")]
     if unknown:
         raise UserError(f"--arm {unknown[0]!r}: expected cp or sbs")
@@ -203,19 +199,33 @@ def geometry_well(
     if not rows:
         raise UserError(f"plate {plate!r} well {well!r}: no images in the index")
     groups = _groups(rows, arms, cycles, plate, well)
+    wanted = [workspace.arm_label(arm, cycle) for (arm, cycle), _ in groups]
+    # The report holds every arm/cycle placed so far; a run for some of them keeps
+    # the others (so arms can be placed by separate calls).
+    done: dict[str, GroupReport] = {}
+    if storage.exists(report_uri):
+        data = json.loads(storage.read_bytes(report_uri))
+        done = {g["label"]: GroupReport(**g) for g in data["groups"]}
+    if not force and all(label in done for label in wanted):
+        return GeometryResult(plate, well, report_uri, True, [done[label] for label in wanted])
     computed = [
-        _place_group(ws, plate, well, arm, cycle, g, options, workers) for (arm, cycle), g in groups
+        _place_group(ws, plate, well, arm, cycle, g, options, workers)
+        for (arm, cycle), g in groups
+        if force or workspace.arm_label(arm, cycle) not in done
     ]
     result = GeometryResult(plate, well, report_uri, False)
     for placed in computed:
-        result.groups.append(_write_group(ws, plate, well, placed))
+        report_group = _write_group(ws, plate, well, placed)
+        done[report_group.label] = report_group
+    result.groups = [done[label] for label in wanted]
+    order = sorted(done.values(), key=lambda g: (g.arm, g.cycle or 0))
     report = {
         "plate": plate,
         "well": well,
         "stage_point": geo.STAGE_POINT,
         "position": "top-left corner of the field in the arm's well frame; x right, y down",
         "options": asdict(options),
-        "groups": [asdict(g) for g in result.groups],
+        "groups": [asdict(g) for g in order],
     }
     storage.write_bytes(report_uri, (json.dumps(report, indent=2) + "\n").encode())
     return result

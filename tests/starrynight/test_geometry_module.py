@@ -257,3 +257,15 @@ def test_positions_csv_is_used_when_declared(well, tmp_path):
     assert result.groups[0].source == "csv"
     refined, _, _ = _errors_px(ws, well[1], "cp", None)
     assert np.sqrt(np.mean(refined**2)) <= 0.5
+
+
+def test_arms_placed_by_separate_calls_share_one_report(well, tmp_path):
+    ws = _copy_ws(well[0], tmp_path / "ws")
+    first = geometry_well(ws, "Plate1", "A1", arms=("cp",))
+    assert [g.label for g in first.groups] == ["CP"] and not first.skipped
+    second = geometry_well(ws, "Plate1", "A1", arms=("sbs",), cycles=(1,))
+    assert [g.label for g in second.groups] == ["SBS_Cycle01"] and not second.skipped
+    report = json.loads(Path(second.report).read_text())
+    assert [g["label"] for g in report["groups"]] == ["CP", "SBS_Cycle01"]
+    again = geometry_well(ws, "Plate1", "A1", arms=("cp",))
+    assert again.skipped and again.groups[0].label == "CP"
