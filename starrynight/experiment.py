@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from starrynight import storage, workspace
 from starrynight.errors import UserError
+from starrynight.geometry import Layout
 from starrynight.index import dataset_root, load_index, normalise_channel
 from starrynight.presets import apply_presets
 from starrynight.roles import CP_REQUIRED, NUCLEAR_NAMES, SBS_ROLES
@@ -36,6 +37,7 @@ class CPArm(_Model):
 
     channels: list[str] = Field(min_length=1)
     roles: dict[str, str]
+    layout: Layout | None = None  # site layout when files carry no stage positions
 
     @model_validator(mode="after")
     def _roles_point_at_channels(self) -> CPArm:
@@ -50,6 +52,7 @@ class SBSArm(_Model):
     cycles: list[int] = Field(min_length=1)
     channels: list[str] = Field(min_length=1)
     roles: dict[str, str]
+    layout: Layout | None = None  # site layout when files carry no stage positions
 
     @model_validator(mode="after")
     def _roles_point_at_channels(self) -> SBSArm:

@@ -22,7 +22,6 @@ import functools
 import json
 import re
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -34,16 +33,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import ndimage
 from skimage.draw import ellipse
-from skimage.segmentation import expand_labels, find_boundaries
+from skimage.segmentation import expand_labels
 
 from starrynight import storage
 from starrynight.errors import UserError
 from starrynight.imageio import write_tiff
 from starrynight.roles import NUCLEAR_NAMES
+from starrynight.sample_render import (
+    BASES,
+    CROSSTALK,
+    PSF_SIGMA,
+    _cp_signal,
+    _file_uuid,
+    _Scene,
+    illumination_field,
+    write_ome,
+)
 
-BASES = ("A", "C", "G", "T")
 # Dyes of A/C and of G/T overlap spectrally in the usual four-colour SBS chemistry.
-CROSSTALK = {("A", "C"): 0.25, ("C", "A"): 0.2, ("G", "T"): 0.25, ("T", "G"): 0.2}
 GENES = (
     "NTC", "TP53", "MYC", "KRAS", "EGFR", "PTEN", "RB1", "BRCA1", "ATM", "CDK4",
     "MTOR", "AKT1", "PIK3CA", "NF1", "SMAD4", "APC", "CTNNB1", "VHL", "STK11", "KEAP1",
@@ -51,7 +58,6 @@ GENES = (
 CP_START = datetime(2024, 1, 15, 9, 30, 0)
 MAX_SHIFT = 30.0
 MAX_CP_SBS_OFFSET = 12.0
-PSF_SIGMA = 1.3
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,22 @@ class SampleSpec:
         Mean nucleus radius in pixels.
     workers : int
         Processes generating sites in parallel (does not change the output).
+    geometry : {"shared", "real"}
+        ``shared``: CP and every SBS cycle image the same ``sites`` fields at one scale
+        (separate scenes, on a grid without overlap). ``real``: CP and SBS are taken at
+        two magnifications on their own overlapping grids of one continuous well, with
+        a rotated, shifted SBS pass and stage errors (:mod:`starrynight.sample_geometry`).
+    cp_grid, sbs_grid : tuple of int
+        Rows and columns of sites per arm (``real`` geometry; ``sites`` is ignored).
+    overlap_pct : float
+        Overlap of neighbouring fields in percent (``real`` geometry).
+    cp_pixel_um : float
+        CP pixel size in micrometres (both arms in ``shared`` geometry).
+    pixel_ratio : float
+        SBS pixel size over CP pixel size (``real`` geometry).
+    stage_error_um : float
+        Standard deviation per axis of where the stage puts a field relative to the
+        position it records (``real`` geometry).
     """
 
     dataset: str = "sample"
@@ -103,6 +125,13 @@ class SampleSpec:
     n_barcodes: int = 24
     nucleus_radius: float = 9.0
     workers: int = 2
+    geometry: str = "shared"
+    cp_grid: tuple[int, int] = (4, 4)
+    sbs_grid: tuple[int, int] = (2, 2)
+    overlap_pct: float = 10.0
+    cp_pixel_um: float = 0.65
+    pixel_ratio: float = 1.99
+    stage_error_um: float = 1.0
 
     def validate(self) -> None:
         """Raise :class:`UserError` naming the first option that cannot work."""
@@ -121,6 +150,28 @@ class SampleSpec:
                 f"({self.size / 8:g} for size {self.size})",
             ),
             (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
+            (
+                self.geometry in ("shared", "real"),
+                f"geometry must be shared or real, got {self.geometry!r}",
+            ),
+            (
+                len(self.cp_grid) == 2 and min(self.cp_grid) >= 1,
+                f"cp_grid must be two counts >= 1 (rows, columns), got {self.cp_grid}",
+            ),
+            (
+                len(self.sbs_grid) == 2 and min(self.sbs_grid) >= 1,
+                f"sbs_grid must be two counts >= 1 (rows, columns), got {self.sbs_grid}",
+            ),
+            (
+                3 <= self.overlap_pct <= 50,
+                f"overlap_pct must be 3..50, got {self.overlap_pct}",
+            ),
+            (self.cp_pixel_um > 0, f"cp_pixel_um must be > 0, got {self.cp_pixel_um}"),
+            (1 <= self.pixel_ratio <= 8, f"pixel_ratio must be 1..8, got {self.pixel_ratio}"),
+            (
+                0 <= self.stage_error_um <= 20,
+                f"stage_error_um must be 0..20, got {self.stage_error_um}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -220,6 +271,18 @@ def generate(spec: SampleSpec, out: str | Path, overwrite: bool = False) -> Samp
             with storage.atomic_local_path(target, suffix=".npy") as tmp:
                 np.save(tmp, f)
 
+    if spec.geometry == "real":
+        n_files, n_cells = _generate_real(spec, dataset_root, truth, barcodes)
+        _write_manifest(spec, truth, dataset_root)
+        return SampleResult(
+            out=str(out),
+            dataset_root=str(dataset_root),
+            ground_truth=str(truth),
+            n_files=n_files,
+            n_cells=n_cells,
+            seconds=time.perf_counter() - start,
+            plates=spec.plates,
+        )
     shifts, offsets, cells, n_files = [], [], [], 0
     jobs = list(_site_jobs(spec, dataset_root, truth))
     workers = min(spec.workers, len(jobs))
@@ -238,6 +301,19 @@ def generate(spec: SampleSpec, out: str | Path, overwrite: bool = False) -> Samp
     _write_table(truth / "shifts.parquet", shifts)
     _write_table(truth / "cp_sbs_offsets.parquet", offsets)
     _write_table(truth / "cells.parquet", cells)
+    _write_manifest(spec, truth, dataset_root)
+    return SampleResult(
+        out=str(out),
+        dataset_root=str(dataset_root),
+        ground_truth=str(truth),
+        n_files=n_files,
+        n_cells=len(cells),
+        seconds=time.perf_counter() - start,
+        plates=spec.plates,
+    )
+
+
+def _write_manifest(spec: SampleSpec, truth: Path, dataset_root: Path) -> None:
     manifest = {
         "generator": "starrynight.sample",
         "spec": asdict(spec),
@@ -250,18 +326,59 @@ def generate(spec: SampleSpec, out: str | Path, overwrite: bool = False) -> Samp
         "illumination": "raw = camera_offset + Poisson(field * signal) + read noise",
         "crosstalk": {f"{a}->{b}": v for (a, b), v in CROSSTALK.items()},
     }
+    if spec.geometry == "real":
+        manifest["geometry"] = (
+            "real: positions are top-left field corners in each acquisition's stage frame "
+            "(um, y down, x right); OME PositionX/Y record the commanded field centre"
+        )
     storage.write_bytes(
         str(truth / "manifest.json"), json.dumps(manifest, indent=2, default=list).encode()
     )
-    return SampleResult(
-        out=str(out),
-        dataset_root=str(dataset_root),
-        ground_truth=str(truth),
-        n_files=n_files,
-        n_cells=len(cells),
-        seconds=time.perf_counter() - start,
-        plates=spec.plates,
-    )
+
+
+def _plate_folders(spec: SampleSpec, dataset_root: Path):
+    images = dataset_root / spec.source / spec.batch / "images"
+
+    def cp_folder(p: int, plate: str) -> Path:
+        stamp = (CP_START + timedelta(days=p, minutes=17 * p)).strftime("%Y%m%d_%H%M%S")
+        return images / plate / f"20X_CP_{plate}_{stamp}"
+
+    def sbs_folders(p: int, plate: str) -> list[Path]:
+        return [images / plate / f"10X_c{k}_SBS-{k}" for k in range(1, spec.cycles + 1)]
+
+    return cp_folder, sbs_folders
+
+
+def _generate_real(
+    spec: SampleSpec, dataset_root: Path, truth: Path, barcodes: list[tuple[str, str]]
+) -> tuple[int, int]:
+    """The real-geometry sample (see :mod:`starrynight.sample_geometry`)."""
+    from starrynight import sample_geometry as sg
+
+    cp_folder, sbs_folders = _plate_folders(spec, dataset_root)
+    jobs = list(sg.field_jobs(spec, dataset_root, truth, cp_folder, sbs_folders))
+    merged: dict[str, list] = {"positions": [], "cells": [], "sbs_cells": [], "shifts": []}
+    n_files = 0
+    workers = min(spec.workers, len(jobs))
+    run = functools.partial(sg.generate_field, spec=spec, barcodes=barcodes)
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(run, jobs, chunksize=1)
+            for res in results:
+                n_files += res.pop("n_files")
+                for key, rows in res.items():
+                    merged[key].extend(rows)
+    else:
+        for job in jobs:
+            res = run(job)
+            n_files += res.pop("n_files")
+            for key, rows in res.items():
+                merged[key].extend(rows)
+    for key, rows in merged.items():
+        name = "site_positions" if key == "positions" else key
+        _write_table(truth / f"{name}.parquet", rows)
+    _write_table(truth / "sbs_frames.parquet", sg.frames_table(spec))
+    return n_files, len(merged["cells"])
 
 
 def make_barcodes(spec: SampleSpec) -> list[tuple[str, str]]:
@@ -301,26 +418,6 @@ def _hamming(a: str, b: str) -> int:
 def _write_barcodes_csv(folder: Path, barcodes: list[tuple[str, str]]) -> None:
     text = "sgRNA,gene_symbol\n" + "".join(f"{s},{g}\n" for s, g in barcodes)
     storage.write_bytes(str(folder / "Barcodes.csv"), text.encode())
-
-
-@functools.lru_cache(maxsize=32)
-def illumination_field(spec: SampleSpec, arm: str, index: int) -> np.ndarray:
-    """The true multiplicative illumination field of one channel (float32, mean 1).
-
-    A radial vignetting falloff whose centre, strength and tilt differ per channel,
-    as with real widefield optics.
-    """
-    rng = np.random.default_rng([spec.seed, 31, 0 if arm == "cp" else 1, index])
-    n = spec.size
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / (n - 1) - 0.5
-    cy, cx = rng.uniform(-0.15, 0.15, size=2)
-    strength = rng.uniform(0.9, 1.4)
-    tilt_y, tilt_x = rng.uniform(-0.15, 0.15, size=2)
-    r2 = (yy - cy) ** 2 + (xx - cx) ** 2
-    f = np.exp(-strength * r2 * 2.0) * (1.0 + tilt_y * yy + tilt_x * xx)
-    f = (f / f.mean()).astype(np.float32)
-    f.setflags(write=False)  # cached and shared: nobody may modify it
-    return f
 
 
 @dataclass(frozen=True)
@@ -370,16 +467,6 @@ def _write_table(path: Path, rows: list[dict]) -> None:
 # --------------------------------------------------------------------------- scene
 
 
-@dataclass
-class _Scene:
-    nuclei: np.ndarray  # int32 labels on the padded canvas
-    cells: np.ndarray
-    brightness: np.ndarray  # per label, nuclear stain
-    cyto: np.ndarray  # per label, cytoplasm stain
-    barcode_of: np.ndarray  # per label, index into barcodes (-1 for background)
-    spots: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # y, x, amplitude, label
-
-
 def _make_scene(spec: SampleSpec, rng: np.random.Generator, pad: int, n_barcodes: int) -> _Scene:
     n = spec.size + 2 * pad
     r = spec.nucleus_radius
@@ -421,32 +508,6 @@ def _make_scene(spec: SampleSpec, rng: np.random.Generator, pad: int, n_barcodes
     spot_y, spot_x = np.divmod(cyto_pixels[keep], n)
     spots = (spot_y, spot_x, rng.lognormal(0, 0.3, size=spot_y.size), owner[keep])
     return _Scene(nuclei, cells, brightness, cyto, barcode_of, spots)
-
-
-def _texture(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    t = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return t / (t.std() + 1e-9)
-
-
-def _cp_signal(scene: _Scene, channel: str, role: int, rng: np.random.Generator) -> np.ndarray:
-    shape = scene.nuclei.shape
-    nuc = scene.nuclei > 0
-    cell = scene.cells > 0
-    if NUCLEAR_NAMES.search(channel):
-        tex = 1 + 0.15 * _texture(rng, shape, 1.5)
-        s = scene.brightness[scene.nuclei] * nuc * tex
-        return (0.02 + s).astype(np.float32)
-    kind = role % 3
-    if kind == 0:  # cytoplasm with cortical actin brighter at the cell edge
-        edge = find_boundaries(scene.cells, mode="inner")
-        s = scene.cyto[scene.cells] * (0.35 * cell + 0.8 * edge) * (1 - 0.5 * nuc)
-    elif kind == 1:  # membrane / junctions
-        edge = find_boundaries(scene.cells, mode="inner")
-        s = scene.cyto[scene.cells] * (0.08 * cell + 1.0 * edge)
-    else:  # punctate organelles in the cytoplasm
-        speck = np.clip(_texture(rng, shape, 1.0) - 0.8, 0, None)
-        s = scene.cyto[scene.cells] * (cell & ~nuc) * (0.15 + speck)
-    return (0.03 + s).astype(np.float32)
 
 
 def _sbs_signal(scene: _Scene, channel: str, base_of_cell: np.ndarray, cycle: int) -> np.ndarray:
@@ -511,9 +572,23 @@ def _acquire(
     return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
 
 
-def _file_uuid(spec: SampleSpec, path: str) -> str:
-    """A UUID fixed by the seed and the file's name, so output bytes are reproducible."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"starrynight-sample/{spec.seed}/{Path(path).name}"))
+def _shared_grid_position(spec: SampleSpec, well_index: int, site: int) -> tuple[float, float]:
+    """Stage position (field centre, um, y x) of a shared-geometry site.
+
+    The sites of the shared geometry are separate scenes, so they are placed on a
+    square grid with a 10 % gap between fields (no overlap), the same for every arm.
+    """
+    from starrynight.sample_render import stage_centre
+
+    cols = int(np.ceil(np.sqrt(spec.sites)))
+    rows = int(np.ceil(spec.sites / cols))
+    step = spec.size * spec.cp_pixel_um * 1.1
+    r, c = divmod(site, cols)
+    centre = stage_centre(well_index)
+    return (
+        float(centre[0] + (r - (rows - 1) / 2) * step),
+        float(centre[1] + (c - (cols - 1) / 2) * step),
+    )
 
 
 def _generate_site(job: _SiteJob, barcodes: list[tuple[str, str]]) -> dict:
@@ -530,13 +605,11 @@ def _generate_site(job: _SiteJob, barcodes: list[tuple[str, str]]) -> dict:
         illum = illumination_field(spec, "cp", i)
         signal = _cp_signal(scene, ch, i, rng)
         cp_planes.append(_acquire(signal, illum, (0.0, 0.0), pad, spec, photons, rng))
-    write_tiff(
-        job.cp_path,
-        np.stack(cp_planes),
-        channel_names=spec.cp_channels,
-        ome=True,
-        ome_uuid=_file_uuid(spec, job.cp_path),
-    )
+    position = _shared_grid_position(spec, job.well_index, job.site)
+    write_ome(
+        job.cp_path, np.stack(cp_planes), spec.cp_channels, _file_uuid(spec, job.cp_path),
+        spec.cp_pixel_um, position,
+    )  # fmt: skip
 
     offset = rng.uniform(-MAX_CP_SBS_OFFSET, MAX_CP_SBS_OFFSET, size=2) if spec.cycles else (0, 0)
     shifts, offsets = [], []
@@ -556,13 +629,10 @@ def _generate_site(job: _SiteJob, barcodes: list[tuple[str, str]]) -> dict:
                      photons, rng)
             for i, ch in enumerate(spec.sbs_channels)
         ]  # fmt: skip
-        write_tiff(
-            path,
-            np.stack(planes),
-            channel_names=spec.sbs_channels,
-            ome=True,
-            ome_uuid=_file_uuid(spec, path),
-        )
+        write_ome(
+            path, np.stack(planes), spec.sbs_channels, _file_uuid(spec, path),
+            spec.cp_pixel_um, position,
+        )  # fmt: skip
         shifts.append(
             {"plate": plate, "well": well, "site": job.site, "cycle": k, "dy": float(rel[0]),
              "dx": float(rel[1])}

@@ -189,3 +189,49 @@ def cellprofiler_dir(workspace: str, step: str) -> str:
 def cellprofiler_output_dir(workspace: str, step: str, unit: str) -> str:
     """CellProfiler's output folder (``-o``) for one unit: ``cellprofiler/<step>/<unit>``."""
     return storage.join(cellprofiler_dir(workspace, step), unit)
+
+
+def arm_label(arm: str, cycle: int | None = None) -> str:
+    """``CP``, or ``SBS_Cycle<kk>`` for one SBS cycle: names a geometry group."""
+    return "CP" if arm == "cp" else f"SBS_Cycle{int(cycle or 0):02d}"
+
+
+def geometry_dir(workspace: str, plate: str, well: str) -> str:
+    """Site positions and registration of a well: ``geometry/<plate>-<well>``."""
+    return well_product_dir(workspace, "geometry", plate, well)
+
+
+def positions_path(
+    workspace: str, plate: str, well: str, arm: str, cycle: int | None = None
+) -> str:
+    """Positions of an arm's sites in the well frame.
+
+    ``geometry/<p>-<w>/Plate_<p>_Well_<w>_<CP|SBS_Cycle<kk>>_positions.parquet``.
+    """
+    name = f"Plate_{plate}_Well_{well}_{arm_label(arm, cycle)}_positions.parquet"
+    return storage.join(geometry_dir(workspace, plate, well), name)
+
+
+def pairs_path(workspace: str, plate: str, well: str, arm: str, cycle: int | None = None) -> str:
+    """Registered neighbour pairs of an arm: ``..._<CP|SBS_Cycle<kk>>_pairs.parquet``."""
+    name = f"Plate_{plate}_Well_{well}_{arm_label(arm, cycle)}_pairs.parquet"
+    return storage.join(geometry_dir(workspace, plate, well), name)
+
+
+def geometry_report_path(workspace: str, plate: str, well: str) -> str:
+    """Per-well report (pairs used, residual, sites kept recorded): ``..._geometry.json``.
+
+    Written last: marks the well's geometry complete.
+    """
+    name = f"Plate_{plate}_Well_{well}_geometry.json"
+    return storage.join(geometry_dir(workspace, plate, well), name)
+
+
+def mosaic_path(workspace: str, plate: str, well: str, arm: str) -> str:
+    """The well's stitched OME-Zarr per arm: ``mosaics/<plate>-<well>/<arm>.zarr``."""
+    return storage.join(well_product_dir(workspace, "mosaics", plate, well), f"{arm}.zarr")
+
+
+def mosaic_thumbnail_path(workspace: str, plate: str, well: str, arm: str) -> str:
+    """A small PNG of the mosaic: ``mosaics/<plate>-<well>/<arm>.png``."""
+    return storage.join(well_product_dir(workspace, "mosaics", plate, well), f"{arm}.png")

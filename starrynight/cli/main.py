@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "exp": "starrynight.cli.exp:exp",
     "illum": "starrynight.cli.illum:illum",
     "align": "starrynight.cli.align:align",
+    "geometry": "starrynight.cli.geometry:geometry",
+    "mosaic": "starrynight.cli.mosaic:mosaic",
     "segment": "starrynight.cli.segment:segment",
     "segcheck": "starrynight.cli.segment:segcheck",
     "barcodes": "starrynight.cli.barcodes:barcodes",

@@ -8,6 +8,13 @@ from starrynight.cli.options import comma_list
 from starrynight.sample import SampleSpec, generate
 
 
+def _grid(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    rows, sep, cols = value.lower().partition("x")
+    if not sep or not rows.isdigit() or not cols.isdigit() or min(int(rows), int(cols)) < 1:
+        raise click.BadParameter(f"{value!r}: expected ROWSxCOLUMNS, e.g. 4x4")
+    return int(rows), int(cols)
+
+
 @click.group()
 def sample() -> None:
     """Synthetic OPS datasets with a known answer (for demos, tests and benchmarks)."""
@@ -49,14 +56,46 @@ def sample() -> None:
 @click.option("--barcodes", "n_barcodes", default=24, show_default=True, type=int,
               help="Number of sgRNAs in Barcodes.csv.")  # fmt: skip
 @click.option("--workers", default=2, show_default=True, type=int, help="Parallel processes.")
+@click.option(
+    "--geometry", type=click.Choice(["shared", "real"]), default="shared", show_default=True,
+    help="shared: CP and SBS image the same --sites fields at one scale; real: 20X CP and 10X "
+    "SBS on their own overlapping grids of one well, SBS rotated and shifted, stage errors.",
+)  # fmt: skip
+@click.option(
+    "--cp-grid", default="4x4", show_default=True, callback=_grid,
+    help="Real geometry: CP sites as ROWSxCOLUMNS.",
+)  # fmt: skip
+@click.option(
+    "--sbs-grid", default="2x2", show_default=True, callback=_grid,
+    help="Real geometry: SBS sites as ROWSxCOLUMNS.",
+)  # fmt: skip
+@click.option(
+    "--overlap-pct", default=10.0, show_default=True, type=float,
+    help="Real geometry: overlap of neighbouring fields, percent.",
+)  # fmt: skip
+@click.option(
+    "--pixel-ratio", default=1.99, show_default=True, type=float,
+    help="Real geometry: SBS pixel size over CP pixel size.",
+)  # fmt: skip
+@click.option(
+    "--stage-error-um", default=1.0, show_default=True, type=float,
+    help="Real geometry: stage error (standard deviation per axis, um).",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 def generate_cmd(out: str, overwrite: bool, **options: object) -> None:
     """Write a sample OPS dataset (Cell Painting + SBS cycles) and its ground truth."""
     spec = SampleSpec(**options)  # type: ignore[arg-type]
     result = generate(spec, out, overwrite=overwrite)
+    if spec.geometry == "real":
+        sites = (
+            f"{spec.cp_grid[0]}x{spec.cp_grid[1]} CP and {spec.sbs_grid[0]}x{spec.sbs_grid[1]} "
+            "SBS site(s)"
+        )
+    else:
+        sites = f"{spec.sites} site(s)"
     click.echo(
         f"wrote {result.n_files} images of {len(spec.plates)} plate(s) x {len(spec.wells)} "
-        f"well(s) x {spec.sites} site(s) ({spec.cycles} SBS cycles), {result.n_cells} cells, "
+        f"well(s) x {sites} ({spec.cycles} SBS cycles), {result.n_cells} cells, "
         f"in {result.seconds:.1f} s"
     )
     click.echo(f"dataset:      {result.dataset_root}")

@@ -1,0 +1,531 @@
+"""Stitching a well: register overlapping sites pairwise, then place them all at once.
+
+Every site of one arm (and cycle) is a tile of the same shape with a recorded (or
+declared) position in the well frame, in pixels. Recorded positions are a start: the
+stage misses its targets by a micron or two, so neighbours are registered on their
+overlap and all positions are solved together, as Fiji's Grid/Collection stitching and
+ASHLAR do.
+
+1. :func:`neighbour_pairs` lists the pairs whose recorded fields overlap enough.
+2. :func:`overlap_boxes` cuts the overlap out of both tiles at the recorded offset;
+   :func:`register_overlap` phase-correlates the two crops (sub-pixel) and measures the
+   Pearson correlation of the overlap after the shift.
+3. :func:`solve_positions` solves ``p_j - p_i = t_ij`` for all accepted pairs by
+   weighted least squares, dropping the pair with the largest residual while it exceeds
+   a bound, and leaves every site without an accepted pair at its recorded position.
+
+Positions name the same point of every tile (its top-left corner, say); because all
+tiles share one shape, only differences of positions enter, so the refinement does not
+depend on which point of the field a recorded position names. Positions are found up
+to one translation per connected set of sites, fixed so that the set's mean refined
+position equals its mean recorded position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sfft
+from scipy import sparse
+from scipy.sparse import csgraph
+from scipy.sparse.linalg import spsolve
+
+#: Pair statuses (``used`` enters the solve; the others say why a pair did not).
+PAIR_USED = "used"
+PAIR_LOW_CORRELATION = "low_correlation"
+PAIR_SHIFT_BOUND = "shift_beyond_bound"
+PAIR_RESIDUAL = "residual_too_large"
+PAIR_UNREADABLE = "not_registered"
+
+#: Site statuses.
+SITE_REFINED = "refined"
+SITE_RECORDED = "kept_recorded"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two sites whose recorded fields overlap; ``offset`` is ``p_j - p_i`` recorded (y, x) px."""
+
+    i: int
+    j: int
+    offset: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class PairMeasurement:
+    """What registering one pair found.
+
+    Attributes
+    ----------
+    i, j : int
+        Site indices (into the positions array).
+    offset : tuple of float
+        Measured ``p_j - p_i`` (y, x) in pixels.
+    correction : tuple of float
+        Measured minus recorded offset (y, x) in pixels.
+    correlation : float
+        Pearson correlation of the two overlaps at the measured shift (nan when the
+        overlap is flat).
+    at_bound : bool
+        The best match lay on the border of the searched shifts: the true correction
+        may be larger than the search reached.
+    """
+
+    i: int
+    j: int
+    offset: tuple[float, float]
+    correction: tuple[float, float]
+    correlation: float
+    at_bound: bool = False
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Positions of all sites after the joint solve.
+
+    Attributes
+    ----------
+    positions : numpy.ndarray
+        ``(n, 2)`` (y, x) pixels: refined, or recorded where ``status`` says so.
+    status : list of str
+        Per site :data:`SITE_REFINED` or :data:`SITE_RECORDED`.
+    pair_status : list of str
+        Per measurement given, :data:`PAIR_USED` or the reason it was dropped.
+    pair_residual : numpy.ndarray
+        Per measurement, ``|p_j - p_i - t_ij|`` in pixels after the solve.
+    components : int
+        Connected sets of sites linked by used pairs (isolated sites count as one each).
+    """
+
+    positions: np.ndarray
+    status: list[str]
+    pair_status: list[str]
+    pair_residual: np.ndarray
+    components: int
+
+    @property
+    def residual_rms(self) -> float:
+        """RMS residual (px) of the used pairs; nan when none was used."""
+        used = np.array([s == PAIR_USED for s in self.pair_status], bool)
+        if not used.any():
+            return float("nan")
+        return float(np.sqrt(np.mean(self.pair_residual[used] ** 2)))
+
+
+def neighbour_pairs(
+    positions: np.ndarray,
+    shape: tuple[int, int],
+    min_overlap_px: int = 16,
+    min_overlap_fraction: float = 0.05,
+) -> list[Pair]:
+    """Pairs of tiles whose recorded fields overlap.
+
+    Parameters
+    ----------
+    positions : numpy.ndarray
+        ``(n, 2)`` recorded (y, x) positions in pixels (the same point of every tile).
+    shape : tuple of int
+        Tile ``(height, width)``.
+    min_overlap_px : int
+        Both sides of the overlap must be at least this long (narrow slivers cannot be
+        registered).
+    min_overlap_fraction : float
+        The overlap must cover at least this share of a tile (excludes the corner
+        touches of diagonal neighbours on a grid with small overlap).
+
+    Returns
+    -------
+    list of Pair
+        With ``i < j``, sorted.
+    """
+    pos = np.asarray(positions, np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"positions must be (n, 2), got {pos.shape}")
+    h, w = shape
+    pairs: list[Pair] = []
+    # Sort by y so each tile is compared only with tiles less than one height below.
+    order = np.argsort(pos[:, 0], kind="stable")
+    ys = pos[order, 0]
+    for a, i in enumerate(order):
+        stop = int(np.searchsorted(ys, pos[i, 0] + h, side="left"))
+        for j in order[a + 1 : stop]:
+            d = pos[j] - pos[i]
+            oy, ox = h - abs(d[0]), w - abs(d[1])
+            if oy < min_overlap_px or ox < min_overlap_px:
+                continue
+            if oy * ox < min_overlap_fraction * h * w:
+                continue
+            lo, hi = (int(i), int(j)) if i < j else (int(j), int(i))
+            off = pos[hi] - pos[lo]
+            pairs.append(Pair(lo, hi, (float(off[0]), float(off[1]))))
+    return sorted(pairs, key=lambda p: (p.i, p.j))
+
+
+def overlap_boxes(
+    offset: Sequence[float], shape: tuple[int, int]
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """The overlap of tile ``i`` and tile ``j`` at ``offset = p_j - p_i`` (rounded).
+
+    Returns
+    -------
+    box_i, box_j : tuple of slice
+        ``(rows, cols)`` of the same region of the well in tile ``i`` and in tile ``j``.
+
+    Raises
+    ------
+    ValueError
+        When the tiles do not overlap.
+    """
+    h, w = shape
+    dy, dx = round(float(offset[0])), round(float(offset[1]))
+    if abs(dy) >= h or abs(dx) >= w:
+        raise ValueError(f"tiles at offset ({dy}, {dx}) do not overlap")
+    rows_i = slice(max(0, dy), min(h, h + dy))
+    cols_i = slice(max(0, dx), min(w, w + dx))
+    rows_j = slice(max(0, -dy), min(h, h - dy))
+    cols_j = slice(max(0, -dx), min(w, w - dx))
+    return (rows_i, cols_i), (rows_j, cols_j)
+
+
+def register_overlap(
+    crop_i: np.ndarray,
+    crop_j: np.ndarray,
+    offset: Sequence[float],
+    margin: int = 12,
+) -> tuple[np.ndarray, float, float]:
+    """Measure ``p_j - p_i`` from the overlap crops cut by :func:`overlap_boxes`.
+
+    The interior of ``crop_i`` (``margin`` pixels in from every side) is matched as a
+    template inside ``crop_j`` by normalised cross-correlation over every shift of at
+    most ``margin`` pixels per axis, as ``skimage.feature.match_template`` does (one
+    FFT product, window sums from integral images); the peak is refined to sub-pixel
+    by a parabola through it on each axis. Unlike phase correlation of the two crops,
+    nothing wraps around: each tested shift compares the whole template with real
+    pixels, however thin the overlap.
+
+    Parameters
+    ----------
+    crop_i, crop_j : numpy.ndarray
+        The same region of the well cut from tile ``i`` and tile ``j`` at the recorded
+        ``offset`` (equal shapes).
+    offset : sequence of float
+        Recorded ``p_j - p_i`` (y, x) that the crops were cut with (rounded inside).
+    margin : int
+        Largest correction searched per axis, in pixels; reduced so that the template
+        keeps at least 8 pixels per side.
+
+    Returns
+    -------
+    measured : numpy.ndarray
+        ``p_j - p_i`` (y, x) in pixels.
+    ncc : float
+        Pearson correlation of the template and the matched region at the sub-pixel
+        shift (bilinear), i.e. of the overlap as placed.
+    edge : float
+        1.0 when the best shift lies on the border of the searched range (the true
+        correction may be larger than ``margin``), else 0.0.
+    """
+    if crop_i.shape != crop_j.shape or crop_i.ndim != 2:
+        raise ValueError(f"crops must be equal 2-D shapes, got {crop_i.shape} and {crop_j.shape}")
+    h, w = crop_i.shape
+    m = int(max(0, min(margin, (h - 8) // 2, (w - 8) // 2)))
+    template = np.asarray(crop_i, np.float32)[m : h - m, m : w - m]
+    image = np.asarray(crop_j, np.float32)
+    ncc, lo = _search(np.asarray(crop_i, np.float32), template, image, m)
+    local = np.array(np.unravel_index(int(np.nanargmax(ncc)), ncc.shape))
+    q = lo + local
+    peak = float(ncc[local[0], local[1]])
+    sub = np.array([_vertex(ncc[:, local[1]], local[0]), _vertex(ncc[local[0], :], local[1])])
+    placed = _placed_correlation(template, image, q, sub)
+    if np.isfinite(placed):
+        peak = placed
+    # Content at u in crop_i is at u - (t - d) in crop_j, so the template (crop_i from
+    # m) matches crop_j at q = m - (t - d): the correction is m - q.
+    correction = m - (q + sub)
+    rounded = np.array([round(float(offset[0])), round(float(offset[1]))], np.float64)
+    on_edge = float(m > 0 and (q.min() == 0 or q.max() == 2 * m))
+    return rounded + correction, peak, on_edge
+
+
+#: Overlaps whose template is at least this many pixels on its short side are searched
+#: coarse-to-fine: on 2x2-binned crops first, then at full resolution around that peak.
+COARSE_MIN_SIDE = 32
+
+
+def _search(
+    crop_i: np.ndarray, template: np.ndarray, image: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """NCC of ``template`` in ``image`` on a block of offsets holding the best one.
+
+    Returns the block and its first offset (``q`` = first + index). Small overlaps get
+    the whole ``[0, 2m]^2`` by FFT; larger ones a 2x2-binned FFT search, then the
+    full-resolution NCC on the 3x3 offsets around its peak, moved uphill until centred
+    (a quarter of the FFT work; the full-resolution peak keeps its sub-pixel precision).
+    """
+    if min(template.shape) < COARSE_MIN_SIDE or m < 4:
+        return _ncc_map(template, image, m), np.zeros(2, int)
+    ci, cj = _bin2(crop_i), _bin2(image)
+    mb = m // 2
+    hb, wb = ci.shape
+    coarse = _ncc_map(ci[mb : hb - mb, mb : wb - mb], cj, mb)
+    qb = np.array(np.unravel_index(int(np.nanargmax(coarse)), coarse.shape))
+    # Binned offset qb means a correction of (mb - qb) binned = 2 (mb - qb) full pixels.
+    centre = m - 2 * (mb - qb)
+    # Walk the 3x3 full-resolution block uphill until its centre is the maximum (or the
+    # search border is reached): binning leaves the peak within a pixel or two.
+    for _ in range(4):
+        lo = np.clip(centre - 1, 0, 2 * m)
+        hi = np.clip(centre + 1, 0, 2 * m)
+        block = _ncc_direct(template, image, lo, hi)
+        if np.all(np.isnan(block)):
+            break
+        best = lo + np.array(np.unravel_index(int(np.nanargmax(block)), block.shape))
+        if np.array_equal(best, centre):
+            break
+        centre = best
+    return block, lo
+
+
+def _bin2(a: np.ndarray) -> np.ndarray:
+    h, w = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
+    v = a[:h, :w]
+    return 0.25 * (v[0::2, 0::2] + v[1::2, 0::2] + v[0::2, 1::2] + v[1::2, 1::2])
+
+
+def _ncc_direct(template: np.ndarray, image: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """Pearson correlation of ``template`` with ``image`` at offsets ``lo..hi`` (inclusive)."""
+    th, tw = template.shape
+    t0 = (template - np.float32(template.mean())).ravel()
+    tt = float(np.dot(t0, t0))
+    n = th * tw
+    out = np.full((hi[0] - lo[0] + 1, hi[1] - lo[1] + 1), np.nan)
+    for a in range(out.shape[0]):
+        for b in range(out.shape[1]):
+            y, x = lo[0] + a, lo[1] + b
+            win = image[y : y + th, x : x + tw]
+            flat = np.ascontiguousarray(win).ravel()
+            s1 = float(flat.sum(dtype=np.float64))
+            var = float(np.dot(flat, flat)) - s1 * s1 / n
+            if var > 0 and tt > 0:
+                out[a, b] = float(np.dot(t0, flat)) / np.sqrt(var * tt)
+    return out
+
+
+def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
+    """Pearson correlation of ``template`` with ``image`` at offsets ``[0, 2m]^2``."""
+    th, tw = template.shape
+    ih, iw = image.shape
+    # Centre the image: the window variances below are differences of large sums.
+    img = np.asarray(image, np.float32)
+    img = img - np.float32(img.mean())
+    t0 = template - np.float32(template.mean())
+    fh, fw = sfft.next_fast_len(ih, real=True), sfft.next_fast_len(iw, real=True)
+    spec = sfft.rfft2(img, s=(fh, fw))
+    spec *= np.conj(sfft.rfft2(t0, s=(fh, fw)))
+    num = sfft.irfft2(spec, s=(fh, fw))[: 2 * m + 1, : 2 * m + 1].astype(np.float64)
+    n = th * tw
+    s1 = _window_sums(img, th, tw, m)
+    s2 = _window_sums(img * img, th, tw, m)
+    var_i = np.clip(s2 - s1**2 / n, 0, None)
+    denom = np.sqrt(var_i * float(np.dot(t0.ravel(), t0.ravel())))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(denom > 0, num / denom, np.nan)
+    return out
+
+
+def _window_sums(a: np.ndarray, th: int, tw: int, m: int) -> np.ndarray:
+    """Sums of ``a`` over the ``th x tw`` windows at offsets ``[0, 2m]^2``.
+
+    Row sums of the ``2m + 1`` row windows slide one row at a time (one pass over
+    ``a``); the column windows are then taken on that small array.
+    """
+    rows = np.empty((2 * m + 1, a.shape[1]), np.float64)
+    rows[0] = a[:th].sum(axis=0, dtype=np.float64)
+    for q in range(1, 2 * m + 1):
+        rows[q] = rows[q - 1] - a[q - 1] + a[q - 1 + th]
+    c = np.zeros((2 * m + 1, a.shape[1] + 1))
+    np.cumsum(rows, axis=1, out=c[:, 1:])
+    return c[:, tw : tw + 2 * m + 1] - c[:, : 2 * m + 1]
+
+
+def _placed_correlation(
+    template: np.ndarray, image: np.ndarray, q: np.ndarray, sub: np.ndarray
+) -> float:
+    """Pearson correlation of ``template`` with ``image`` at offset ``q + sub`` (bilinear)."""
+    th, tw = template.shape
+    y0, x0 = int(q[0]) - 1, int(q[1]) - 1
+    if y0 < 0 or x0 < 0 or y0 + th + 2 > image.shape[0] or x0 + tw + 2 > image.shape[1]:
+        return float("nan")
+    region = image[y0 : y0 + th + 2, x0 : x0 + tw + 2]
+    fy, fx = float(sub[0]), float(sub[1])
+    # Bilinear sample at (1 + u + sub): the four neighbours weighted by the fraction.
+    oy, ox = (1, 1)
+    if fy < 0:
+        oy, fy = 0, fy + 1
+    if fx < 0:
+        ox, fx = 0, fx + 1
+    a = region[oy : oy + th, ox : ox + tw]
+    b = region[oy : oy + th, ox + 1 : ox + 1 + tw]
+    c = region[oy + 1 : oy + 1 + th, ox : ox + tw]
+    d = region[oy + 1 : oy + 1 + th, ox + 1 : ox + 1 + tw]
+    moved = (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
+    t = template.ravel() - np.float32(template.mean())
+    v = moved.ravel() - np.float32(moved.mean())
+    tt, vv = float(np.dot(t, t)), float(np.dot(v, v))
+    if tt <= 0 or vv <= 0:
+        return float("nan")
+    return float(np.dot(t, v)) / np.sqrt(tt * vv)
+
+
+def _vertex(values: np.ndarray, i: int) -> float:
+    """Offset (within +-0.5) of the vertex of a parabola through ``values[i-1:i+2]``."""
+    if i == 0 or i == len(values) - 1:
+        return 0.0
+    a, b, c = values[i - 1], values[i], values[i + 1]
+    denom = a - 2 * b + c
+    if not np.isfinite(denom) or denom >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (a - c) / denom, -0.5, 0.5))
+
+
+def measure_pair(
+    tile_i: np.ndarray,
+    tile_j: np.ndarray,
+    pair: Pair,
+    margin: int = 12,
+) -> PairMeasurement:
+    """Register two whole tiles on their overlap (see :func:`register_overlap`)."""
+    box_i, box_j = overlap_boxes(pair.offset, tile_i.shape)
+    return measure_crops(tile_i[box_i], tile_j[box_j], pair, margin)
+
+
+def measure_crops(
+    crop_i: np.ndarray, crop_j: np.ndarray, pair: Pair, margin: int = 12
+) -> PairMeasurement:
+    """:func:`register_overlap` on crops cut by :func:`overlap_boxes`, as a measurement."""
+    measured, ncc, edge = register_overlap(crop_i, crop_j, pair.offset, margin)
+    correction = measured - np.asarray(pair.offset)
+    return PairMeasurement(
+        pair.i,
+        pair.j,
+        (float(measured[0]), float(measured[1])),
+        (float(correction[0]), float(correction[1])),
+        ncc,
+        bool(edge),
+    )
+
+
+def screen_pairs(
+    measurements: Sequence[PairMeasurement],
+    min_correlation: float = 0.5,
+    max_correction_px: float = 20.0,
+) -> list[str]:
+    """First verdict on each pair before the solve: used, or why not.
+
+    A pair is dropped when its overlaps correlate below ``min_correlation`` after the
+    shift (nothing in common: empty field, debris, wrong neighbour), or when the
+    measured offset differs from the recorded one by more than ``max_correction_px``
+    (a peak that the stage cannot explain), or when the best match lay on the border
+    of the searched shifts.
+    """
+    status = []
+    for m in measurements:
+        if not np.isfinite(m.correlation) or m.correlation < min_correlation:
+            status.append(PAIR_LOW_CORRELATION)
+        elif m.at_bound or float(np.hypot(*m.correction)) > max_correction_px:
+            status.append(PAIR_SHIFT_BOUND)
+        else:
+            status.append(PAIR_USED)
+    return status
+
+
+def solve_positions(
+    recorded: np.ndarray,
+    measurements: Sequence[PairMeasurement],
+    status: Sequence[str] | None = None,
+    max_residual_px: float = 1.5,
+) -> Solution:
+    """Place every site from the accepted pair offsets by weighted least squares.
+
+    Minimises ``sum w_ij |p_j - p_i - t_ij|^2`` (``w_ij`` the pair's correlation) over
+    the pairs whose ``status`` is :data:`PAIR_USED`; while the largest residual exceeds
+    ``max_residual_px`` that pair is dropped (:data:`PAIR_RESIDUAL`) and the solve
+    repeated. Each connected set of sites keeps its mean recorded position; a site
+    linked by no used pair keeps its recorded position (:data:`SITE_RECORDED`).
+
+    Parameters
+    ----------
+    recorded : numpy.ndarray
+        ``(n, 2)`` recorded (y, x) positions in pixels.
+    measurements : sequence of PairMeasurement
+        Registered pairs.
+    status : sequence of str, optional
+        Verdicts of :func:`screen_pairs` (default: every pair used).
+    max_residual_px : float
+        Largest residual a used pair may keep.
+
+    Returns
+    -------
+    Solution
+    """
+    rec = np.asarray(recorded, np.float64)
+    n = rec.shape[0]
+    pair_status = list(status) if status is not None else [PAIR_USED] * len(measurements)
+    if len(pair_status) != len(measurements):
+        raise ValueError("status must have one entry per measurement")
+    ii = np.array([m.i for m in measurements], np.int64)
+    jj = np.array([m.j for m in measurements], np.int64)
+    t = np.array([m.offset for m in measurements], np.float64).reshape(-1, 2)
+    w = np.array(
+        [m.correlation if np.isfinite(m.correlation) else 0.0 for m in measurements], np.float64
+    )
+    w = np.clip(w, 1e-3, 1.0)
+    positions = rec.copy()
+    residual = np.full(len(measurements), np.nan)
+    while True:
+        used = np.array([s == PAIR_USED for s in pair_status], bool)
+        positions, _labels, n_comp = _solve(rec, ii[used], jj[used], t[used], w[used])
+        residual = np.linalg.norm(positions[jj] - positions[ii] - t, axis=1) if len(t) else residual
+        if not used.any():
+            break
+        worst = int(np.flatnonzero(used)[np.argmax(residual[used])])
+        if residual[worst] <= max_residual_px:
+            break
+        pair_status[worst] = PAIR_RESIDUAL
+    used = np.array([s == PAIR_USED for s in pair_status], bool)
+    linked = np.zeros(n, bool)
+    linked[ii[used]] = True
+    linked[jj[used]] = True
+    site_status = [SITE_REFINED if linked[k] else SITE_RECORDED for k in range(n)]
+    return Solution(positions, site_status, pair_status, residual, n_comp)
+
+
+def _solve(
+    rec: np.ndarray, ii: np.ndarray, jj: np.ndarray, t: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Weighted least squares per connected set, each anchored at its recorded mean."""
+    n = rec.shape[0]
+    graph = sparse.coo_matrix((np.ones(len(ii)), (ii, jj)), shape=(n, n)).tocsr()
+    n_comp, labels = csgraph.connected_components(graph, directed=False)
+    if len(ii) == 0:
+        return rec.copy(), labels, n_comp
+    # Normal equations of the pair terms: a weighted graph Laplacian L p = b. L is
+    # singular (one free translation per component); a tiny ridge towards the recorded
+    # positions makes it solvable, and the exact anchoring is done afterwards.
+    data = np.concatenate([w, w, -w, -w])
+    rows = np.concatenate([ii, jj, ii, jj])
+    cols = np.concatenate([ii, jj, jj, ii])
+    lap = sparse.coo_matrix((data, (rows, cols)), shape=(n, n)).tocsr()
+    ridge = 1e-9 * max(1.0, float(w.sum()))
+    system = (lap + ridge * sparse.identity(n, format="csr")).tocsc()
+    b = np.zeros((n, 2))
+    np.add.at(b, jj, w[:, None] * t)
+    np.add.at(b, ii, -w[:, None] * t)
+    b += ridge * rec
+    solved = np.column_stack([spsolve(system, b[:, 0]), spsolve(system, b[:, 1])])
+    for c in range(n_comp):
+        members = labels == c
+        solved[members] += rec[members].mean(axis=0) - solved[members].mean(axis=0)
+    return solved, labels, n_comp

@@ -1,0 +1,386 @@
+"""Where every site of a well sits: recorded positions from files, layouts or a CSV.
+
+A site's position is given in the **well frame** of its arm (CP; SBS per cycle), in
+micrometres, x to the right and y down as in the images, and names the **top-left
+corner** of the field (the outer corner of pixel (0, 0)). Positions come, in this order:
+
+1. the files' own OME-XML: ``Pixels/@PhysicalSizeX/Y`` and each ``Plane/@PositionX/Y``
+   (only the header is read; on S3 a ranged read of the first kilobytes). OME does
+   not say which point of the field a stage position names; microscopes (NIS-Elements,
+   Harmony, MetaMorph) record the field's **centre**, so the corner is the position
+   minus half the field. All fields of an arm share one size, so a wrong guess moves
+   every site by the same amount and the refinement, which only uses differences of
+   positions, is unaffected;
+2. a layout declared in the experiment (``layout`` in the arm): a rows x columns grid
+   or one of PCPIP's round-well layouts, an acquisition order, the overlap, the first
+   site's index and the pixel size;
+3. a positions CSV (``layout.positions_csv``: columns ``site, x_um, y_um``, the
+   top-left corner as above).
+
+:mod:`starrynight.modules.geometry` refines them by registering neighbours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Literal
+
+import numpy as np
+import tifffile
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from starrynight import storage
+from starrynight.errors import InputFileError, UserError
+
+#: Which point of the field an OME stage position names (see the module docstring).
+STAGE_POINT = "centre"
+
+#: PCPIP's round-well layouts (``imperwell``): sites per row, top to bottom. From the
+#: Broad's pooled-cell-painting-image-processing Fiji stitching scripts.
+ROUND_LAYOUTS: dict[str, tuple[int, ...]] = {
+    "1396": (18, 22, 26, 28, 30, 32, 34, 36, 36, 38, 38, 40, 40, 40, 40, 40, 40, 40, 40, 40,
+             40, 40, 40, 40, 40, 40, 40, 40, 40, 38, 38, 36, 36, 34, 32, 30, 28, 26, 22, 18),
+    "1364": (8, 14, 18, 22, 26, 28, 30, 32, 34, 34, 36, 36, 38, 38, 40, 40, 40, 42, 42, 42,
+             42, 42, 42, 42, 42, 40, 40, 40, 38, 38, 36, 36, 34, 34, 32, 30, 28, 26, 22, 18,
+             14, 8),
+    "1332": (14, 18, 22, 26, 28, 30, 32, 34, 34, 36, 36, 38, 38, 40, 40, 40, 40, 40, 40, 40,
+             40, 40, 40, 40, 40, 40, 40, 38, 38, 36, 36, 34, 34, 32, 30, 28, 26, 22, 18, 14),
+    "394": (3, 7, 9, 11, 11, 13, 13, 15, 15, 15, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 15,
+            15, 15, 13, 13, 11, 11, 9, 7, 3),
+    "320": (4, 8, 12, 14, 16, 18, 18, 20, 20, 20, 20, 20, 20, 20, 18, 18, 16, 14, 12, 8, 4),
+    "316": (6, 10, 14, 16, 16, 18, 18, 20, 20, 20, 20, 20, 20, 18, 18, 16, 16, 14, 10, 6),
+    "293": (7, 11, 13, 15, 17, 17, 19, 19, 19, 19, 19, 19, 19, 17, 17, 15, 13, 11, 7),
+    "256": (6, 10, 12, 14, 16, 16, 18, 18, 18, 18, 18, 18, 16, 16, 14, 12, 10, 6),
+    "88": (6, 8, 10, 10, 10, 10, 10, 10, 8, 6),
+    "52": (4, 6, 8, 8, 8, 8, 6, 4),
+}  # fmt: skip
+
+Order = Literal["snake_rows", "rows", "snake_columns", "columns"]
+_UNITS_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+class Layout(BaseModel):
+    """How an arm's sites were laid out, for files that carry no stage positions.
+
+    Attributes
+    ----------
+    rows, columns : int, optional
+        A rectangular grid.
+    round : str, optional
+        Name of a PCPIP round-well layout (:data:`ROUND_LAYOUTS`, e.g. ``"1364"``).
+    row_widths : list of int, optional
+        Sites per row of any other round layout, top to bottom (rows centred).
+    order : {"snake_rows", "rows", "snake_columns", "columns"}
+        Acquisition order: row by row alternating direction (PCPIP's round wells),
+        row by row left to right, and the same by columns.
+    overlap_pct : float
+        Overlap of neighbouring fields, percent of the field.
+    first_site : {0, 1}
+        Index of the first site in the file names.
+    pixel_size_um : float, optional
+        Pixel size; required when the files do not record ``PhysicalSizeX``.
+    positions_csv : str, optional
+        A CSV (``site, x_um, y_um``) giving each site's top-left corner instead.
+    source : {"auto", "metadata", "layout", "csv"}
+        Where positions come from; ``auto`` takes the files' metadata when every file
+        has it, else the declared grid or round layout, else the CSV.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int | None = Field(default=None, ge=1)
+    columns: int | None = Field(default=None, ge=1)
+    round: str | None = None
+    row_widths: list[int] | None = None
+    order: Order = "snake_rows"
+    overlap_pct: float = Field(default=10.0, ge=0, lt=100)
+    first_site: Literal[0, 1] = 0
+    pixel_size_um: float | None = Field(default=None, gt=0)
+    positions_csv: str | None = None
+    source: Literal["auto", "metadata", "layout", "csv"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Layout:
+        if self.round is not None and self.round not in ROUND_LAYOUTS:
+            raise ValueError(
+                f"round: unknown layout {self.round!r}; known: {', '.join(ROUND_LAYOUTS)} "
+                "(or give row_widths)"
+            )
+        if self.row_widths is not None and (
+            not self.row_widths or any(w < 1 for w in self.row_widths)
+        ):
+            raise ValueError(f"row_widths must be positive counts, got {self.row_widths}")
+        shapes = [
+            self.rows is not None or self.columns is not None,
+            self.round is not None,
+            self.row_widths is not None,
+        ]
+        if sum(shapes) > 1:
+            raise ValueError("give one of rows/columns, round or row_widths")
+        if (self.rows is None) != (self.columns is None):
+            raise ValueError("rows and columns go together")
+        if self.source == "layout" and not any(shapes):
+            raise ValueError("source 'layout' needs rows/columns, round or row_widths")
+        if self.source == "csv" and not self.positions_csv:
+            raise ValueError("source 'csv' needs positions_csv")
+        return self
+
+    @property
+    def declared(self) -> bool:
+        """True when a grid or round layout is declared."""
+        return self.rows is not None or self.round is not None or self.row_widths is not None
+
+    def widths(self) -> tuple[int, ...]:
+        """Sites per row (per column for the column orders' transposed round layouts)."""
+        if self.rows is not None and self.columns is not None:
+            return (self.columns,) * self.rows
+        if self.round is not None:
+            return ROUND_LAYOUTS[self.round]
+        if self.row_widths is not None:
+            return tuple(self.row_widths)
+        raise UserError("layout: no rows/columns, round or row_widths declared")
+
+    @property
+    def site_count(self) -> int:
+        """Sites the declared layout holds."""
+        return sum(self.widths())
+
+
+@dataclass(frozen=True)
+class OmeHeader:
+    """What the OME-XML of one file says about its geometry.
+
+    ``pixel_size_um`` and ``position_um`` are ``(y, x)``; None when not recorded.
+    """
+
+    uri: str
+    height: int
+    width: int
+    pixel_size_um: tuple[float, float] | None
+    position_um: tuple[float, float] | None
+
+
+@contextlib.contextmanager
+def open_ranged(uri: str) -> Iterator[IO[bytes]]:
+    """A seekable binary file for ``uri``: local file, or S3 with ranged GETs per read."""
+    if storage.is_s3(uri):
+        fs, path = storage.filesystem(uri)
+        try:
+            handle = fs.open_input_file(path)
+        except FileNotFoundError as exc:
+            raise InputFileError(uri, "file not found") from exc
+        except OSError as exc:
+            raise InputFileError(uri, f"cannot open ({exc})") from exc
+        with handle:
+            yield handle  # type: ignore[misc]
+        return
+    try:
+        handle = open(storage.filesystem(uri)[1], "rb")  # noqa: SIM115
+    except FileNotFoundError as exc:
+        raise InputFileError(uri, "file not found") from exc
+    with handle:
+        yield handle
+
+
+def read_ome_header(uri: str) -> OmeHeader:
+    """Read the size, pixel size and stage position of a TIFF from its header only.
+
+    Raises
+    ------
+    InputFileError
+        When the file is not a readable TIFF, or its OME-XML is malformed or has a
+        pixel size or position in a unit that is not a length.
+    """
+    with open_ranged(uri) as fh:
+        try:
+            with tifffile.TiffFile(fh) as tif:
+                page = tif.pages.first
+                height, width = int(page.shape[-2]), int(page.shape[-1])
+                xml = tif.ome_metadata if tif.is_ome else None
+        except InputFileError:
+            raise
+        except Exception as exc:
+            raise InputFileError(uri, f"not a readable TIFF ({_first_line(exc)})") from exc
+    if not xml:
+        return OmeHeader(uri, height, width, None, None)
+    return parse_ome_geometry(uri, xml, height, width)
+
+
+def parse_ome_geometry(uri: str, xml: str, height: int, width: int) -> OmeHeader:
+    """The geometry of the first image of an OME-XML document (see :class:`OmeHeader`)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise InputFileError(uri, f"OME-XML is not well-formed ({exc})") from exc
+    pixels = next((e for e in root.iter() if _local(e.tag) == "Pixels"), None)
+    if pixels is None:
+        return OmeHeader(uri, height, width, None, None)
+    sx = _length(uri, pixels, "PhysicalSizeX")
+    sy = _length(uri, pixels, "PhysicalSizeY")
+    size = None
+    if sx is not None or sy is not None:
+        size = (sy if sy is not None else sx, sx if sx is not None else sy)
+    plane = next((e for e in pixels if _local(e.tag) == "Plane"), None)
+    position = None
+    if plane is not None:
+        px = _length(uri, plane, "PositionX")
+        py = _length(uri, plane, "PositionY")
+        if (px is None) != (py is None):
+            raise InputFileError(uri, "OME-XML Plane has only one of PositionX and PositionY")
+        if px is not None and py is not None:
+            position = (py, px)
+    return OmeHeader(uri, height, width, size, position)  # type: ignore[arg-type]
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _length(uri: str, element: ET.Element, name: str) -> float | None:
+    value = element.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise InputFileError(uri, f"OME-XML {name}={value!r} is not a number") from exc
+    if not math.isfinite(number):
+        raise InputFileError(uri, f"OME-XML {name}={value!r} is not finite")
+    unit = element.get(f"{name}Unit", "µm")
+    if unit not in _UNITS_UM:
+        raise InputFileError(
+            uri, f"OME-XML {name}Unit={unit!r}: expected a length unit ({', '.join(_UNITS_UM)})"
+        )
+    return number * _UNITS_UM[unit]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def layout_cells(layout: Layout) -> list[tuple[int, int]]:
+    """``(row, column)`` of each site in acquisition order, for a declared layout.
+
+    Round layouts centre each row in the widest one (as PCPIP does); the column orders
+    walk the transposed layout (the widths count sites per column).
+    """
+    widths = layout.widths()
+    full = max(widths)
+    cells: list[tuple[int, int]] = []
+    for r, count in enumerate(widths):
+        left = (full - count) // 2
+        cols = list(range(left, left + count))
+        if layout.order.startswith("snake") and r % 2 == 1:
+            cols.reverse()
+        cells.extend((r, c) for c in cols)
+    if layout.order in ("snake_columns", "columns"):
+        cells = [(c, r) for r, c in cells]
+    return cells
+
+
+def layout_positions(
+    layout: Layout, sites: Sequence[int], shape: tuple[int, int], pixel_size_um: float, where: str
+) -> dict[int, tuple[float, float]]:
+    """Top-left ``(y_um, x_um)`` of each site from a declared layout.
+
+    Parameters
+    ----------
+    layout : Layout
+        The declared layout.
+    sites : sequence of int
+        Site numbers of the files (as in the file names).
+    shape : tuple of int
+        Field ``(height, width)`` in pixels.
+    pixel_size_um : float
+        Pixel size.
+    where : str
+        Named in errors (the experiment field).
+
+    Raises
+    ------
+    UserError
+        When the layout's site count differs from the files', or a site number does
+        not belong to the layout.
+    """
+    cells = layout_cells(layout)
+    if len(cells) != len(sites):
+        raise UserError(
+            f"{where}: the declared layout has {len(cells)} sites but the files have "
+            f"{len(sites)} (sites {min(sites)}..{max(sites)})"
+        )
+    step_y = shape[0] * pixel_size_um * (1 - layout.overlap_pct / 100)
+    step_x = shape[1] * pixel_size_um * (1 - layout.overlap_pct / 100)
+    out = {}
+    for site in sites:
+        k = site - layout.first_site
+        if not 0 <= k < len(cells):
+            raise UserError(
+                f"{where}: site {site} is outside the layout (first_site {layout.first_site}, "
+                f"{len(cells)} sites)"
+            )
+        r, c = cells[k]
+        out[site] = (r * step_y, c * step_x)
+    return out
+
+
+def read_positions_csv(uri: str) -> dict[int, tuple[float, float]]:
+    """``site -> (y_um, x_um)`` from a CSV with columns ``site, x_um, y_um``.
+
+    Raises
+    ------
+    UserError
+        When the file is missing, lacks a column, or has a value that is not a number or
+        a site listed twice.
+    """
+    text = storage.read_bytes(uri).decode("utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in ("site", "x_um", "y_um") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(
+            f"{uri}: missing column(s) {', '.join(missing)}; expected site, x_um, y_um "
+            f"(found {', '.join(reader.fieldnames or []) or 'no header'})"
+        )
+    out: dict[int, tuple[float, float]] = {}
+    for line, row in enumerate(reader, start=2):
+        try:
+            site = int(row["site"])
+            x, y = float(row["x_um"]), float(row["y_um"])
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{uri}: line {line}: site, x_um and y_um must be numbers") from exc
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise UserError(f"{uri}: line {line}: x_um and y_um must be finite")
+        if site in out:
+            raise UserError(f"{uri}: line {line}: site {site} is listed twice")
+        out[site] = (y, x)
+    return out
+
+
+def read_plane(uri: str, index: int) -> np.ndarray:
+    """Read one frame (page) of a multi-page TIFF, not the others; ranged reads on S3.
+
+    Raises
+    ------
+    InputFileError
+        When the file is unreadable or has no frame ``index``.
+    """
+    with open_ranged(uri) as fh:
+        try:
+            with tifffile.TiffFile(fh, is_ome=False) as tif:
+                if index >= len(tif.pages):
+                    raise InputFileError(
+                        uri, f"expected at least {index + 1} frames, found {len(tif.pages)}"
+                    )
+                return tif.pages[index].asarray()
+        except InputFileError:
+            raise
+        except Exception as exc:
+            raise InputFileError(uri, f"not a readable TIFF ({_first_line(exc)})") from exc

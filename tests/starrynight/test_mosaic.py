@@ -1,0 +1,139 @@
+"""``mosaic``: OME-Zarr pyramids of a well, checked against the tiles they were drawn from."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+import zarr
+from PIL import Image
+
+from starrynight import index, inventory, workspace
+from starrynight.cli.main import main
+from starrynight.modules import mosaic as mos
+from starrynight.modules.align import align_well
+from starrynight.modules.geometry import geometry_well
+from starrynight.modules.illum import apply_illum, calc_illum
+from starrynight.sample import SampleSpec, generate
+
+SPEC = SampleSpec(
+    geometry="real", wells=("A1",), cycles=2, size=256, cp_grid=(3, 3), sbs_grid=(2, 2),
+    overlap_pct=20.0, n_barcodes=8, seed=5, workers=2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mosaic")
+    result = generate(SPEC, out / "data")
+    ws = str(out / "ws")
+    inventory.generate(result.dataset_root, ws)
+    index.generate(ws, ws)
+    calc_illum(ws, "Plate1")
+    apply_illum(ws, "Plate1", "A1")
+    align_well(ws, "Plate1", "A1")
+    return ws
+
+
+def _run(argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_missing_positions_name_the_command(ws, capsys):
+    code, _, err = _run(["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1", "--arm", "cp"],
+                        capsys)  # fmt: skip
+    assert code == 2 and "no cp site positions (run 'starrynight geometry" in err
+    assert not Path(workspace.mosaic_path(ws, "Plate1", "A1", "cp")).exists()
+
+
+def test_mosaic_is_an_ngff_pyramid_of_the_placed_tiles(ws, capsys, monkeypatch):
+    geometry_well(ws, "Plate1", "A1")
+    monkeypatch.setattr(mos, "THUMBNAIL_SIDE", 200)
+    code, out, err = _run(["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1",
+                           "--chunk", "128"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "Plate1 A1 cp: 9 site(s) -> 3 channel(s)" in out
+    assert "Plate1 A1 sbs: 4 site(s) -> 10 channel(s)" in out
+
+    target = workspace.mosaic_path(ws, "Plate1", "A1", "cp")
+    root = zarr.open_group(target, mode="r")
+    ms = root.attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert [c["label"] for c in root.attrs["omero"]["channels"]] == list(SPEC.cp_channels)
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
+    assert scales[0] == [1.0, 0.65, 0.65] and scales[1] == [1.0, 1.3, 1.3]
+    levels = [root[d["path"]] for d in ms["datasets"]]
+    assert len(levels) >= 3 and max(levels[-1].shape[1:]) <= 200
+    for a, b in itertools.pairwise(levels):
+        assert b.shape[1:] == tuple((s + 1) // 2 for s in a.shape[1:])
+    full = levels[0][:]
+    half = levels[1][:]
+    expect = (full[:, 0:2, 0:2].astype(np.uint32).sum(axis=(1, 2)) + 2) // 4
+    np.testing.assert_array_equal(half[:, 0, 0], expect)
+
+    # Each field's centre pixel is drawn from that field, unresampled.
+    rows = pq.read_table(workspace.positions_path(ws, "Plate1", "A1", "cp")).to_pylist()
+    y0 = np.floor(min(r["y_px"] for r in rows))
+    x0 = np.floor(min(r["x_px"] for r in rows))
+    for r in rows:
+        ty, tx = round(r["y_px"] - y0), round(r["x_px"] - x0)
+        tile = tifffile.imread(workspace.corrected_path(ws, "Plate1", "A1", r["site"], "DAPI"))
+        block = full[2, ty + 100 : ty + 156, tx + 100 : tx + 156]
+        np.testing.assert_array_equal(block, tile[100:156, 100:156])
+
+    png = Image.open(io.BytesIO(Path(workspace.mosaic_thumbnail_path(ws, "Plate1", "A1", "cp"))
+                                .read_bytes()))  # fmt: skip
+    assert max(png.size) <= 200 and png.mode == "L"
+
+    sbs = zarr.open_group(workspace.mosaic_path(ws, "Plate1", "A1", "sbs"), mode="r")
+    labels = [c["label"] for c in sbs.attrs["omero"]["channels"]]
+    assert labels[:2] == ["Cycle01_C", "Cycle01_A"] and labels[-1] == "Cycle02_DAPI"
+    scale = sbs.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale[1] == pytest.approx(0.65 * 1.99)
+
+
+def test_band_height_does_not_change_the_pixels(ws, tmp_path):
+    geometry_well(ws, "Plate1", "A1")
+    plan = mos._plan(ws, "Plate1", "A1", "cp", required=True)
+    _, tiles, channels, pixel_size, shape = plan
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    mos.write_mosaic(a, tiles, channels, pixel_size, shape, chunk=64, workers=1)
+    mos.write_mosaic(b, tiles, channels, pixel_size, shape, chunk=512, workers=2)
+    za, zb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    np.testing.assert_array_equal(za["0"][:], zb["0"][:])
+    assert not list(tmp_path.glob(".*.tmp"))  # staging folders are gone
+
+
+def test_rerun_skips_and_force_redraws(ws, capsys):
+    geometry_well(ws, "Plate1", "A1")
+    argv = ["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1", "--arm", "cp"]
+    assert _run(argv, capsys)[0] == 0
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and "(already done)" in out
+    code, out, _ = _run([*argv, "--force"], capsys)
+    assert code == 0 and "(already done)" not in out
+    attrs = json.loads(Path(workspace.mosaic_path(ws, "Plate1", "A1", "cp"), ".zattrs").read_text())
+    assert attrs["multiscales"][0]["name"] == "cp"
+
+
+def test_the_ome_zarr_reader_opens_it(ws):
+    reader = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    geometry_well(ws, "Plate1", "A1")
+    mos.mosaic_well(ws, "Plate1", "A1", arms=("cp",))
+    node = next(iter(reader.Reader(parse_url(workspace.mosaic_path(ws, "Plate1", "A1", "cp")))()))
+    assert node.metadata["channel_names"] == list(SPEC.cp_channels)
+    assert node.data[0].shape[0] == 3
