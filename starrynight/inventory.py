@@ -44,6 +44,8 @@ class InventorySummary:
     files: int
     bytes: int
     replaced_plate_rows: int = 0
+    #: Keys of symbolic links whose target does not exist (not inventoried).
+    dangling: tuple[str, ...] = ()
 
 
 def normalise_root(uri: str) -> str:
@@ -181,6 +183,7 @@ def generate(
         progress = sys.stderr.isatty()
     advance, stop = _progress(progress)
     files = total_bytes = replaced = 0
+    dangling: list[str] = []
     schema = _schema(root)
     try:
         with storage.atomic_local_path(out, suffix=".parquet") as tmp:
@@ -198,6 +201,9 @@ def generate(
                 with ThreadPoolExecutor(max_workers=1) as pool:
                     pending = None
                     for batch in _listing(root, prefixes, batch_size):
+                        dangling += batch.dangling
+                        if not batch:
+                            continue
                         if pending is not None:
                             pending.result()
                         pending = pool.submit(_write_batch, writer, batch, root)
@@ -210,7 +216,7 @@ def generate(
                 raise UserError(f"{dataset}: no files found (empty dataset)")
     finally:
         stop()
-    return InventorySummary(out, files, total_bytes, replaced)
+    return InventorySummary(out, files, total_bytes, replaced, tuple(dangling))
 
 
 def _listing(root: str, prefixes: list[str], batch_size: int) -> Iterator[storage.ListingBatch]:
