@@ -111,6 +111,45 @@ def find_plate_folders(root: str, plate: str) -> list[str]:
     return found
 
 
+def acquisition_folders(root: str, plate: str) -> dict[str, str]:
+    """The acquisition folders of ``plate`` (its CP folder, one per SBS cycle, ...).
+
+    Returns
+    -------
+    dict
+        Key relative to ``root`` (``<source>/<batch>/images/<plate>/<folder>``, as the
+        inventory's ``folder`` column spells it) -> the folder's URI.
+    """
+    root = normalise_root(root)
+    found: dict[str, str] = {}
+    for plate_folder in find_plate_folders(root, plate):
+        for name in storage.list_dirs(storage.join(root, plate_folder)):
+            found[f"{plate_folder}/{name}"] = storage.join(root, plate_folder, name)
+    return found
+
+
+def acquisition_folder(folder: str, plate: str) -> str:
+    """The acquisition folder (key relative to the root) holding a file of ``folder``."""
+    parts = folder.split("/")
+    for i in range(len(parts) - 1):
+        if parts[i] == "images" and parts[i + 1] == plate:
+            return "/".join(parts[: i + 3])
+    return folder
+
+
+def folder_totals(folders: list[str], sizes: list[int], plate: str) -> dict[str, list[int]]:
+    """Files and bytes per acquisition folder of ``plate``, from inventory rows."""
+    totals: dict[str, list[int]] = {}
+    cache: dict[str, str] = {}
+    for folder, size in zip(folders, sizes, strict=True):
+        if folder not in cache:
+            cache[folder] = acquisition_folder(folder, plate)
+        entry = totals.setdefault(cache[folder], [0, 0])
+        entry[0] += 1
+        entry[1] += size
+    return totals
+
+
 def _progress(enabled: bool) -> tuple[Callable[[int], None], Callable[[], None]]:
     """A counter on stderr when it is a terminal; no-ops otherwise."""
     if not enabled:

@@ -355,6 +355,20 @@ def list_batches(uri: str, batch_size: int = 65536, prefix: str = "") -> Iterato
         yield from _list_local(Path(uri).expanduser(), batch_size, prefix)
 
 
+def folder_mtime_ns(uri: str) -> int | None:
+    """When a local folder's entries last changed (a file added, removed or renamed).
+
+    One ``stat``: how a watcher tells that a folder needs listing again without listing
+    it. ``None`` on S3 (prefixes have no such time) or when the folder does not exist.
+    """
+    if is_s3(uri):
+        return None
+    try:
+        return os.stat(Path(uri).expanduser()).st_mtime_ns
+    except OSError:
+        return None
+
+
 def list_dirs(uri: str) -> list[str]:
     """Names of the immediate sub-folders of ``uri`` (S3: common prefixes), sorted.
 

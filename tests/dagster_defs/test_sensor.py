@@ -46,18 +46,20 @@ def test_new_stable_plate_adds_partition_and_requests_its_run(tmp_path: Path, in
 def test_plate_still_being_written_waits_until_stable(tmp_path: Path, instance) -> None:
     root = make_sample(tmp_path / "out", ("Plate1",), wells=("A1",), size=80, sites=1, cycles=3)
     age(root)
+    defs = build_defs(settings(root, tmp_path / "ws", stable_seconds=30))
+    # Plate1 starts (its run is requested: not again while the data stays the same)
+    start = tick(defs, instance)
+    assert [r.partition_key for r in start.run_requests] == ["Plate1"]
     instance.add_dynamic_partitions("plate", ["Plate1"])
-    instance.add_dynamic_partitions("well", ["A1"])
     # a second plate being copied right now: fresh files
     new = make_sample(tmp_path / "more", ("Plate2",), wells=("A1",), size=80, sites=1, cycles=3)
     src = next(new.glob("*/*/images/Plate2"))
     dst = root / src.relative_to(new)
     dst.parent.mkdir(parents=True, exist_ok=True)
     src.rename(dst)
-    defs = build_defs(settings(root, tmp_path / "ws", stable_seconds=30))
-    first = tick(defs, instance)
+    first = tick(defs, instance, start.cursor)
     assert first.run_requests == [] and first.dynamic_partitions_requests == []
-    assert "Plate2" in json.loads(first.cursor)
+    assert "Plate2" in json.loads(first.cursor)["waiting"]
     # another file arrives, and even once old the listing changed since the last tick
     extra = next(dst.rglob("*.tiff"))
     (extra.parent / "Extra.tiff").write_bytes(b"x" * 10)
@@ -77,3 +79,22 @@ def test_unconfigured_project_skips_with_reason(tmp_path: Path, instance) -> Non
     result = tick(defs, instance)
     assert isinstance(result, dg.SkipReason)
     assert "STARRYNIGHT_DATASET_URI" in result.skip_message
+
+
+def test_known_plate_never_catalogued_is_requested_once(tmp_path: Path, instance) -> None:
+    # e.g. the driver was killed after adding the partition, before the plate's run
+    root = make_sample(tmp_path / "out", ("Plate1",), wells=("A1",), size=80, sites=1, cycles=3)
+    age(root)
+    instance.add_dynamic_partitions("plate", ["Plate1"])
+    defs = build_defs(settings(root, tmp_path / "ws"))
+    first = tick(defs, instance)
+    [req] = first.run_requests
+    assert req.partition_key == "Plate1" and first.dynamic_partitions_requests == []
+    assert {k.to_user_string() for k in req.asset_selection} == {
+        "inventory",
+        "index",
+        "illum_cp",
+        "illum_sbs",
+        "experiment",
+    }
+    assert tick(defs, instance, first.cursor).run_requests == []
