@@ -238,7 +238,8 @@ def evaluate_automation(
 def _automation_runs(
     result: dg.EvaluateAutomationConditionsResult, keys: list[dg.AssetKey]
 ) -> dict[str | None, list[dg.AssetKey]]:
-    # Dagster launches one run per partition key for the assets requested at that key.
+    # Dagster launches one run per partition key for the assets requested at that key;
+    # the runs come in the order of their first asset in ``keys``.
     by_partition: dict[str | None, list[dg.AssetKey]] = defaultdict(list)
     for key in keys:
         for pk in result.get_requested_partitions(key):
@@ -284,7 +285,10 @@ def drive(
     (DriveResult, sensor cursor, automation cursor)
     """
     out = DriveResult()
-    keys = sorted(defs.resolve_asset_graph().get_all_asset_keys())
+    # Upstream first: one evaluation may request a plate's illumination and, because
+    # the same index change reaches them directly, its wells' products; a well's run
+    # must not start before the plate run whose functions it reads.
+    keys = list(defs.resolve_asset_graph().toposorted_asset_keys)
     fail_orphaned_runs(instance)
     if resume and sensor_cursor is None and automation_cursor is None:
         sensor_cursor, automation_cursor = _load_cursors(instance)
