@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from dagster_defs.definitions import build_defs
+from dagster_defs.driver import drive
 from dagster_defs.sensors import new_plate_sensor, plate_folders
 from tests.dagster_defs.helpers import age, make_sample, settings
 
@@ -98,3 +101,73 @@ def test_known_plate_never_catalogued_is_requested_once(tmp_path: Path, instance
         "experiment",
     }
     assert tick(defs, instance, first.cursor).run_requests == []
+
+
+def _materialisations(instance: dg.DagsterInstance, asset: str, partition: str) -> list:
+    return instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]),
+        limit=100,
+    ).records
+
+
+WELL_ASSETS = ["corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "cell_features"]
+
+
+def _version(record) -> str:
+    return record.asset_materialization.tags["dagster/data_version"]
+
+
+@pytest.mark.slow
+def test_cycle_folder_added_to_a_known_plate_recatalogs_that_plate_only(
+    tmp_path: Path, instance
+) -> None:
+    root = make_sample(
+        tmp_path / "out", ("Plate1", "Plate2"), wells=("A1",), size=80, sites=1, cycles=4
+    )
+    # cycle 4 of Plate1 is imaged weeks later
+    [late] = list(root.glob("*/*/images/Plate1/10X_c4*"))
+    held = tmp_path / late.name
+    shutil.move(late, held)
+    age(root)
+    defs = build_defs(settings(root, tmp_path / "ws"))
+    first, scur, acur = drive(defs, instance)
+    assert [r.error for r in first.failed] == []
+    index_md = _materialisations(instance, "index", "Plate1")[0].asset_materialization.metadata
+    assert index_md["sbs_cycles"].value == "1, 2, 3"
+    plate2 = {a: len(_materialisations(instance, a, "Plate2|A1")) for a in WELL_ASSETS}
+    cp = {
+        (a, p): _version(_materialisations(instance, a, p)[0])
+        for a, p in [
+            ("illum_cp", "Plate1"),
+            ("corrected_cp", "Plate1|A1"),
+            ("segmentation", "Plate1|A1"),
+        ]
+    }
+
+    # a tick with nothing new starts nothing; then the cycle folder arrives
+    assert tick(defs, instance, scur).run_requests == []
+    shutil.move(held, late)
+    age(late)
+    result = tick(defs, instance, scur)
+    [req] = result.run_requests
+    assert req.partition_key == "Plate1" and result.dynamic_partitions_requests == []
+    assert {k.to_user_string() for k in req.asset_selection} == {"inventory", "index"}
+    assert req.tags["starrynight/trigger"] == "plate_changed"
+
+    second, scur, acur = drive(defs, instance, sensor_cursor=scur, automation_cursor=acur)
+    assert [r.error for r in second.failed] == []
+    assert {r.partition.split("|")[0] for r in second.runs} == {"Plate1"}
+    index_md = _materialisations(instance, "index", "Plate1")[0].asset_materialization.metadata
+    assert index_md["sbs_cycles"].value == "1, 2, 3, 4"
+    # the plate's SBS products followed: the new cycle's illumination exists
+    assert len(_materialisations(instance, "illum_sbs", "Plate1")) == 2
+    assert len(_materialisations(instance, "aligned_sbs", "Plate1|A1")) == 2
+    assert next((tmp_path / "ws" / "illum" / "Plate1").glob("Plate1_Cycle4_Illum*.npy"))
+    # ...while the data of its Cell Painting products stayed the same (their runs, pulled
+    # along by the index, found their work complete), and the other plate saw no run
+    for (key, partition), version in cp.items():
+        assert _version(_materialisations(instance, key, partition)[0]) == version, key
+    for key in WELL_ASSETS:
+        assert len(_materialisations(instance, key, "Plate2|A1")) == plate2[key], key
+    # and once catalogued, the plate is quiet again
+    assert tick(defs, instance, scur).run_requests == []
