@@ -37,6 +37,7 @@ from dagster_defs.partitions import PLATE, plate_partitions, valid_key
 from dagster_defs.resources import StarryNightProject
 from starrynight import storage
 from starrynight.errors import UserError
+from starrynight.inventory import normalise_root
 
 PLATE_ASSETS = [INVENTORY, INDEX, ILLUM_CP, ILLUM_SBS]
 #: What a known plate with new data re-runs; the rest follows by automation.
@@ -93,10 +94,10 @@ def acquisitions(root: str, plate_folder_uris: list[str]) -> dict[str, str]:
     Keys are spelled as the inventory's ``folder`` column spells them
     (``<source>/<batch>/images/<plate>/<folder>``).
     """
-    base = str(root).rstrip("/")
+    base = normalise_root(root)
     found = {}
     for uri in plate_folder_uris:
-        rel = str(uri)[len(base) :].strip("/")
+        rel = normalise_root(uri)[len(base) :].strip("/")
         for name in storage.list_dirs(uri):
             found[f"{rel}/{name}"] = storage.join(uri, name)
     return found
