@@ -7,12 +7,19 @@ follow). Each requested run is executed for real against the given instance, so 
 Dagster UI afterwards shows the same runs, materialisations, checks and lineage as after
 a daemon. ``make demo`` and the benchmark use it; ``python -m dagster_defs.driver``
 runs it from the command line and prints the per-asset summary.
+
+A driver can be killed (SIGKILL, OOM, a closed laptop) in the middle of a run. Each run it
+executes is tagged with the driver's process; the next driver marks the runs whose
+process is gone as failed (what Dagster's run monitoring does for a dead run worker) and
+continues from the cursors of the last round that finished, which the instance keeps,
+so the killed round is evaluated again and its runs requested again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
 import warnings
@@ -23,10 +30,26 @@ from typing import Any
 
 import click
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus as CheckStatus,
+)
 
 from dagster_defs.definitions import build_defs
 from dagster_defs.resources import ConfigError, load_settings
 from dagster_defs.sensors import new_plate_sensor
+
+#: Tag on every run a driver executes: ``<host>:<pid>:<process start token>``.
+DRIVER_TAG = "starrynight/driver"
+#: Keys of the driver's cursors in the instance's key-value store.
+SENSOR_CURSOR_KEY = "starrynight/driver/sensor_cursor"
+AUTOMATION_CURSOR_KEY = "starrynight/driver/automation_cursor"
+#: Run states that mean "a process is working on it".
+LIVE_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 @dataclass
@@ -61,6 +84,7 @@ def execute(
 ) -> RunRecord:
     """Execute one run of ``selection`` for ``partition_key`` on ``instance``."""
     t0 = time.perf_counter()
+    tags = {**(tags or {}), DRIVER_TAG: driver_tag()}
     result = dg.materialize(
         list(defs.assets or ()),
         selection=selection,
@@ -68,7 +92,7 @@ def execute(
         instance=instance,
         resources=defs.resources,
         raise_on_error=False,
-        tags=dict(tags or {}),
+        tags=tags,
         # The run's own event log keeps every line; the console only needs problems.
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
@@ -84,6 +108,91 @@ def execute(
         time.perf_counter() - t0,
         "; ".join(errors),
     )
+
+
+def _process_token(pid: int) -> str | None:
+    """What tells this process apart from a later one given the same pid (Linux).
+
+    The boot id and the process's start time in clock ticks since boot; ``None`` where
+    ``/proc`` does not say (then only the pid is compared).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name (field 2) may hold spaces and parentheses.
+    return f"{boot}/{stat.rpartition(')')[2].split()[19]}"
+
+
+def driver_tag(pid: int | None = None) -> str:
+    """The :data:`DRIVER_TAG` value naming this process (or ``pid``) on this host."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_token(pid) or ''}"
+
+
+def driver_alive(tag: str) -> bool | None:
+    """Whether the driver process a :data:`DRIVER_TAG` names still runs.
+
+    ``None`` when this host cannot tell: the tag names another host (or is malformed).
+    """
+    host, _, rest = tag.partition(":")
+    pid_text, _, token = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user
+    return not token or _process_token(pid) == token
+
+
+def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Mark failed every driver run whose driver process is gone; return them.
+
+    A driver killed in the middle of a run leaves it STARTED (or NOT_STARTED) forever,
+    and automation conditions never request an asset whose run is in progress. This is
+    Dagster's run monitoring for runs a driver executes in its own process: their run
+    worker *is* the driver, so a dead driver means a dead run. Runs of a live driver,
+    of another host, or not launched by a driver (daemon, UI) are left alone.
+    """
+    failed = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=LIVE_STATUSES)):
+        tag = run.tags.get(DRIVER_TAG)
+        if tag is None or driver_alive(tag) is not False:
+            continue
+        host, _, rest = tag.partition(":")
+        instance.report_run_failed(
+            run,
+            message=f"the driver process running it (pid {rest.partition(':')[0]} on {host}) "
+            "is gone: killed or crashed; marked failed by the next driver",
+        )
+        failed.append(run)
+    return failed
+
+
+def _load_cursors(instance: dg.DagsterInstance) -> tuple[str | None, Any]:
+    """The sensor and automation cursors the last finished round of a driver stored."""
+    values = instance.run_storage.get_cursor_values({SENSOR_CURSOR_KEY, AUTOMATION_CURSOR_KEY})
+    automation = None
+    if values.get(AUTOMATION_CURSOR_KEY):
+        try:
+            automation = dg.deserialize_value(values[AUTOMATION_CURSOR_KEY])
+        except Exception:  # a cursor of another Dagster version: start afresh
+            automation = None
+    return values.get(SENSOR_CURSOR_KEY) or None, automation
+
+
+def _store_cursors(instance: dg.DagsterInstance, sensor: str | None, automation: Any) -> None:
+    values = {AUTOMATION_CURSOR_KEY: dg.serialize_value(automation)}
+    if sensor is not None:
+        values[SENSOR_CURSOR_KEY] = sensor
+    instance.run_storage.set_cursor_values(values)
 
 
 @contextlib.contextmanager
@@ -128,7 +237,8 @@ def evaluate_automation(
 def _automation_runs(
     result: dg.EvaluateAutomationConditionsResult, keys: list[dg.AssetKey]
 ) -> dict[str | None, list[dg.AssetKey]]:
-    # Dagster launches one run per partition key for the assets requested at that key.
+    # Dagster launches one run per partition key for the assets requested at that key;
+    # the runs come in the order of their first asset in ``keys``.
     by_partition: dict[str | None, list[dg.AssetKey]] = defaultdict(list)
     for key in keys:
         for pk in result.get_requested_partitions(key):
@@ -143,8 +253,15 @@ def drive(
     on_run: Callable[[RunRecord], None] | None = None,
     sensor_cursor: str | None = None,
     automation_cursor: Any = None,
+    resume: bool = True,
 ) -> tuple[DriveResult, str | None, Any]:
     """Tick the sensor and the automation conditions until nothing more is requested.
+
+    Each round is one sensor tick and one automation evaluation, then the runs they
+    requested; the round's cursors are stored in the instance once its runs finished.
+    A driver killed in a round leaves the previous round's cursors: the next one first
+    marks the killed runs failed (:func:`fail_orphaned_runs`), then evaluates that
+    round again, so what it requested is requested again.
 
     Parameters
     ----------
@@ -157,40 +274,57 @@ def drive(
     on_run : callable, optional
         Called with each finished run.
     sensor_cursor, automation_cursor : optional
-        Cursors from a previous call, to continue where it stopped.
+        Cursors to start from (default: those the instance stored, when ``resume``).
+    resume : bool
+        Start from the instance's stored cursors when none are given, and store them
+        after each round.
 
     Returns
     -------
     (DriveResult, sensor cursor, automation cursor)
     """
     out = DriveResult()
-    keys = sorted(defs.resolve_asset_graph().get_all_asset_keys())
+    # Upstream first: one evaluation may request a plate's illumination and, because
+    # the same index change reaches them directly, its wells' products; a well's run
+    # must not start before the plate run whose functions it reads.
+    keys = list(defs.resolve_asset_graph().toposorted_asset_keys)
+    fail_orphaned_runs(instance)
+    if resume and sensor_cursor is None and automation_cursor is None:
+        sensor_cursor, automation_cursor = _load_cursors(instance)
     if automation_cursor is None:
+        # The first evaluation only records the current state (Dagster's conditions
+        # look for changes against a previous one): what exists now is the baseline.
         automation_cursor = evaluate_automation(defs, instance).cursor
+        if resume:
+            _store_cursors(instance, sensor_cursor, automation_cursor)
+
+    def run(selection: list[dg.AssetKey], pk: str | None, tags: Mapping[str, str]) -> None:
+        rec = execute(defs, instance, selection, pk, tags)
+        out.runs.append(rec)
+        if on_run:
+            on_run(rec)
+
     for _ in range(max_rounds):
         ran = 0
         ctx = dg.build_sensor_context(
             instance=instance, cursor=sensor_cursor, definitions=defs, resources=defs.resources
         )
         tick = new_plate_sensor(ctx)
+        next_sensor_cursor = sensor_cursor
         if isinstance(tick, dg.SensorResult):
-            sensor_cursor = tick.cursor
+            next_sensor_cursor = tick.cursor
             for req in tick.dynamic_partitions_requests or []:
                 instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
             for rr in tick.run_requests or []:
-                rec = execute(defs, instance, list(rr.asset_selection), rr.partition_key, rr.tags)
-                out.runs.append(rec)
+                run(list(rr.asset_selection), rr.partition_key, rr.tags)
                 ran += 1
-                if on_run:
-                    on_run(rec)
         evaluation = evaluate_automation(defs, instance, automation_cursor)
-        automation_cursor = evaluation.cursor
         for pk, selection in _automation_runs(evaluation, keys).items():
-            rec = execute(defs, instance, selection, pk, {"starrynight/trigger": "automation"})
-            out.runs.append(rec)
+            run(selection, pk, {"starrynight/trigger": "automation"})
             ran += 1
-            if on_run:
-                on_run(rec)
+        sensor_cursor, automation_cursor = next_sensor_cursor, evaluation.cursor
+        if resume:
+            _store_cursors(instance, sensor_cursor, automation_cursor)
         if ran == 0:
             break
     return out, sensor_cursor, automation_cursor
@@ -212,14 +346,13 @@ def summary(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
         checks = []
         for ck in sorted(node.check_keys, key=lambda c: c.name):
             records = instance.event_log_storage.get_asset_check_execution_history(ck, limit=1000)
-            passed = sum(
-                1
-                for r in records
-                if r.event
-                and r.event.dagster_event
-                and r.event.dagster_event.event_specific_data.passed
-            )
-            checks.append(f"{ck.name} {passed}/{len(records)} passed")
+            passed = sum(r.status is CheckStatus.SUCCEEDED for r in records)
+            evaluated = sum(r.status is not CheckStatus.PLANNED for r in records)
+            # PLANNED: its run ended (failed, killed) before the check was evaluated.
+            text = f"{ck.name} {passed}/{evaluated} passed"
+            if evaluated < len(records):
+                text += f", {len(records) - evaluated} not evaluated"
+            checks.append(text)
         lines.append(
             f"{key.to_user_string():<15} {status}" + (f"  [{'; '.join(checks)}]" if checks else "")
         )

@@ -7,6 +7,8 @@ else escaping is a bug and is allowed to show its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """A mistake in the input: a path, a file, an option or a value.
@@ -23,3 +25,33 @@ class InputFileError(UserError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+#: errno values that say the environment refuses a path (not that our code is wrong).
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+    }
+)
+
+
+def environment_error(exc: BaseException) -> UserError | None:
+    """The :class:`UserError` for an ``OSError`` about a path the environment refuses.
+
+    A folder one may not write to, a read-only or full disk, a file where a folder
+    should be: the user must change something, so they get one line naming the path
+    rather than a traceback. Returns ``None`` for anything else (a bug shows its
+    traceback). Storage already says this better for its own writes; this is the
+    backstop for a library that opens a path itself.
+    """
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and exc.filename:
+        return UserError(f"{exc.filename}: {(exc.strerror or str(exc)).lower()}")
+    return None

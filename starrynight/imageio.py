@@ -8,13 +8,49 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import tifffile
 
 from starrynight import storage
 from starrynight.errors import InputFileError
+
+_reading = threading.local()
+
+
+class _TiffWarnings(logging.Filter):
+    """Keeps what tifffile logs while this thread reads an image, for our error line.
+
+    tifffile logs its complaints about a damaged file ("invalid page offset ...") as
+    warnings before it raises or returns fewer frames; the user should see one line
+    from us that says what is wrong, not tifffile's internals before it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kept = getattr(_reading, "messages", None)
+        if kept is None:
+            return True
+        kept.append(record.getMessage())
+        return False
+
+
+logging.getLogger("tifffile").addFilter(_TiffWarnings())
+
+
+@contextmanager
+def _collect_tiff_warnings() -> Iterator[list[str]]:
+    previous = getattr(_reading, "messages", None)
+    _reading.messages = []
+    try:
+        yield _reading.messages
+    finally:
+        _reading.messages = previous
 
 
 def read_image(uri: str, expected_channels: int | None = None) -> np.ndarray:
@@ -38,25 +74,29 @@ def read_image(uri: str, expected_channels: int | None = None) -> np.ndarray:
         When the file is truncated, corrupt, not 2-D per frame, or has the wrong
         number of frames.
     """
-    try:
-        if storage.is_s3(uri):
-            data = storage.read_bytes(uri)
-            arr = tifffile.imread(io.BytesIO(data), is_ome=False)
-        else:
-            arr = tifffile.imread(uri, is_ome=False)
-    except FileNotFoundError as exc:
-        raise InputFileError(uri, "file not found") from exc
-    except InputFileError:
-        raise
-    except Exception as exc:  # tifffile raises many types for damaged files
-        raise InputFileError(uri, f"not a readable TIFF ({_reason(exc)})") from exc
+    with _collect_tiff_warnings() as warned:
+        try:
+            if storage.is_s3(uri):
+                data = storage.read_bytes(uri)
+                arr = tifffile.imread(io.BytesIO(data), is_ome=False)
+            else:
+                arr = tifffile.imread(uri, is_ome=False)
+        except FileNotFoundError as exc:
+            raise InputFileError(uri, _not_found(uri)) from exc
+        except InputFileError:
+            raise
+        except Exception as exc:  # tifffile raises many types for damaged files
+            raise InputFileError(uri, f"not a readable TIFF ({_reason(exc)})") from exc
+    damaged = f" (damaged: {_tifffile_message(warned[-1])})" if warned else ""
     if arr.ndim == 2:
         arr = arr[np.newaxis]
     if arr.ndim != 3:
-        raise InputFileError(uri, f"expected frames of 2-D images, got array of shape {arr.shape}")
+        raise InputFileError(
+            uri, f"expected frames of 2-D images, got array of shape {arr.shape}{damaged}"
+        )
     if expected_channels is not None and arr.shape[0] != expected_channels:
         raise InputFileError(
-            uri, f"expected {expected_channels} channel frames, found {arr.shape[0]}"
+            uri, f"expected {expected_channels} channel frames, found {arr.shape[0]}{damaged}"
         )
     return arr
 
@@ -132,6 +172,17 @@ def write_tiff(
         kwargs["metadata"] = None
     with storage.atomic_local_path(uri, suffix=".tiff") as tmp:
         tifffile.imwrite(tmp, image, **kwargs)
+
+
+def _tifffile_message(message: str) -> str:
+    """tifffile's complaint without the reprs of its objects (``<tifffile.TiffPages @8>``)."""
+    return re.sub(r"<[^<>]*>\s*", "", message).strip(" :")[:200] or message[:200]
+
+
+def _not_found(uri: str) -> str:
+    if not storage.is_s3(uri) and os.path.islink(uri):
+        return f"dangling symbolic link (to {os.readlink(uri)}, which does not exist)"
+    return "file not found"
 
 
 def _reason(exc: BaseException) -> str:

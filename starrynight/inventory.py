@@ -44,6 +44,8 @@ class InventorySummary:
     files: int
     bytes: int
     replaced_plate_rows: int = 0
+    #: Keys of symbolic links whose target does not exist (not inventoried).
+    dangling: tuple[str, ...] = ()
 
 
 def normalise_root(uri: str) -> str:
@@ -107,6 +109,45 @@ def find_plate_folders(root: str, plate: str) -> list[str]:
             "and <dataset>/<source>/<batch>/images/" + plate + ")"
         )
     return found
+
+
+def acquisition_folders(root: str, plate: str) -> dict[str, str]:
+    """The acquisition folders of ``plate`` (its CP folder, one per SBS cycle, ...).
+
+    Returns
+    -------
+    dict
+        Key relative to ``root`` (``<source>/<batch>/images/<plate>/<folder>``, as the
+        inventory's ``folder`` column spells it) -> the folder's URI.
+    """
+    root = normalise_root(root)
+    found: dict[str, str] = {}
+    for plate_folder in find_plate_folders(root, plate):
+        for name in storage.list_dirs(storage.join(root, plate_folder)):
+            found[f"{plate_folder}/{name}"] = storage.join(root, plate_folder, name)
+    return found
+
+
+def acquisition_folder(folder: str, plate: str) -> str:
+    """The acquisition folder (key relative to the root) holding a file of ``folder``."""
+    parts = folder.split("/")
+    for i in range(len(parts) - 1):
+        if parts[i] == "images" and parts[i + 1] == plate:
+            return "/".join(parts[: i + 3])
+    return folder
+
+
+def folder_totals(folders: list[str], sizes: list[int], plate: str) -> dict[str, list[int]]:
+    """Files and bytes per acquisition folder of ``plate``, from inventory rows."""
+    totals: dict[str, list[int]] = {}
+    cache: dict[str, str] = {}
+    for folder, size in zip(folders, sizes, strict=True):
+        if folder not in cache:
+            cache[folder] = acquisition_folder(folder, plate)
+        entry = totals.setdefault(cache[folder], [0, 0])
+        entry[0] += 1
+        entry[1] += size
+    return totals
 
 
 def _progress(enabled: bool) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -181,6 +222,7 @@ def generate(
         progress = sys.stderr.isatty()
     advance, stop = _progress(progress)
     files = total_bytes = replaced = 0
+    dangling: list[str] = []
     schema = _schema(root)
     try:
         with storage.atomic_local_path(out, suffix=".parquet") as tmp:
@@ -198,6 +240,9 @@ def generate(
                 with ThreadPoolExecutor(max_workers=1) as pool:
                     pending = None
                     for batch in _listing(root, prefixes, batch_size):
+                        dangling += batch.dangling
+                        if not batch:
+                            continue
                         if pending is not None:
                             pending.result()
                         pending = pool.submit(_write_batch, writer, batch, root)
@@ -210,7 +255,7 @@ def generate(
                 raise UserError(f"{dataset}: no files found (empty dataset)")
     finally:
         stop()
-    return InventorySummary(out, files, total_bytes, replaced)
+    return InventorySummary(out, files, total_bytes, replaced, tuple(dangling))
 
 
 def _listing(root: str, prefixes: list[str], batch_size: int) -> Iterator[storage.ListingBatch]:

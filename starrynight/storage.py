@@ -13,6 +13,7 @@ killed run never leaves a file that looks finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import posixpath
@@ -22,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG as stat_is_file
 from typing import Any
@@ -135,8 +136,11 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs, path = filesystem(uri)
         # A single S3 PUT (or a completed multipart upload) is atomic: readers see
         # the old object or the new one, never a partial one.
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        try:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+        except OSError as exc:
+            raise UserError(f"{uri}: cannot write it ({_short(exc)})") from exc
         return
     with atomic_local_path(uri) as tmp:
         Path(tmp).write_bytes(data)
@@ -164,29 +168,101 @@ def atomic_local_path(uri: str, suffix: str = "") -> Iterator[str]:
         try:
             yield tmp
             fs, path = filesystem(uri)
-            with open(tmp, "rb") as src, fs.open_output_stream(path) as dst:
-                shutil.copyfileobj(src, dst, length=8 << 20)
+            try:
+                with open(tmp, "rb") as src, fs.open_output_stream(path) as dst:
+                    shutil.copyfileobj(src, dst, length=8 << 20)
+            except OSError as exc:
+                raise UserError(f"{uri}: cannot write it ({_short(exc)})") from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return
     target = Path(uri).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(target.parent, uri)
     # The writer's pid in the name lets clean_temporary tell a dead writer's leftovers
     # from a live writer's file.
     tmp = target.parent / f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}"
     try:
-        yield str(tmp)
-        os.replace(tmp, target)
+        # Created here, so that a folder we may not write to is one clear error now
+        # rather than a traceback from whichever library writes the file.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise write_error(uri, exc) from exc
+    try:
+        try:
+            yield str(tmp)
+        except OSError as exc:
+            # The writer's own failures on the temporary file (disk full, the
+            # filesystem turned read-only); anything else is not about this write.
+            if exc.errno in _FULL or exc.filename in (str(tmp), tmp):
+                raise write_error(uri, exc) from exc
+            raise
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise write_error(uri, exc) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
 
+#: errno values meaning "the device has no room for this write".
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def write_error(uri: str, exc: OSError, what: str = "write it") -> UserError:
+    """One line saying why ``uri`` cannot be written, from the ``OSError`` that said so.
+
+    Names the path that is a file where a folder is needed, or the folder that may
+    not be written to, rather than the temporary file an atomic write was using.
+
+    Parameters
+    ----------
+    uri : str
+        What was to be written (a file, or a folder for ``what="create the folder"``).
+    exc : OSError
+        The operating system's refusal.
+    what : str
+        The verb phrase of the message: ``<uri>: cannot <what> (<why>)``.
+    """
+    target = Path(uri).expanduser()
+    if exc.errno in _FULL:
+        why = "no space left on the device"
+    elif exc.errno == errno.EROFS:
+        why = "read-only file system"
+    elif blocker := next((p for p in _folders_of(target, what) if p.is_file()), None):
+        why = f"{blocker} is a file, expected a folder"
+    elif exc.errno == errno.EISDIR or (what == "write it" and target.is_dir()):
+        return UserError(f"{uri}: is a folder, expected a file")
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        folder = next((p for p in target.parents if p.exists()), target.parent)
+        why = f"permission denied in {folder}"
+    else:
+        why = exc.strerror or _short(exc)
+    return UserError(f"{uri}: cannot {what} ({why})")
+
+
+def _folders_of(target: Path, what: str) -> tuple[Path, ...]:
+    """The paths that must be folders for the operation: the target itself when it is
+    a folder being created, and its parents."""
+    return (target, *target.parents) if what == "create the folder" else tuple(target.parents)
+
+
+def _make_folder(folder: Path, uri: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(uri, exc) from exc
+
+
 def makedirs(uri: str) -> None:
     """Create a directory and its parents (no-op on S3, where prefixes are implicit)."""
     if not is_s3(uri):
-        Path(uri).expanduser().mkdir(parents=True, exist_ok=True)
+        folder = Path(uri).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(uri, exc, "create the folder") from exc
 
 
 def remove_tree(uri: str) -> None:
@@ -209,12 +285,16 @@ class ListingBatch:
         Sizes in bytes.
     mtimes_ns : list of int
         Modification times, nanoseconds since the epoch (0 when unknown).
+    dangling : list of str
+        Keys of symbolic links found in these folders whose target does not exist
+        (not files: they are not in the other columns, but a caller must not lose them).
     """
 
     folders: list[str]
     names: list[str]
     sizes: list[int]
     mtimes_ns: list[int]
+    dangling: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -279,6 +359,20 @@ def list_batches(uri: str, batch_size: int = 65536, prefix: str = "") -> Iterato
         yield from _list_local(Path(uri).expanduser(), batch_size, prefix)
 
 
+def folder_mtime_ns(uri: str) -> int | None:
+    """When a local folder's entries last changed (a file added, removed or renamed).
+
+    One ``stat``: how a watcher tells that a folder needs listing again without listing
+    it. ``None`` on S3 (prefixes have no such time) or when the folder does not exist.
+    """
+    if is_s3(uri):
+        return None
+    try:
+        return os.stat(Path(uri).expanduser()).st_mtime_ns
+    except OSError:
+        return None
+
+
 def list_dirs(uri: str) -> list[str]:
     """Names of the immediate sub-folders of ``uri`` (S3: common prefixes), sorted.
 
@@ -325,6 +419,7 @@ def _list_local(root: Path, batch_size: int, prefix: str) -> Iterator[ListingBat
     # need a stat (for size and mtime). Listing through an open directory descriptor
     # makes each stat an fstatat() relative to it: the kernel does not walk the whole
     # path again for every file (a quarter less time than stat on full paths).
+    dangling: list[str] = []
     stack = [(str(start), prefix)]
     while stack:
         folder, rel = stack.pop()
@@ -345,15 +440,25 @@ def _list_local(root: Path, batch_size: int, prefix: str) -> Iterator[ListingBat
         if not files:
             continue
         kept, stats = _stat_all(folder, files)
+        if len(kept) < len(files):
+            dangling += [
+                f"{rel}/{n}" if rel else n
+                for n in sorted(set(files) - set(kept))
+                if _is_dangling(os.path.join(folder, n))
+            ]
         names += kept
         sizes += [st.st_size for st in stats]
         mtimes += [st.st_mtime_ns for st in stats]
         folders += [rel] * len(kept)
         if len(names) >= batch_size:
-            yield ListingBatch(folders, names, sizes, mtimes)
-            folders, names, sizes, mtimes = [], [], [], []
-    if names:
-        yield ListingBatch(folders, names, sizes, mtimes)
+            yield ListingBatch(folders, names, sizes, mtimes, dangling)
+            folders, names, sizes, mtimes, dangling = [], [], [], [], []
+    if names or dangling:
+        yield ListingBatch(folders, names, sizes, mtimes, dangling)
+
+
+def _is_dangling(path: str) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
 
 
 def _stat_all(folder: str, names: list[str]) -> tuple[list[str], list[os.stat_result]]:

@@ -30,6 +30,7 @@ from dagster_defs.resources import PipecraftBackend, StarryNightProject
 from starrynight import registry, storage
 from starrynight import workspace as wsp
 from starrynight.errors import UserError
+from starrynight.inventory import acquisition_folders, folder_totals
 from starrynight.pipelines import (
     CATALOG_STEPS,
     catalog_pipeline,
@@ -41,6 +42,8 @@ INVENTORY = dg.AssetKey("inventory")
 INDEX = dg.AssetKey("index")
 EXPERIMENT = dg.AssetKey("experiment")
 CATALOG_POOL = "starrynight_catalog"
+#: Inventory metadata: acquisition folder -> files, bytes, when it last changed.
+FOLDERS_METADATA = "folders"
 
 
 @contextlib.contextmanager
@@ -54,6 +57,14 @@ def catalog_lock(ws: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _folder_times(dataset: str, plate: str) -> dict[str, int | None]:
+    try:
+        folders = acquisition_folders(dataset, plate)
+    except UserError:
+        return {}  # the catalog run itself says the plate is not there
+    return {key: storage.folder_mtime_ns(uri) for key, uri in folders.items()}
 
 
 def plate_index(ws: str, plate: str):
@@ -78,22 +89,35 @@ def catalog(
     plate = context.partition_key
     steps = [k.path[-1] for k in (INVENTORY, INDEX) if k in context.selected_asset_keys]
     pipeline = catalog_pipeline(dataset, ws, plate, backend.runner(run_env(context)), steps)
+    # When each acquisition folder last changed, taken before listing: the new-plate
+    # sensor compares it to tell which folders of a known plate need listing again.
+    changed_ns = _folder_times(dataset, plate) if "inventory" in steps else {}
     with catalog_lock(ws):
         outcome = run_pipeline(context, backend, pipeline, ws)
     nodes = {s: nodes_of(s, outcome.states) for s in steps}
     if "inventory" in steps and outcome.ok(nodes["inventory"]):
         from starrynight.inventory import load_inventory
 
-        inv = load_inventory(ws, columns=["key", "size"])
+        inv = load_inventory(ws, columns=["key", "size", "folder"])
         mine = pc.match_substring(inv.column("key"), f"/images/{plate}/")
         rows = inv.filter(mine)
         keys = sorted(rows.column("key").to_pylist())
+        totals = folder_totals(
+            rows.column("folder").cast("string").to_pylist(),
+            rows.column("size").to_pylist(),
+            plate,
+        )
+        folders = {
+            f: {"files": n, "bytes": b, "changed_ns": changed_ns.get(f)}
+            for f, (n, b) in sorted(totals.items())
+        }
         yield dg.MaterializeResult(
             asset_key=INVENTORY,
             metadata={
                 "path": dg.MetadataValue.path(wsp.inventory_path(ws)),
                 "files": rows.num_rows,
                 "bytes": int(pc.sum(rows.column("size")).as_py() or 0),
+                FOLDERS_METADATA: dg.MetadataValue.json(folders),
                 **node_metadata(outcome, nodes["inventory"]),
             },
             data_version=digest([*keys, *map(str, rows.column("size").to_pylist())]),

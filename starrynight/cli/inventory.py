@@ -34,3 +34,9 @@ def gen(dataset: str, ws: str, plate: str | None, progress: bool | None) -> None
     s = inventory_mod.generate(dataset, ws, plate=plate, progress=progress)
     extra = f"; replaced {s.replaced_plate_rows} row(s) of plate {plate}" if plate else ""
     click.echo(f"inventoried {s.files} file(s), {s.bytes / 1e9:.3f} GB -> {s.path}{extra}")
+    if s.dangling:
+        click.echo(
+            f"warning: {len(s.dangling)} dangling symbolic link(s) not inventoried "
+            f"(their targets do not exist), e.g. {s.dangling[0]}",
+            err=True,
+        )

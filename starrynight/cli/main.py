@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import click
 
-from starrynight.errors import UserError
+from starrynight.errors import UserError, environment_error
 
 #: Every top-level command: name -> "module:attribute". Commands are imported only when
 #: used, so a light command does not pay for the image libraries a heavy one needs.
@@ -60,6 +60,11 @@ def _register() -> None:
 def run_group(group: click.Group, argv: list[str] | None = None) -> None:
     """Run a click group as a console script: user mistakes become one line and exit 2.
 
+    So do refusals of the environment about a path (permission denied, read-only or
+    full disk, a file where a folder should be; see
+    :func:`starrynight.errors.environment_error`); ``STARRYNIGHT_TRACEBACK=1`` shows
+    their traceback instead.
+
     Shared by every console script of the project (``starrynight``, ``conductor``).
     """
     try:
@@ -72,6 +77,12 @@ def run_group(group: click.Group, argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        user_error = environment_error(exc)
+        if user_error is None or os.environ.get("STARRYNIGHT_TRACEBACK"):
+            raise
+        click.echo(f"error: {user_error}", err=True)
         sys.exit(2)
     if isinstance(rv, int) and rv:
         sys.exit(rv)

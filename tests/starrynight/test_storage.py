@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Iterator
@@ -73,6 +74,54 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path) -> None:
         raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert os.listdir(target.parent) == ["x.bin"]
+
+
+def test_write_failures_are_one_line_naming_the_path(tmp_path) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    with pytest.raises(UserError) as err:
+        storage.write_bytes(str(afile / "sub" / "x.bin"), b"1")
+    assert str(err.value) == (
+        f"{afile}/sub/x.bin: cannot write it ({afile} is a file, expected a folder)"
+    )
+    with pytest.raises(UserError, match=r"notes.txt: cannot create the folder \(.*is a file"):
+        storage.makedirs(str(afile))
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    with pytest.raises(UserError, match="dir: is a folder, expected a file"):
+        storage.write_bytes(str(folder), b"1")
+    assert list(folder.iterdir()) == []
+    # the disk fills while a library writes the temporary file: one line, nothing left
+    target = tmp_path / "out" / "y.bin"
+    full = r"y.bin: cannot write it \(no space left on the device\)"
+    with pytest.raises(UserError, match=full), storage.atomic_local_path(str(target)):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert os.listdir(target.parent) == []
+    # an OSError about another path (an input) is not this write's
+    with pytest.raises(FileNotFoundError), storage.atomic_local_path(str(target)):
+        (tmp_path / "missing-input.tiff").read_bytes()
+    assert os.listdir(target.parent) == []
+
+
+def test_folder_mtime_changes_when_entries_do(tmp_path) -> None:
+    before = storage.folder_mtime_ns(str(tmp_path))
+    assert before is not None
+    os.utime(tmp_path, ns=(before - 10**9, before - 10**9))
+    older = storage.folder_mtime_ns(str(tmp_path))
+    (tmp_path / "new.tiff").write_bytes(b"1")
+    assert storage.folder_mtime_ns(str(tmp_path)) != older
+    assert storage.folder_mtime_ns(str(tmp_path / "absent")) is None
+    assert storage.folder_mtime_ns("s3://bucket/prefix") is None
+
+
+def test_dangling_links_are_listed_apart(tmp_path) -> None:
+    make_tree(tmp_path, FILES)
+    (tmp_path / "s" / "gone.tif").symlink_to(tmp_path / "nowhere.tif")
+    (tmp_path / "s" / "ok.tif").symlink_to(tmp_path / "a.txt")
+    batches = list(storage.list_batches(str(tmp_path)))
+    keys = [k for b in batches for k in b.keys()]  # noqa: SIM118 (a method, not a dict)
+    assert "s/ok.tif" in keys and "s/gone.tif" not in keys
+    assert [d for b in batches for d in b.dangling] == ["s/gone.tif"]
 
 
 def test_list_dirs_local(tmp_path) -> None:
