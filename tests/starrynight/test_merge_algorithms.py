@@ -36,7 +36,7 @@ def _observe(world, fields, true, to_frame, noise, rng, drop=0.0):
 def _well(side=1200.0, sbs_grid=(2, 2), rot=0.6, shift=(25.0, -35.0), seed=0, sbs_scale=1.0):
     rng = np.random.default_rng(seed)
     n = int(side / 20)
-    g = (np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2) + 0.5)
+    g = np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2) + 0.5
     cells = g * 20 + rng.uniform(-4, 4, g.shape)
     cells = cells[rng.random(len(cells)) > 0.2]
     cp_f, cp_t = _grid(6, 6, 360, 0.65, 0.1, rng)
@@ -98,7 +98,7 @@ def test_affine_model_fits_too():
 
 def test_too_few_nuclei_is_not_registered_and_nobody_matched():
     _, cp, sbs, _ = _well()
-    f, site, cen, ids = sbs
+    f, site, cen, _ids = sbs
     few = np.arange(10)
     r = mg.merge_well(_arm(*cp), mg.ArmNuclei(f, site[few], cen[few]))
     assert not r.registration.registered
