@@ -536,9 +536,13 @@ def _canvas(ws: str, plate: str, well: str, cp_pos: pa.Table, res: mg.WellMerge)
 
 
 def _dots(rgb: np.ndarray, yx: np.ndarray, colour, plus: bool) -> None:
+    """Mark points: a plus of arm 3 px (``plus``) or a 2 x 2 dot."""
     h, w = rgb.shape[:2]
     iy, ix = np.rint(yx[:, 0]).astype(int), np.rint(yx[:, 1]).astype(int)
-    steps = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)) if plus else ((0, 0), (0, 1), (1, 0), (1, 1))
+    arm = (-3, -2, 2, 3)
+    steps = (
+        [(d, 0) for d in arm] + [(0, d) for d in arm] if plus else [(0, 0), (0, 1), (1, 0), (1, 1)]
+    )
     for dy, dx in steps:
         y, x = iy + dy, ix + dx
         ok = (y >= 0) & (y < h) & (x >= 0) & (x < w)
@@ -550,9 +554,6 @@ def _qc_png(ws: str, plate: str, well: str, cp_pos: pa.Table, res: mg.WellMerge)
     from PIL import Image, ImageDraw
 
     rgb, origin, scale = _canvas(ws, plate, well, cp_pos, res)
-    if res.sbs_in_cp is not None and res.sbs is not None:
-        keep = res.sbs.duplicates.keep
-        _dots(rgb, (res.sbs_in_cp[keep] - origin) / scale, _SBS_COLOUR, plus=False)
     keep = res.cp.duplicates.keep
     cp_px = (res.cp.points[keep] - origin) / scale
     codes = res.code[keep]
@@ -560,6 +561,10 @@ def _qc_png(ws: str, plate: str, well: str, cp_pos: pa.Table, res: mg.WellMerge)
         sel = codes == code
         if sel.any():
             _dots(rgb, cp_px[sel], colour, plus=True)
+    # SBS on top: a registered SBS nucleus sits in the gap at the centre of its CP plus.
+    if res.sbs_in_cp is not None and res.sbs is not None:
+        keep_sbs = res.sbs.duplicates.keep
+        _dots(rgb, (res.sbs_in_cp[keep_sbs] - origin) / scale, _SBS_COLOUR, plus=False)
     img = Image.fromarray(rgb)
     draw = ImageDraw.Draw(img)
     legend = [("SBS nuclei (registered)", _SBS_COLOUR)] + [
