@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import tifffile
@@ -235,3 +237,45 @@ def test_wrong_pixel_size_is_not_registered(well, tmp_path, capsys):
     t = pq.read_table(workspace.merge_cells_path(bad, P, W))
     assert set(t["status"].to_pylist()) == {"not registered"}
     assert t["barcode"].null_count == t.num_rows
+
+
+def test_sbs_covering_part_of_the_well(well, tmp_path):
+    """SBS sites 0 and 1 only (the top half): the rest of CP is outside the SBS area."""
+    ws, truth = well
+    part = _partial_ws(
+        ws, tmp_path / "ws", _rel(workspace.segmentation_objects_path(ws, P, W), ws),
+        _rel(workspace.positions_path(ws, P, W, "cp"), ws),
+    )  # fmt: skip
+    for uri in (
+        workspace.cell_barcodes_path(ws, P, W),
+        workspace.positions_path(ws, P, W, "sbs", 1),
+    ):
+        t = pq.read_table(uri)
+        t = t.filter(pc.is_in(t["site"], pa.array([0, 1], pa.int32())))
+        target = Path(part) / _rel(uri, ws)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, target)
+    from starrynight.modules.merge import merge_well
+
+    r = merge_well(part, P, W)
+    frame = pq.read_table(truth / "sbs_frames.parquet").to_pylist()[0]
+    assert r.status == "registered" and not r.flags
+    assert r.transform["scale_px"] == pytest.approx(frame["scale"], rel=0.002)
+    assert abs(r.transform["rotation_deg"] - frame["rotation_deg"]) <= 0.05
+    cells = pq.read_table(workspace.merge_cells_path(part, P, W)).to_pylist()
+    cp = _truth_of(ws, truth, "", "cells.parquet",
+                   lambda s: workspace.segmentation_mask_path(ws, P, W, s, "Nuclei"))  # fmt: skip
+    sbs = _truth_of(ws, truth, "SBS_", "sbs_cells.parquet",
+                    lambda s: workspace.sbs_mask_path(ws, P, W, s, "Nuclei"))  # fmt: skip
+    in_sbs = {r["well_cell_id"] for (s, _), r in sbs.items() if s in (0, 1)}
+    status = [c["status"] for c in cells]
+    assert 0.2 * len(cells) < status.count("outside the SBS area") < 0.8 * len(cells)
+    inside = [c for c in cells if cp[(c["site"], c["cell"])]["well_cell_id"] in in_sbs]
+    right = sum(
+        c["sbs_cell"] is not None
+        and sbs[(c["sbs_site"], c["sbs_cell"])]["well_cell_id"]
+        == cp[(c["site"], c["cell"])]["well_cell_id"]
+        for c in inside
+    )
+    wrong = sum(c["sbs_cell"] is not None for c in cells) - right
+    assert right >= 0.95 * len(inside) and wrong <= 0.01 * len(inside), (right, wrong, len(inside))
