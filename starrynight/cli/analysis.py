@@ -28,7 +28,7 @@ def analysis() -> None:
 @SITE_WORKERS
 @click.option("--force", is_flag=True, help="Recompute when the well's table exists.")
 def run(**kw: Any) -> None:
-    """One row per CP cell: barcode, gene and features (needs segment + barcodes call)."""
+    """One row per CP cell: barcode, gene, features (needs segment, and merge or barcodes call)."""
     res = analyse_well(
         kw["workspace"], kw["plate"], kw["well"], scale=kw["scale"],
         max_distance=kw["max_distance"], workers=kw["workers"], force=kw["force"],
