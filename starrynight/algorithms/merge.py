@@ -633,6 +633,7 @@ def register_arms(
         pa, pb, _ = mutual_nearest(cp[a_sel], moved[b_sel], reach)
         ia, ib = a_sel[pa], b_sel[pb]
         if len(ia) < max(params.min_inliers, 3):
+            inliers = np.zeros(len(ia), bool)
             break
         fitted, inliers = _fit(sbs[ib], cp[ia], params, rng)
         if fitted is None:
