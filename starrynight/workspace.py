@@ -68,7 +68,8 @@ def aligned_path(workspace: str, plate: str, well: str, site: int, cycle: int, c
 def well_product_dir(workspace: str, product: str, plate: str, well: str) -> str:
     """Per plate-well tables and masks: ``<product>/<plate>-<well>``.
 
-    ``product`` is one of ``alignment``, ``segmentation``, ``barcodes``, ``features``.
+    ``product`` is one of ``alignment``, ``segmentation``, ``barcodes``, ``features``,
+    ``geometry``, ``mosaics``, ``merge``.
     """
     return storage.join(workspace, product, f"{plate}-{well}")
 
@@ -235,3 +236,26 @@ def mosaic_path(workspace: str, plate: str, well: str, arm: str) -> str:
 def mosaic_thumbnail_path(workspace: str, plate: str, well: str, arm: str) -> str:
     """A small PNG of the mosaic: ``mosaics/<plate>-<well>/<arm>.png``."""
     return storage.join(well_product_dir(workspace, "mosaics", plate, well), f"{arm}.png")
+
+
+def merge_dir(workspace: str, plate: str, well: str) -> str:
+    """CP <-> SBS merge of a well: ``merge/<plate>-<well>``."""
+    return well_product_dir(workspace, "merge", plate, well)
+
+
+def merge_cells_path(workspace: str, plate: str, well: str) -> str:
+    """One row per physical CP cell with its SBS match: ``merge/<plate>-<well>/cells.parquet``."""
+    return storage.join(merge_dir(workspace, plate, well), "cells.parquet")
+
+
+def merge_report_path(workspace: str, plate: str, well: str) -> str:
+    """Transform, residuals, match rate and flags: ``merge/<plate>-<well>/report.json``.
+
+    Written last: marks the well's merge complete.
+    """
+    return storage.join(merge_dir(workspace, plate, well), "report.json")
+
+
+def merge_qc_path(workspace: str, plate: str, well: str) -> str:
+    """CP and registered SBS nuclei over the CP mosaic: ``merge/<plate>-<well>/qc.png``."""
+    return storage.join(merge_dir(workspace, plate, well), "qc.png")

@@ -26,7 +26,7 @@ def analysis() -> None:
     help="Largest distance in pixels between matched CP and SBS nuclei after registration.",
 )  # fmt: skip
 def run(**kw: Any) -> None:
-    """One row per CP cell: barcode, gene and features (needs segment + barcodes call)."""
+    """One row per CP cell: barcode, gene, features (needs segment, and merge or barcodes call)."""
     res = analyse_well(
         kw["workspace"], kw["plate"], kw["well"], scale=kw["scale"],
         max_distance=kw["max_distance"], workers=kw["workers"], force=kw["force"],

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "align": "starrynight.cli.align:align",
     "geometry": "starrynight.cli.geometry:geometry",
     "mosaic": "starrynight.cli.mosaic:mosaic",
+    "merge": "starrynight.cli.merge:merge",
     "segment": "starrynight.cli.segment:segment",
     "segcheck": "starrynight.cli.segment:segcheck",
     "barcodes": "starrynight.cli.barcodes:barcodes",

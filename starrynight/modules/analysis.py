@@ -1,10 +1,13 @@
 """Per-cell analysis of a plate x well, and the per-gene summary of a plate.
 
-``analyse_well`` joins the Cell Painting cells (``segment``) with the SBS cells and
-their barcodes (``barcodes call``) site by site: the SBS nuclei are registered to the
-CP nuclei (offset by voting, scale 1 or the magnification ratio) and matched one to one
-as mutual nearest neighbours. Every CP cell gets one row with its barcode and gene (or
-the reason it has none) and its features measured on the corrected CP channels.
+``analyse_well`` gives every Cell Painting cell (``segment``) its barcode and gene and
+its features measured on the corrected CP channels. When ``starrynight merge`` has run
+for the well, its table says which SBS cell each CP cell is (registered in the well
+frame, across site grids) and which CP cells are second copies of a cell seen in two
+sites: those are left out, so every physical cell has one row. Without a merge table
+the arms must share one site grid, and the SBS cells (``barcodes call``) are joined site
+by site: the SBS nuclei are registered to the CP nuclei (offset by voting, scale 1 or
+the magnification ratio) and matched one to one as mutual nearest neighbours.
 
 ``summarise_plate`` reduces the wells' tables to one row per gene: cell count and the
 median of every feature.
@@ -37,7 +40,7 @@ from starrynight.modules.segment import (
 )
 from starrynight.siterunner import SiteTask, mark_well_done, run_sites, well_current
 
-META = ("plate", "well", "site", "cell", "sbs_cell", "barcode", "sgRNA", "gene_symbol")
+META = ("plate", "well", "site", "cell", "sbs_site", "sbs_cell", "barcode", "sgRNA", "gene_symbol")
 
 #: Leading columns of the per-cell table; the features follow (see :func:`cells_schema`).
 META_FIELDS = [
@@ -45,6 +48,7 @@ META_FIELDS = [
     ("well", pa.string()),
     ("site", pa.int32()),
     ("cell", pa.int32()),
+    ("sbs_site", pa.int32()),
     ("sbs_cell", pa.int32()),
     ("barcode", pa.string()),
     ("sgRNA", pa.string()),
@@ -113,6 +117,8 @@ def _site_job(task: SiteTask) -> dict[str, Any]:
     }
     measured = feat.measure_cells(nuclei, cells, images)
     ids = measured.pop("label").astype(np.int64)
+    if isinstance(sbs_cells, MergedSite):
+        return _merged_site(plate, well, site, channels, ids, measured, sbs_cells)
     n = len(ids)
     cp_pts = np.stack(
         [measured["Nuclei_AreaShape_Center_Y"], measured["Nuclei_AreaShape_Center_X"]], axis=1
@@ -149,6 +155,7 @@ def _site_job(task: SiteTask) -> dict[str, Any]:
         "well": [well] * n,
         "site": np.full(n, site, np.int32),
         "cell": ids.astype(np.int32),
+        "sbs_site": pa.array([None if c is None else site for c in sbs_cell], pa.int32()),
         "sbs_cell": pa.array(sbs_cell, pa.int32()),
         "barcode": pa.array(barcode, pa.string()),
         "sgRNA": pa.array(sgrna, pa.string()),
@@ -164,6 +171,102 @@ def _site_job(task: SiteTask) -> dict[str, Any]:
         "matched": len(match.cp_index),
         "offset": match.offset,
     }
+
+
+@dataclass(frozen=True)
+class MergedSite:
+    """One CP site's rows of the merge table (``starrynight merge``).
+
+    ``kept``: label -> row, for the cells kept; ``dropped``: labels of second copies of a
+    cell kept in another site.
+    """
+
+    kept: dict[int, dict[str, Any]]
+    dropped: frozenset[int]
+
+
+_MERGE_COLUMNS = ("site", "cell", "duplicate_sites", "duplicate_cells", "sbs_site", "sbs_cell",
+                  "barcode", "sgRNA", "gene_symbol", "barcode_status", "barcode_reason",
+                  "barcode_confidence", "status")  # fmt: skip
+
+
+def merged_sites(uri: str) -> dict[int, MergedSite]:
+    """The merge table of a well, by CP site."""
+    table = read_table(uri)
+    missing = [c for c in _MERGE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise UserError(f"{uri}: not a merge table (columns {missing} missing)")
+    kept: dict[int, dict[int, dict[str, Any]]] = {}
+    dropped: dict[int, set[int]] = {}
+    for r in table.select(list(_MERGE_COLUMNS)).to_pylist():
+        kept.setdefault(r["site"], {})[r["cell"]] = r
+        for s, c in zip(r["duplicate_sites"], r["duplicate_cells"], strict=True):
+            dropped.setdefault(s, set()).add(c)
+    return {
+        s: MergedSite(kept.get(s, {}), frozenset(dropped.get(s, ())))
+        for s in set(kept) | set(dropped)
+    }
+
+
+def _merged_site(
+    plate: str, well: str, site: int, channels: list[str], ids: np.ndarray,
+    measured: dict[str, np.ndarray], merged: MergedSite,
+) -> dict[str, Any]:  # fmt: skip
+    """A site's table from the merge: one row per kept cell, copies left out."""
+    unknown = [int(i) for i in ids if int(i) not in merged.kept and int(i) not in merged.dropped]
+    if unknown:
+        raise UserError(
+            f"plate {plate!r} well {well!r} site {site}: cell(s) {unknown[:5]} are not in the "
+            "merge table, which is older than the segmentation; re-run `starrynight merge "
+            "--force`"
+        )
+    keep = np.array([int(i) in merged.kept for i in ids], bool)
+    rows = [merged.kept[int(i)] for i in ids[keep]]
+    n = len(rows)
+    matched = [r["status"] == "matched" for r in rows]
+
+    def col(name: str) -> list[Any]:
+        return [r[name] for r in rows]
+
+    columns: dict[str, Any] = {
+        "plate": [plate] * n,
+        "well": [well] * n,
+        "site": np.full(n, site, np.int32),
+        "cell": ids[keep].astype(np.int32),
+        "sbs_site": col("sbs_site"),
+        "sbs_cell": col("sbs_cell"),
+        "barcode": col("barcode"),
+        "sgRNA": col("sgRNA"),
+        "gene_symbol": col("gene_symbol"),
+        "barcode_status": [r["barcode_status"] if m else "unassigned"
+                           for r, m in zip(rows, matched, strict=True)],
+        "barcode_reason": [r["barcode_reason"] if m else r["status"]
+                           for r, m in zip(rows, matched, strict=True)],
+        "barcode_confidence": col("barcode_confidence"),
+        **{name: values[keep] for name, values in measured.items()},
+    }  # fmt: skip
+    return {
+        "site": site,
+        "table": typed_table(columns, cells_schema(channels)),
+        "matched": sum(r["sbs_cell"] is not None for r in rows),
+        "offset": (float("nan"), float("nan")),
+    }
+
+
+def _grids_differ(ws: str, plate: str, well: str) -> str | None:
+    """Why the arms' site grids differ (from ``geometry``'s positions), or None."""
+    cp_uri = workspace.positions_path(ws, plate, well, "cp")
+    sbs_uri = workspace.positions_path(ws, plate, well, "sbs", 1)
+    if not (storage.exists(cp_uri) and storage.exists(sbs_uri)):
+        return None
+    cp, sbs = read_table(cp_uri), read_table(sbs_uri)
+    if sorted(cp["site"].to_pylist()) != sorted(sbs["site"].to_pylist()):
+        return f"{cp.num_rows} CP sites and {sbs.num_rows} SBS sites"
+    px_cp = float(np.median(cp["pixel_size_x_um"].to_numpy()))
+    px_sbs = float(np.median(sbs["pixel_size_x_um"].to_numpy()))
+    if abs(px_sbs / px_cp - 1) > 1e-3:
+        return f"pixel sizes {px_cp:g} um (CP) and {px_sbs:g} um (SBS)"
+    return None
 
 
 def analyse_well(
@@ -214,7 +317,21 @@ def analyse_well(
             f"plate {plate!r} well {well!r}: no segmentation ({counts_uri} missing); "
             "run `starrynight segment` first"
         )
-    if not storage.exists(calls_uri):
+    merge_uri = workspace.merge_cells_path(ws, plate, well)
+    merged = (
+        merged_sites(merge_uri)
+        if storage.exists(workspace.merge_report_path(ws, plate, well))
+        and storage.exists(merge_uri)
+        else None
+    )
+    differ = None if merged is not None else _grids_differ(ws, plate, well)
+    if differ:
+        raise UserError(
+            f"plate {plate!r} well {well!r}: the arms have different site grids ({differ}); "
+            f"sites cannot be paired by number: run `starrynight merge -w {ws} --plate {plate} "
+            f"--well {well}` first"
+        )
+    if merged is None and not storage.exists(calls_uri):
         raise UserError(
             f"plate {plate!r} well {well!r}: no barcode calls ({calls_uri} missing); "
             "run `starrynight barcodes call` first"
@@ -223,12 +340,14 @@ def analyse_well(
 
     sites = well_sites(ws, plate, well, "cp") or sorted(listed)
     channels = sorted(well_channels(ws, plate, well, "cp") or set.intersection(*listed.values()))
+    # The barcodes come from the merge table when the well has one, else from the calls.
+    barcode_source = merge_uri if merged is not None else calls_uri
     tasks = [
         SiteTask(
             s,
             (
                 counts_uri,
-                calls_uri,
+                barcode_source,
                 workspace.segmentation_mask_path(ws, plate, well, s, "Nuclei"),
                 workspace.segmentation_mask_path(ws, plate, well, s, "Cells"),
                 *(workspace.corrected_path(ws, plate, well, s, ch) for ch in channels),
@@ -252,7 +371,7 @@ def analyse_well(
             "re-run `starrynight segment`"
         )
     by_site: dict[int, list[dict[str, Any]]] = {}
-    for r in read_table(calls_uri).to_pylist():
+    for r in read_table(calls_uri).to_pylist() if merged is None else ():
         by_site.setdefault(int(r["site"]), []).append(r)
     if scale is not None:
         scales: tuple[float, ...] = (scale,)
@@ -262,8 +381,10 @@ def analyse_well(
     tasks = [
         dataclasses.replace(
             t,
-            args=(ws, plate, well, t.site, channels, {t.site: by_site.get(t.site, [])}, scales,
-                  max_distance),
+            args=(ws, plate, well, t.site, channels,
+                  {t.site: by_site.get(t.site, [])} if merged is None
+                  else merged.get(t.site, MergedSite({}, frozenset())),
+                  scales, max_distance),
         )
         for t in tasks
     ]  # fmt: skip
