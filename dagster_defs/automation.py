@@ -30,6 +30,9 @@ def follow_upstream() -> dg.AutomationCondition:
         & dg.AutomationCondition.any_deps_match(
             ~dg.AutomationCondition.missing() | dg.AutomationCondition.will_be_requested()
         ).with_label("any_deps_present")
+        # ...and no upstream blocking check failed (a well the geometry could not place,
+        # a merge below the minimum match rate stops what follows it).
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("follow_upstream")

@@ -22,22 +22,38 @@ ILLUM_SBS = dg.AssetKey("illum_sbs")
 ALIGNED = dg.AssetKey("aligned_sbs")
 SEGMENTATION = dg.AssetKey("segmentation")
 BARCODES = dg.AssetKey("barcode_calls")
+GEOMETRY = dg.AssetKey("geometry")
+MERGE = dg.AssetKey("merge")
 
 ILLUM_CHECK = "illum_finite_and_at_least_one"
 ALIGN_CHECK = "flagged_site_share_below_threshold"
 SEG_CHECK = "cell_counts_plausible"
 BARCODE_CHECK = "barcode_assignment_rate"
+GEOMETRY_CHECK = "unplaced_site_share_below_threshold"
+MERGE_WARN_CHECK = "merge_match_rate"
+MERGE_CHECK = "merge_match_rate_above_minimum"
 
-SPECS = {
-    asset: [dg.AssetCheckSpec(name, asset=asset, description=description)]
-    for asset, name, description in [
-        (ILLUM_CP, ILLUM_CHECK, "Every CP function is finite and >= 1."),
-        (ILLUM_SBS, ILLUM_CHECK, "Every SBS function is finite and >= 1."),
-        (ALIGNED, ALIGN_CHECK, "Share of sites alignment flagged is small."),
-        (SEGMENTATION, SEG_CHECK, "Cells per site within plausible limits."),
-        (BARCODES, BARCODE_CHECK, "Share of SBS cells assigned a barcode."),
-    ]
-}
+_CHECKS = [
+    (ILLUM_CP, ILLUM_CHECK, "Every CP function is finite and >= 1.", False),
+    (ILLUM_SBS, ILLUM_CHECK, "Every SBS function is finite and >= 1.", False),
+    (ALIGNED, ALIGN_CHECK, "Share of sites alignment flagged is small.", False),
+    (SEGMENTATION, SEG_CHECK, "Cells per site within plausible limits.", False),
+    (BARCODES, BARCODE_CHECK, "Share of SBS cells assigned a barcode.", False),
+    # Blocking: downstream of a failed one does not materialise (in the run, and by
+    # automation: follow_upstream requires every upstream blocking check to pass).
+    (GEOMETRY, GEOMETRY_CHECK, "Share of sites the refinement could not place is small "
+     "(blocks the mosaic and the merge).", True),
+    (MERGE, MERGE_WARN_CHECK, "CP cells inside the SBS area that got an SBS match (warns "
+     "below the warning rate).", False),
+    (MERGE, MERGE_CHECK, "Match rate above the minimum (blocks the per-cell table and so "
+     "the plate's gene summary).", True),
+]  # fmt: skip
+
+SPECS: dict[dg.AssetKey, list[dg.AssetCheckSpec]] = {}
+for _asset, _name, _description, _blocking in _CHECKS:
+    SPECS.setdefault(_asset, []).append(
+        dg.AssetCheckSpec(_name, asset=_asset, description=_description, blocking=_blocking)
+    )
 
 
 def read_json(uri: str) -> dict:
@@ -139,3 +155,68 @@ def barcode_check(ws: str, plate: str, well: str, min_rate: float) -> dg.AssetCh
             "threshold": min_rate,
         },
     )
+
+
+def geometry_check(ws: str, plate: str, well: str, max_share: float) -> dg.AssetCheckResult:
+    """Share of a well's sites that had overlapping neighbours but kept their recorded
+    position (no pair passed registration) is at most ``max_share``.
+
+    Sites with no overlapping neighbour at all (a layout without overlap) are counted
+    apart: there is nothing to refine them against, which is not a failed refinement.
+    """
+    report = read_json(wsp.geometry_report_path(ws, plate, well))
+    sites = unplaced = isolated = 0
+    worst: list[str] = []
+    for g in report["groups"]:
+        sites += g["sites"]
+        for kept in g["kept_recorded"]:
+            if "no overlapping neighbour" in kept.get("reason", ""):
+                isolated += 1
+            else:
+                unplaced += 1
+                worst.append(f"{g['label']} site {kept.get('site')}: {kept.get('reason')}")
+    share = unplaced / sites if sites else 0.0
+    return dg.AssetCheckResult(
+        asset_key=GEOMETRY,
+        check_name=GEOMETRY_CHECK,
+        passed=share <= max_share,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "sites": sites,
+            "unplaced": unplaced,
+            "unplaced_share": round(share, 4),
+            "without_overlapping_neighbour": isolated,
+            "threshold": max_share,
+            "examples": "; ".join(worst[:5]) or "none",
+        },
+    )
+
+
+def merge_checks(
+    ws: str, plate: str, well: str, warn_rate: float, min_rate: float
+) -> list[dg.AssetCheckResult]:
+    """The merge's match rate: a warning below ``warn_rate``, an error below ``min_rate``.
+
+    A well whose arms could not be registered has no match rate and fails both.
+    """
+    report = read_json(wsp.merge_report_path(ws, plate, well))
+    rate = report["match"]["match_rate"]
+    md = {
+        "status": report["status"],
+        "reason": report.get("reason") or "",
+        "match_rate": rate if rate is None else round(rate, 4),
+        "inside_sbs_area": report["match"]["inside_sbs_area"],
+        "matched": report["match"]["matched"],
+        "flags": ", ".join(report.get("flags") or []) or "none",
+    }
+    ok_rate = rate if rate is not None else -1.0
+    return [
+        dg.AssetCheckResult(
+            asset_key=MERGE, check_name=MERGE_WARN_CHECK, passed=ok_rate >= warn_rate,
+            severity=dg.AssetCheckSeverity.WARN, metadata={**md, "threshold": warn_rate},
+        ),
+        dg.AssetCheckResult(
+            asset_key=MERGE, check_name=MERGE_CHECK, passed=ok_rate >= min_rate,
+            severity=dg.AssetCheckSeverity.ERROR, metadata={**md, "threshold": min_rate},
+        ),
+    ]  # fmt: skip

@@ -67,6 +67,15 @@ class QCThresholds(dg.Config):
     min_assignment_rate: float = Field(
         0.3, description="Smallest share of SBS cells that must get a barcode."
     )
+    max_unplaced_site_share: float = Field(
+        0.1, description="Largest share of sites the geometry refinement may leave unplaced."
+    )
+    warn_match_rate: float = Field(
+        0.8, description="Merge: warn when fewer CP cells inside the SBS area are matched."
+    )
+    min_match_rate: float = Field(
+        0.5, description="Merge: below this share of matched CP cells the well is blocked."
+    )
 
 
 class StarryNightProject(dg.ConfigurableResource):

@@ -112,7 +112,9 @@ def read_header(uri: str) -> tuple[int, tuple[int, int], np.dtype]:
         When the file is missing or not a readable TIFF.
     """
     try:
-        with contextlib.ExitStack() as stack:
+        # tifffile's complaints about a damaged header are not for the user: the file is
+        # read (and reported, in one line) later.
+        with _collect_tiff_warnings(), contextlib.ExitStack() as stack:
             if storage.is_s3(uri):
                 fs, path = storage.filesystem(uri)
                 handle = stack.enter_context(fs.open_input_file(path))
@@ -124,7 +126,7 @@ def read_header(uri: str) -> tuple[int, tuple[int, int], np.dtype]:
             n_frames = len(tif.pages)
             dtype = np.dtype(page.dtype)
     except FileNotFoundError as exc:
-        raise InputFileError(uri, "file not found") from exc
+        raise InputFileError(uri, _not_found(uri)) from exc
     except Exception as exc:  # tifffile raises many types for damaged files
         raise InputFileError(uri, f"not a readable TIFF ({_reason(exc)})") from exc
     if len(shape) != 2:

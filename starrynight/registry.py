@@ -52,6 +52,12 @@ class Step:
         The workspace URIs it writes for a partition (see :data:`Outputs`).
     site_parallel : bool
         Whether the command takes ``--workers`` (sites processed in parallel).
+    site_runner : bool
+        Whether it runs its sites on :func:`starrynight.siterunner.run_sites` (and so
+        takes ``--force``, ``--skip-bad`` and ``--progress``); well-level computations
+        (neighbour pairs, mosaic bands, the merge of a well) take ``--force`` only.
+    extra_args : tuple of str
+        Arguments the pipelines always pass (after the partition's).
     """
 
     name: str
@@ -63,6 +69,8 @@ class Step:
     needs: tuple[str, ...] = ()
     arms: tuple[str, ...] = ()
     site_parallel: bool = True
+    site_runner: bool = True
+    extra_args: tuple[str, ...] = ()
 
     def argv(self, ws: str, plate: str, well: str, workers: int) -> list[str]:
         """CLI arguments of a plate x well step for one partition."""
@@ -71,7 +79,7 @@ class Step:
         args = [*self.command, "-w", ws, "--plate", plate, "--well", well]
         if self.site_parallel:
             args += ["--workers", str(workers)]
-        return args
+        return [*args, *self.extra_args]
 
 
 def _well(fn: Callable[[str, str, str], str]) -> Outputs:
@@ -138,9 +146,33 @@ STEPS: tuple[Step, ...] = (
         arms=("sbs",),
     ),
     Step(
+        "geometry", "well", ("geometry",),
+        "Every site's place in the well frame per arm (CP; SBS per cycle), refined by "
+        "registering overlapping neighbours (geometry/<plate>-<well>/).",
+        # A site without an overlapping neighbour keeps its recorded position and says
+        # so (shared-grid layouts have none); the asset check counts such sites.
+        "wells", _well(wsp.geometry_report_path), needs=("illum_cp", "index", "experiment"),
+        arms=("cp",), site_runner=False, extra_args=("--allow-isolated",),
+    ),
+    Step(
+        "mosaic", "well", ("mosaic",),
+        "The well stitched per arm: OME-Zarr pyramid and PNG thumbnail "
+        "(mosaics/<plate>-<well>/<arm>.zarr).",
+        "wells", lambda ws, p, w: [wsp.mosaic_thumbnail_path(ws, p, w, "cp")],
+        needs=("geometry", "corrected_cp", "aligned_sbs"), arms=("cp",), site_runner=False,
+    ),
+    Step(
+        "merge", "well", ("merge",),
+        "Every CP cell once, matched to its SBS cell in the well frame: transform, "
+        "statuses, barcode and gene (merge/<plate>-<well>/).",
+        "wells", _well(wsp.merge_report_path),
+        needs=("segmentation", "barcode_calls", "geometry"), arms=("cp", "sbs"),
+        site_parallel=False, site_runner=False,
+    ),
+    Step(
         "cell_features", "well", ("analysis", "run"),
         "One row per CP cell: barcode, gene and features (features/<plate>-<well>/).",
-        "wells", _well(wsp.cell_features_path), needs=("segmentation", "barcode_calls"),
+        "wells", _well(wsp.cell_features_path), needs=("segmentation", "barcode_calls", "merge"),
         arms=("cp", "sbs"),
     ),
     Step(
@@ -191,7 +223,8 @@ def same_level_inputs(s: Step, ws: str, plate: str, well: str) -> list[str]:
 
 def applicable(s: Step, arms: Iterable[str]) -> bool:
     """Whether a partition holding images of ``arms`` can have the product of ``s``."""
-    return set(s.arms) <= set(arms)
+    present = set(arms)
+    return bool(present) and set(s.arms) <= present
 
 
 def topological(names: Sequence[str]) -> list[str]:

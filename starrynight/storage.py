@@ -589,11 +589,16 @@ def stat_many(uris: Sequence[str]) -> list[tuple[int, int] | None]:
         if is_s3(uri):
             out.append(infos[uri])
             continue
+        path = os.path.expanduser(uri)
         try:
-            st = os.stat(os.path.expanduser(uri))
+            st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            out.append(None)
-            continue
+            try:
+                # A dangling link is there (reading it says what is wrong with it).
+                st = os.lstat(path)
+            except OSError:
+                out.append(None)
+                continue
         out.append((st.st_size, st.st_mtime_ns))
     return out
 

@@ -133,6 +133,53 @@ def _features_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], lis
     return md, [path]
 
 
+def _geometry_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], list[str]]:
+    path = wsp.geometry_report_path(ws, plate, well)
+    report = checks.read_json(path)
+    md: dict[str, object] = {"report": dg.MetadataValue.path(path)}
+    for g in report["groups"]:
+        rms = g.get("residual_rms_px")
+        md[f"{g['label']} sites"] = g["sites"]
+        md[f"{g['label']} pairs used"] = f"{g['pairs_used']}/{g['pairs']}"
+        md[f"{g['label']} residual_rms_px"] = round(rms, 3) if rms is not None else "n/a"
+        md[f"{g['label']} kept recorded"] = len(g["kept_recorded"])
+    return md, [path]
+
+
+def _mosaic_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], list[str]]:
+    md: dict[str, object] = {}
+    files = []
+    for arm in ("cp", "sbs"):
+        png = wsp.mosaic_thumbnail_path(ws, plate, well, arm)
+        if storage.exists(png):
+            files.append(png)
+            md[f"{arm} mosaic"] = dg.MetadataValue.path(wsp.mosaic_path(ws, plate, well, arm))
+            if "preview" not in md:
+                md["preview"] = png_markdown(storage.read_bytes(png), f"{arm} mosaic")
+    return md, files
+
+
+def _merge_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], list[str]]:
+    path = wsp.merge_report_path(ws, plate, well)
+    report = checks.read_json(path)
+    match, transform = report["match"], report.get("transform") or {}
+    md: dict[str, object] = {
+        "report": dg.MetadataValue.path(path),
+        "cells": dg.MetadataValue.path(wsp.merge_cells_path(ws, plate, well)),
+        "status": report["status"],
+        "cp_cells": report["cp"]["cells"],
+        "cp_duplicates_dropped": report["cp"]["duplicates_dropped"],
+        "matched": match["matched"],
+        "match_rate": match["match_rate"] if match["match_rate"] is not None else "n/a",
+        "with_barcode": match["with_barcode"],
+        "transform": dg.MetadataValue.json(transform) if transform else "none",
+    }
+    qc_png = wsp.merge_qc_path(ws, plate, well)
+    if storage.exists(qc_png):
+        md["preview"] = png_markdown(storage.read_bytes(qc_png), "merge QC")
+    return md, [path, wsp.merge_cells_path(ws, plate, well)]
+
+
 Describe = Callable[[str, str, str], tuple[dict[str, object], list[str]]]
 
 #: Step name -> the product's Dagster metadata and the files its data version is read
@@ -142,6 +189,9 @@ DESCRIBE: dict[str, Describe] = {
     "aligned_sbs": _aligned_md,
     "segmentation": _segmentation_md,
     "barcode_calls": _barcodes_md,
+    "geometry": _geometry_md,
+    "mosaic": _mosaic_md,
+    "merge": _merge_md,
     "cell_features": _features_md,
 }
 
@@ -171,14 +221,21 @@ def _absent(key: dg.AssetKey, plate: str, well: str, arms: set[str]) -> dg.Mater
     )
 
 
-def _check(ws: str, plate: str, well: str, step: str, project: StarryNightProject):
-    """The QC check of a step's product, if it has one (see :data:`CHECKS`)."""
+def _checks(
+    ws: str, plate: str, well: str, step: str, project: StarryNightProject
+) -> list[dg.AssetCheckResult]:
+    """The QC checks of a step's product (see :data:`CHECKS`)."""
     check = CHECKS.get(step)
-    return None if check is None else check(ws, plate, well, project.qc)
+    if check is None:
+        return []
+    found = check(ws, plate, well, project.qc)
+    return found if isinstance(found, list) else [found]
 
 
-#: Step name -> its asset check, from the step's own outputs and the project's QC limits.
-CHECKS: dict[str, Callable[[str, str, str, Any], dg.AssetCheckResult]] = {
+CheckFn = Callable[[str, str, str, Any], "dg.AssetCheckResult | list[dg.AssetCheckResult]"]
+
+#: Step name -> its asset checks, from the step's own outputs and the project's QC limits.
+CHECKS: dict[str, CheckFn] = {
     "aligned_sbs": lambda ws, p, w, qc: checks.alignment_check(
         ws, p, w, qc.max_flagged_site_share
     ),
@@ -187,6 +244,10 @@ CHECKS: dict[str, Callable[[str, str, str, Any], dg.AssetCheckResult]] = {
         qc.max_flagged_segmentation_share,
     ),
     "barcode_calls": lambda ws, p, w, qc: checks.barcode_check(ws, p, w, qc.min_assignment_rate),
+    "geometry": lambda ws, p, w, qc: checks.geometry_check(ws, p, w, qc.max_unplaced_site_share),
+    "merge": lambda ws, p, w, qc: checks.merge_checks(
+        ws, p, w, qc.warn_match_rate, qc.min_match_rate
+    ),
 }  # fmt: skip
 
 
@@ -252,11 +313,10 @@ def make_well_products(names: Sequence[str] | None = None) -> dg.AssetsDefinitio
                 metadata={**md, **node_metadata(outcome, nodes)},
                 data_version=version,
             )
-            check = _check(ws, plate, well, step, project)
-            if check is not None and (
-                dg.AssetCheckKey(keys[step], check.check_name) in context.selected_asset_check_keys
-            ):
-                yield check
+            for check in _checks(ws, plate, well, step, project):
+                key = dg.AssetCheckKey(keys[step], check.check_name)
+                if key in context.selected_asset_check_keys:
+                    yield check
         if outcome is not None:
             fail_if_any(outcome, f"plate {plate} well {well}")
 

@@ -16,6 +16,7 @@ median of every feature.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,6 +254,24 @@ def _merged_site(
     }
 
 
+def _usable_merge(ws: str, plate: str, well: str) -> dict[int, MergedSite] | None:
+    """The well's merge table, when it should decide the barcodes.
+
+    A registered merge always does. One that could not register the arms decides only
+    where the arms' site grids differ (its cells then say "not registered"); where both
+    arms share one grid, sites are paired by number as before (shared-grid data, whose
+    sites are not one continuous well frame).
+    """
+    report_uri = workspace.merge_report_path(ws, plate, well)
+    cells_uri = workspace.merge_cells_path(ws, plate, well)
+    if not (storage.exists(report_uri) and storage.exists(cells_uri)):
+        return None
+    status = json.loads(storage.read_bytes(report_uri)).get("status")
+    if status == "registered" or _grids_differ(ws, plate, well):
+        return merged_sites(cells_uri)
+    return None
+
+
 def _grids_differ(ws: str, plate: str, well: str) -> str | None:
     """Why the arms' site grids differ (from ``geometry``'s positions), or None."""
     cp_uri = workspace.positions_path(ws, plate, well, "cp")
@@ -318,12 +337,7 @@ def analyse_well(
             "run `starrynight segment` first"
         )
     merge_uri = workspace.merge_cells_path(ws, plate, well)
-    merged = (
-        merged_sites(merge_uri)
-        if storage.exists(workspace.merge_report_path(ws, plate, well))
-        and storage.exists(merge_uri)
-        else None
-    )
+    merged = _usable_merge(ws, plate, well)
     differ = None if merged is not None else _grids_differ(ws, plate, well)
     if differ:
         raise UserError(

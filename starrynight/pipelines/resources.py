@@ -82,6 +82,12 @@ DEFAULTS: Mapping[str, StepResources] = {
     "segmentation": StepResources(cpus=2, memory_mb=3072, time_min=180, max_memory_mb=12288),
     "barcode_calls": StepResources(cpus=2, memory_mb=6144, time_min=180, max_memory_mb=24576),
     "cell_features": StepResources(cpus=2, memory_mb=4096, time_min=180, max_memory_mb=16384),
+    # per plate x well, not measured by bench_site_costs: the geometry step holds about
+    # one row of overlap crops (peak 949 MB at 1480 px, bench_geometry), the mosaic one
+    # band per level (452 MB), the merge every nucleus of the well (4.4 s / 100k cells)
+    "geometry": StepResources(cpus=2, memory_mb=2048, time_min=120, max_memory_mb=8192),
+    "mosaic": StepResources(cpus=2, memory_mb=2048, time_min=120, max_memory_mb=8192),
+    "merge": StepResources(cpus=1, memory_mb=2048, time_min=60, max_memory_mb=8192),
     # per plate: one row per gene from every well's cell table
     "gene_summary": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
     DEFAULT_STEP: StepResources(cpus=1, memory_mb=2048, time_min=None, max_memory_mb=8192),
