@@ -161,8 +161,9 @@ def geometry_check(ws: str, plate: str, well: str, max_share: float) -> dg.Asset
     """Share of a well's sites that had overlapping neighbours but kept their recorded
     position (no pair passed registration) is at most ``max_share``.
 
-    Sites with no overlapping neighbour at all (a layout without overlap) are counted
-    apart: there is nothing to refine them against, which is not a failed refinement.
+    Sites with no overlapping neighbour at all (a layout without overlap, a well of one
+    site) are counted apart: there is nothing to refine them against, which is not a
+    failed refinement.
     """
     report = read_json(wsp.geometry_report_path(ws, plate, well))
     sites = unplaced = isolated = 0
@@ -170,7 +171,8 @@ def geometry_check(ws: str, plate: str, well: str, max_share: float) -> dg.Asset
     for g in report["groups"]:
         sites += g["sites"]
         for kept in g["kept_recorded"]:
-            if "no overlapping neighbour" in kept.get("reason", ""):
+            reason = kept.get("reason", "")
+            if "no overlapping neighbour" in reason or reason.startswith("single site"):
                 isolated += 1
             else:
                 unplaced += 1
