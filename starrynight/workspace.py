@@ -189,3 +189,45 @@ def cellprofiler_dir(workspace: str, step: str) -> str:
 def cellprofiler_output_dir(workspace: str, step: str, unit: str) -> str:
     """CellProfiler's output folder (``-o``) for one unit: ``cellprofiler/<step>/<unit>``."""
     return storage.join(cellprofiler_dir(workspace, step), unit)
+
+
+def arm_label(arm: str, cycle: int | None = None) -> str:
+    """``CP``, or ``SBS_Cycle<kk>`` for one SBS cycle: names a geometry group."""
+    return "CP" if arm == "cp" else f"SBS_Cycle{int(cycle or 0):02d}"
+
+
+def geometry_dir(workspace: str, plate: str, well: str) -> str:
+    """Site positions and registration of a well: ``geometry/<plate>-<well>``."""
+    return well_product_dir(workspace, "geometry", plate, well)
+
+
+def positions_path(
+    workspace: str, plate: str, well: str, arm: str, cycle: int | None = None
+) -> str:
+    """Positions of an arm's sites in the well frame.
+
+    ``geometry/<p>-<w>/Plate_<p>_Well_<w>_<CP|SBS_Cycle<kk>>_positions.parquet``.
+    """
+    name = f"Plate_{plate}_Well_{well}_{arm_label(arm, cycle)}_positions.parquet"
+    return storage.join(geometry_dir(workspace, plate, well), name)
+
+
+def qc_report_dir(workspace: str, plate: str, gate: str) -> str:
+    """One QC report (figures and their data): ``qc_reports/<plate>/<gate>``.
+
+    ``gate`` is ``painting`` or ``barcoding``.
+    """
+    return storage.join(workspace, "qc_reports", plate, gate)
+
+
+def qc_index_path(workspace: str, plate: str, gate: str) -> str:
+    """The report's list of figures and findings: ``qc_reports/<plate>/<gate>/index.json``.
+
+    Written last: marks the report complete.
+    """
+    return storage.join(qc_report_dir(workspace, plate, gate), "index.json")
+
+
+def qc_figure_path(workspace: str, plate: str, gate: str, name: str, ext: str) -> str:
+    """A figure of a report (``ext`` ``png``) or its data (``parquet``): ``.../<name>.<ext>``."""
+    return storage.join(qc_report_dir(workspace, plate, gate), f"{name}.{ext}")
