@@ -341,8 +341,10 @@ def site_map(ws: str, plate: str, well: str, sites: Sequence[int], arm: str) -> 
         raise UserError(f"{uri}: {exc}") from exc
 
 
-def _map_label(m: alg.SiteMap) -> str:
-    return "" if m.source == "positions" else " (square grid by site number: no positions)"
+def _note_layout(ax: Any, m: alg.SiteMap) -> None:
+    """Say under a site-map panel when the layout is the fallback grid."""
+    if m.source == "grid":
+        ax.set_xlabel("square grid by site number\n(no positions table for this well)", fontsize=8)
 
 
 def _draw_site_map(
@@ -354,11 +356,13 @@ def _draw_site_map(
     norm: Any,
     outlined: set[int] = frozenset(),
     label_sites: bool = True,
+    fmt: str = "{:.0f}",
 ) -> Any:
     """Fields as rectangles coloured by ``values`` (grey: no value), ``outlined`` in red."""
     from matplotlib import colormaps
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
+    from matplotlib.patheffects import withStroke
 
     colours = colormaps[cmap]
     rects, faces, edges = [], [], []
@@ -380,7 +384,17 @@ def _draw_site_map(
         ax.set_ylabel("y (um)")
     if label_sites and len(m.sites) <= 64:
         for s, x, y, w, h in zip(m.sites, m.x, m.y, m.width, m.height, strict=True):
-            ax.text(x + w / 2, y + h / 2, str(int(s)), ha="center", va="center", fontsize=7)
+            v = values.get(int(s))
+            shown = "" if v is None or not np.isfinite(v) else "\n" + fmt.format(v)
+            ax.text(
+                x + w / 2,
+                y + h / 2,
+                f"site {int(s)}{shown}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                path_effects=[withStroke(linewidth=2, foreground="white")],
+            )
     from matplotlib.cm import ScalarMappable
 
     return ScalarMappable(norm=norm, cmap=cmap)
@@ -662,12 +676,23 @@ def _cells_per_site(ws: str, plate: str, wells: list[_WellCounts]) -> Figure:
         total = int(sum(values.values()))
         state = "no cells in this well" if total == 0 else f"{total} cells"
         ax.set_title(
-            f"well {w.well}: {state}{_map_label(m)}",
+            f"well {w.well}: {state}",
             fontsize=9,
             color="firebrick" if total == 0 else "black",
         )
         if total == 0:
             notes.append(f"{w.well} has no cells")
+            ax.text(
+                0.5,
+                0.5,
+                "no cells in this well",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="firebrick",
+                fontsize=12,
+                bbox={"facecolor": "white", "alpha": 0.8},
+            )
         fig.colorbar(mappable, ax=ax, shrink=0.8, label="cells")
     fig.suptitle(f"{plate}: {title} (red outline: implausible count, grey: no count)")
     grid = [w.well for w in wells if maps[w.well].source == "grid"]
@@ -848,10 +873,16 @@ def _alignment_map(
                     ax, f"well {well}: not aligned yet\n(run starrynight align)", colour="firebrick"
                 )
             continue
-        sm = _draw_site_map(ax_s, m, shift, cmap="magma", norm=shift_norm, outlined=flagged)
+        sm = _draw_site_map(
+            ax_s, m, shift, cmap="magma", norm=shift_norm, outlined=flagged, fmt="{:.1f} px"
+        )
         fig.colorbar(sm, ax=ax_s, shrink=0.8, label=f"px (limit {qc.max_shift:g})")
-        ax_s.set_title(f"well {well}: largest shift{_map_label(m)}", fontsize=9)
-        cm = _draw_site_map(ax_c, m, corr, cmap="RdYlGn", norm=corr_norm, outlined=flagged)
+        ax_s.set_title(f"well {well}: largest shift", fontsize=9)
+        _note_layout(ax_s, m)
+        _note_layout(ax_c, m)
+        cm = _draw_site_map(
+            ax_c, m, corr, cmap="RdYlGn", norm=corr_norm, outlined=flagged, fmt="{:.3f}"
+        )
         cb = fig.colorbar(cm, ax=ax_c, shrink=0.8, label="correlation")
         for level, style in ((qc.min_correlation, "-"), (qc.warn_correlation, "--")):
             if corr_norm.vmin <= level <= 1:
@@ -1045,7 +1076,7 @@ def _read_summaries(ws: str, layout: PlateLayout, missing: list[str]) -> list[_W
         reads = spots.column("read").to_pylist()
         length = len(layout.cycles) or (len(reads[0]) if reads else 0)
         codes_ok = [r for r in reads if r is not None and len(r) == length]
-        w.base_counts = alg.base_frequencies(codes_ok, length) * len(codes_ok)
+        w.base_counts = np.nan_to_num(alg.base_frequencies(codes_ok, length)) * len(codes_ok)
         matched = np.asarray(pc.equal(spots.column("match"), "matched").to_numpy(False), bool)
         distance = spots.column("distance").to_numpy(False).astype(np.int64)
         w.shares = alg.match_shares(matched, distance)
