@@ -423,66 +423,82 @@ def _illum_figure(
     groups: list[tuple[str, int | None]],
     missing: list[str],
 ) -> Figure:
-    """Heat-maps of illumination functions, one panel per (channel, cycle)."""
+    """Heat-maps of illumination functions, one panel per (channel, cycle).
+
+    Each function is drawn relative to its mean, on one colour scale shared by every
+    panel, so channels and cycles compare at a glance; the parquet holds the values.
+    """
     from matplotlib.colors import Normalize
 
-    fig = _new_figure(3.2 * min(len(groups), 5), 3.0 * math.ceil(len(groups) / 5))
-    axes = _panels(fig, len(groups), 5)
-    records: dict[str, list] = {k: [] for k in ("channel", "cycle", "y", "x", "value", "block")}
-    worst: tuple[float, str] = (math.nan, "")
+    loaded: dict[tuple[str, int | None], np.ndarray] = {}
     absent = []
-    for ax, (channel, cycle) in zip(axes, groups, strict=True):
-        label = channel if cycle is None else f"cycle {cycle} {channel}"
+    for channel, cycle in groups:
         uri = workspace.illum_path(ws, plate, channel, cycle)
         function = _load_npy(uri)
         if function is None:
-            absent.append(label)
+            absent.append(channel if cycle is None else f"cycle {cycle} {channel}")
             missing.append(uri)
-            _say(
-                ax,
-                f"{label}\nno illumination function\n(run starrynight illum calc)",
-                colour="firebrick",
-            )
+        else:
+            loaded[channel, cycle] = function
+    relative = {k: f / m for k, f in loaded.items() if (m := float(np.mean(f))) > 0}
+    lo = min((float(r.min()) for r in relative.values()), default=0.0)
+    hi = max((float(r.max()) for r in relative.values()), default=1.0)
+    norm = Normalize(min(lo, 1.0), max(hi, 1.0 + 1e-6))
+    fig = _new_figure(2.8 * min(len(groups), 5) + 1, 2.6 * math.ceil(len(groups) / 5))
+    axes = _panels(fig, len(groups), 5)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "x", "value", "relative")}
+    labels: list[tuple[str, int | None, int, int]] = []
+    worst: tuple[float, str] = (math.nan, "")
+    image = None
+    for ax, (channel, cycle) in zip(axes, groups, strict=True):
+        label = channel if cycle is None else f"cycle {cycle} {channel}"
+        function = loaded.get((channel, cycle))
+        if function is None:
+            _say(ax, f"{label}\nno illumination function\n(run starrynight illum calc)",
+                 colour="firebrick")  # fmt: skip
             continue
         ratio = alg.flatness(function)
         if np.isfinite(ratio) and not ratio <= worst[0]:
             worst = (ratio, label)
         small, block = alg.downsample(function, ILLUM_DATA_SIDE)
         yy, xx = np.mgrid[0 : small.shape[0], 0 : small.shape[1]]
-        records["channel"] += [channel] * small.size
-        records["cycle"] += [cycle] * small.size
-        records["y"] += (yy.ravel() * block).tolist()
-        records["x"] += (xx.ravel() * block).tolist()
-        records["value"] += small.ravel().tolist()
-        records["block"] += [block] * small.size
-        shown, _ = alg.downsample(function, 256)
-        im = ax.imshow(
-            shown,
-            cmap="viridis",
-            norm=Normalize(float(shown.min()), float(shown.max())),
-            extent=(0, function.shape[1], function.shape[0], 0),
-        )
-        ax.set_title(f"{label}\nmax/min {ratio:.2f}", fontsize=9)
+        parts["y"].append(yy.ravel() * block)
+        parts["x"].append(xx.ravel() * block)
+        parts["value"].append(small.ravel())
+        parts["relative"].append(small.ravel() / float(np.mean(function)))
+        labels.append((channel, cycle, block, small.size))
+        shown = relative.get((channel, cycle))
+        if shown is None:
+            _say(ax, f"{label}\nmean is not positive", colour="firebrick")
+            continue
+        shown, _ = alg.downsample(shown, 128)
+        image = ax.imshow(shown, cmap="viridis", norm=norm,
+                          extent=(0, function.shape[1], function.shape[0], 0))  # fmt: skip
+        ax.set_title(f"{label}: max/min {ratio:.2f}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-        fig.colorbar(im, ax=ax, shrink=0.8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="function / its mean")
     fig.suptitle(f"{plate}: {title}")
-    schema = pa.schema(
-        [
-            ("channel", pa.string()),
-            ("cycle", pa.int32()),
-            ("y", pa.int32()),
-            ("x", pa.int32()),
-            ("value", pa.float64()),
-            ("block", pa.int32()),
-        ]
-    )
+    columns = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    table = pa.table(
+        {
+            "channel": pa.array([c for c, _, _, n in labels for _ in range(n)], pa.string()),
+            "cycle": pa.array([k for _, k, _, n in labels for _ in range(n)], pa.int32()),
+            "y": pa.array(columns["y"].astype(np.int32), pa.int32()),
+            "x": pa.array(columns["x"].astype(np.int32), pa.int32()),
+            "value": pa.array(columns["value"], pa.float64()),
+            "relative": pa.array(columns["relative"], pa.float64()),
+            "block": pa.array(np.repeat([b for *_, b, _ in labels], [n for *_, n in labels])
+                              .astype(np.int32), pa.int32()),
+        }
+    )  # fmt: skip
     finding = f"{len(groups) - len(absent)} of {len(groups)} function(s) present" + (
         f"; most uneven: {worst[1]} (max/min {worst[0]:.2f})" if worst[1] else ""
     )
     if absent:
         finding += f"; missing: {', '.join(absent[:4])}{' ...' if len(absent) > 4 else ''}"
-    return Figure(name, title, finding, pa.table(records, schema=schema), fig, bool(absent))
+    return Figure(name, title, finding, table, fig, bool(absent))
 
 
 # --------------------------------------------------------------------------- painting

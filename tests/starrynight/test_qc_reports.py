@@ -260,3 +260,30 @@ def test_no_index_is_a_user_error(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="no index"):
         qc.write_report(str(tmp_path), PLATE, "painting")
+
+
+def test_bad_cycle_is_the_position_of_single_mismatches(screen: dict, tmp_path: Path) -> None:
+    ws = str(tmp_path / "ws")
+    shutil.copytree(screen["ws"], ws)
+    barcode = "ACG"
+
+    def mutate(cycle: int) -> str:
+        other = next(b for b in "ACGT" if b != barcode[cycle - 1])
+        return barcode[: cycle - 1] + other + barcode[cycle:]
+
+    reads = [barcode] * 10 + [mutate(2)] * 6 + [mutate(3)] * 2 + ["TTT"]
+    n = len(reads)
+    spots = {
+        "site": [0] * n, "y": list(range(n)), "x": [5] * n, "sbs_cell": [1] * n, "read": reads,
+        "quality": [0.9] * n, "barcode": [barcode] * (n - 1) + [None],
+        "distance": [0] * 10 + [1] * 8 + [2], "match": ["matched"] * (n - 1) + ["none"],
+    }  # fmt: skip
+    pq.write_table(pa.table(spots, schema=SPOTS_SCHEMA), workspace.spots_path(ws, PLATE, "A1"))
+    qc.write_report(ws, PLATE, "barcoding")
+    table = _data(ws, PLATE, "barcoding", "match_and_bad_cycle").to_pandas()
+    a1 = table[table.well == "A1"].set_index("cycle")
+    assert a1.mismatches_at_cycle.tolist() == [0, 6, 2]
+    assert a1.exact.iloc[0] == pytest.approx(10 / n)
+    assert a1.within_one.iloc[0] == pytest.approx(18 / n)
+    figures = {f["name"]: f for f in _index(ws, PLATE, "barcoding")["figures"]}
+    assert "mismatches most often at cycle 2 (75%)" in figures["match_and_bad_cycle"]["finding"]
