@@ -1151,6 +1151,14 @@ def _well_note(w: _WellReads) -> str:
     return "" if w.called and w.n_reads else ("no reads" if w.called else "not called")
 
 
+def _mark_empty(ax: Any, notes: Sequence[str]) -> None:
+    """Write a well's note (``no reads``...) where its bars would stand (share axes)."""
+    for i, note in enumerate(notes):
+        if note:
+            ax.text(i, 0.5, note, rotation=90, ha="center", va="center", color="firebrick",
+                    fontsize=10)  # fmt: skip
+
+
 def _nucleotide_frequency(
     plate: str,
     layout: PlateLayout,
@@ -1266,6 +1274,7 @@ def _match_and_bad_cycle(plate: str, reads: list[_WellReads]) -> Figure:
     ax_m.set_xticks(x, [f"{w.well}\n{_well_note(w)}" for w in reads], fontsize=8)
     ax_m.set_ylim(0, 1)
     ax_m.set_ylabel("share of reads")
+    _mark_empty(ax_m, [_well_note(w) for w in reads])
     ax_m.legend(fontsize=8)
     ax_m.set_title("reads matching a barcode")
     at = np.sum([w.mismatch_at for w in reads if w.mismatch_at is not None and w.n_reads], axis=0)
@@ -1401,6 +1410,7 @@ def _mapping_rate(plate: str, reads: list[_WellReads]) -> Figure:
     ax.set_xticks(x, [f"{w.well}\n{_well_note(w)}" for w in reads], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share")
+    _mark_empty(ax, [_well_note(w) for w in reads])
     ax.legend(fontsize=8)
     ax.set_title(f"{plate}: {title}")
     rated = [r for r in rows if r["read_mapping_rate"] is not None]
@@ -1485,6 +1495,7 @@ def _barcodes_per_cell(plate: str, reads: list[_WellReads]) -> Figure:
     ax.set_xticks(x, [f"{w.well}\n{n}" for w, n in zip(reads, notes, strict=True)], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of SBS cells")
+    _mark_empty(ax, notes)
     ax.legend(fontsize=8)
     ax.set_title(f"{plate}: {title}")
     total = np.sum([w.per_cell for w in reads], axis=0)
@@ -1493,7 +1504,11 @@ def _barcodes_per_cell(plate: str, reads: list[_WellReads]) -> Figure:
         f"of {n} cells: {_pct(total[0] / n)} with no barcode, {_pct(total[1] / n)} one, "
         f"{_pct(total[2] / n)} two or more"
     )
-    return Figure("barcodes_per_cell", title, finding, table, fig, bool(total[0] / n > 0.5))
+    blank = [f"{w.well} ({note})" for w, note in zip(reads, notes, strict=True) if note]
+    if blank:
+        finding += f"; {', '.join(blank)}"
+    attention = bool(blank) or bool(total[0] / n > 0.5)
+    return Figure("barcodes_per_cell", title, finding, table, fig, attention)
 
 
 #: The figures each gate writes, for documentation and tests.

@@ -189,6 +189,8 @@ def test_wells_without_cells_or_reads_are_drawn_as_such(screen: dict, tmp_path: 
     assert "B02 has no cells" in painting["cells_per_site"]["finding"]
     barcoding = {f["name"]: f for f in _index(ws, PLATE, "barcoding")["figures"]}
     assert "no reads or not called: B02" in barcoding["mapping_rate"]["finding"]
+    assert "B02 (no cells)" in barcoding["barcodes_per_cell"]["finding"]
+    assert barcoding["barcodes_per_cell"]["attention"]
     rate = _data(ws, PLATE, "barcoding", "mapping_rate").to_pandas().set_index("well")
     assert rate.loc["B02", "n_reads"] == 0 and np.isnan(rate.loc["B02", "read_mapping_rate"])
     # Now every well is empty: every figure still renders, saying so.
