@@ -555,7 +555,7 @@ def _count_rows(w: _WellCounts) -> list[dict[str, Any]]:
 def _segmentation_overlays(
     ws: str, layout: PlateLayout, wells: list[_WellCounts], n: int, missing: list[str]
 ) -> Figure:
-    from starrynight.modules.segment import cp_channel_roles, overlay, read_mask
+    from starrynight.modules.segment import cp_channel_roles
 
     plate = layout.plate
     title = "Segmentation check: outlines on a sample of sites"
@@ -581,7 +581,9 @@ def _segmentation_overlays(
     )
     if not chosen:
         why = (
-            "no well segmented yet (run starrynight segment)"
+            "no overlays requested (--sample-sites 0)"
+            if n == 0
+            else "no well segmented yet (run starrynight segment)"
             if all(w.counts is None for w in wells)
             else "no segmented site to show"
         )
@@ -604,17 +606,19 @@ def _segmentation_overlays(
         label = f"{well} site {site}: {r['n_nuclei']} nuclei, {r['n_cells']} cells"
         if r["flagged"]:
             label += f"  [implausible: {r['reason']}]"
+        panel = None
         if absent:
             problem = f"missing {absent[0]}"
             missing.extend(absent)
+        else:
+            try:
+                panel = _overlay_panel(masks, images)
+            except UserError as exc:  # an unreadable or mismatched file: say which
+                problem = str(exc)
+        if panel is None:
             ax.set_title(label, fontsize=9)
             _say(ax, problem.rsplit("/", 1)[-1], colour="firebrick")
         else:
-            from starrynight.imageio import read_image
-
-            nuclei, cells = (read_mask(u) for u in masks)
-            dna, stain = (read_image(u, 1)[0] for u in images)
-            panel = np.concatenate([overlay(dna, nuclei, cells), overlay(stain, nuclei, cells)], 1)
             step = max(1, math.ceil(max(panel.shape[:2]) / (2 * OVERLAY_SIDE)))
             ax.imshow(panel[::step, ::step], interpolation="nearest")
             ax.set_title(label, fontsize=9, color="firebrick" if r["flagged"] else "black")
@@ -654,6 +658,21 @@ def _segmentation_overlays(
         fig,
         bool(n_flagged or n_problem),
     )
+
+
+def _overlay_panel(masks: Sequence[str], images: Sequence[str]) -> np.ndarray:
+    """Nuclear stain | cell stain, each with both outlines (``segment.overlay``)."""
+    from starrynight.imageio import read_image
+    from starrynight.modules.segment import overlay, read_mask
+
+    nuclei, cells = (read_mask(u) for u in masks)
+    dna, stain = (read_image(u, 1)[0] for u in images)
+    if not (nuclei.shape == cells.shape == dna.shape == stain.shape):
+        raise UserError(
+            f"{masks[0]}: mask is {nuclei.shape[0]}x{nuclei.shape[1]}, but {images[0]} is "
+            f"{dna.shape[0]}x{dna.shape[1]} (re-run starrynight segment)"
+        )
+    return np.concatenate([overlay(dna, nuclei, cells), overlay(stain, nuclei, cells)], 1)
 
 
 def _cells_per_site(ws: str, plate: str, wells: list[_WellCounts]) -> Figure:
@@ -1219,8 +1238,10 @@ def _nucleotide_frequency(
         fontsize=9,
         color="firebrick" if notes else "black",
     )
-    if expected is not None and not empty:
-        dev = np.abs(observed - expected)
+    dev = None if expected is None or empty else np.abs(observed - expected)
+    if dev is not None and np.isnan(dev).all():
+        finding, attention = f"no read is {length} bases long (one per cycle)", True
+    elif dev is not None:
         k, j = np.unravel_index(np.nanargmax(dev), dev.shape)
         finding = (
             f"largest deviation: cycle {layout.cycles[k]} {alg.BASES[j]} read "

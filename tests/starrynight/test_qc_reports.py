@@ -289,3 +289,17 @@ def test_bad_cycle_is_the_position_of_single_mismatches(screen: dict, tmp_path: 
     assert a1.within_one.iloc[0] == pytest.approx(18 / n)
     figures = {f["name"]: f for f in _index(ws, PLATE, "barcoding")["figures"]}
     assert "mismatches most often at cycle 2 (75%)" in figures["match_and_bad_cycle"]["finding"]
+
+
+def test_an_unreadable_mask_is_named_in_its_panel(screen: dict, tmp_path: Path) -> None:
+    ws = str(tmp_path / "ws")
+    shutil.copytree(screen["ws"], ws)
+    bad = workspace.segmentation_mask_path(ws, PLATE, "A1", 1, "Cells")
+    Path(bad).write_bytes(b"not a tiff")
+    report = qc.write_report(ws, PLATE, "painting", sample_sites=0)
+    overlays = next(f for f in report.figures if f["name"] == "segmentation_overlays")
+    assert "--sample-sites 0" in overlays["finding"]
+    qc.write_report(ws, PLATE, "painting")
+    table = _data(ws, PLATE, "painting", "segmentation_overlays").to_pandas().set_index("site")
+    a1 = table[table.well == "A1"]
+    assert bad in a1.loc[1, "problem"] and a1.loc[0, "problem"] == ""
