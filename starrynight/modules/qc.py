@@ -782,18 +782,19 @@ def _implausible_counts(plate: str, wells: list[_WellCounts]) -> Figure:
             table,
         )
     bad = [r for r in rows if r["flagged"]]
-    fig = _new_figure(max(6, 0.25 * len(rows)), 5 if bad else 3.5)
+    fig = _new_figure(min(max(6, 0.25 * len(rows)), 16), 5 if bad else 3.5)
     ax, note = (
         fig.subplots(2, 1, height_ratios=(3, 1 + 0.2 * min(len(bad), 12)))
         if bad
         else (fig.subplots(), None)
     )
     x = np.arange(len(rows))
-    ax.bar(
-        x,
-        [r["n_nuclei"] for r in rows],
-        color=["firebrick" if r["flagged"] else "steelblue" for r in rows],
-    )
+    nuclei = [r["n_nuclei"] for r in rows]
+    colours = ["firebrick" if r["flagged"] else "steelblue" for r in rows]
+    if len(rows) <= 200:
+        ax.bar(x, nuclei, color=colours)
+    else:  # thousands of bars draw slowly and unreadably: one dot per site
+        ax.scatter(x, nuclei, c=colours, s=4)
     if len(rows) <= 48:
         ax.set_xticks(x, [f"{r['well']}-{r['site']}" for r in rows], rotation=90, fontsize=7)
     ax.set_xlabel("well-site")
@@ -977,10 +978,12 @@ def _alignment_cycles(plate: str, alignment: dict[str, pa.Table | None]) -> Figu
         )
     units = sorted({(r["well"], r["site"]) for r in rows})
     cycles = sorted({r["cycle"] for r in rows})
+    row_of = {u: i for i, u in enumerate(units)}
+    col_of = {k: j for j, k in enumerate(cycles)}
     shift = np.full((len(units), len(cycles)), np.nan)
     corr = np.full_like(shift, np.nan)
     for r in rows:
-        i, j = units.index((r["well"], r["site"])), cycles.index(r["cycle"])
+        i, j = row_of[r["well"], r["site"]], col_of[r["cycle"]]
         shift[i, j], corr[i, j] = r["max_abs_shift"], r["correlation"]
     fig = _new_figure(8, 1.5 + 0.22 * min(len(units), 150))
     ax_s, ax_c = fig.subplots(1, 2)
@@ -1030,7 +1033,8 @@ def _alignment_distributions(plate: str, alignment: dict[str, pa.Table | None]) 
             table,
         )
     # Cycle 1 is the reference (shift 0, correlation 1 by construction): left out.
-    moved = [r for r in rows if r["cycle"] != min(x["cycle"] for x in rows)] or rows
+    reference = min(r["cycle"] for r in rows)
+    moved = [r for r in rows if r["cycle"] != reference] or rows
     shifts = np.array([r["max_abs_shift"] for r in moved])
     corrs = np.array([r["correlation"] for r in moved], float)
     fig = _new_figure(10, 3.8)
