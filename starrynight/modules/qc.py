@@ -708,6 +708,7 @@ def _cells_per_site(ws: str, plate: str, wells: list[_WellCounts]) -> Figure:
             )
             continue
         mappable = _draw_site_map(ax, m, values, cmap="viridis", norm=norm, outlined=flagged)
+        _note_layout(ax, m)
         total = int(sum(values.values()))
         state = "no cells in this well" if total == 0 else f"{total} cells"
         ax.set_title(
