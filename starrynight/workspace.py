@@ -259,3 +259,24 @@ def merge_report_path(workspace: str, plate: str, well: str) -> str:
 def merge_qc_path(workspace: str, plate: str, well: str) -> str:
     """CP and registered SBS nuclei over the CP mosaic: ``merge/<plate>-<well>/qc.png``."""
     return storage.join(merge_dir(workspace, plate, well), "qc.png")
+
+
+def qc_report_dir(workspace: str, plate: str, gate: str) -> str:
+    """One QC report (figures and their data): ``qc_reports/<plate>/<gate>``.
+
+    ``gate`` is ``painting`` or ``barcoding``.
+    """
+    return storage.join(workspace, "qc_reports", plate, gate)
+
+
+def qc_index_path(workspace: str, plate: str, gate: str) -> str:
+    """The report's list of figures and findings: ``qc_reports/<plate>/<gate>/index.json``.
+
+    Written last: marks the report complete.
+    """
+    return storage.join(qc_report_dir(workspace, plate, gate), "index.json")
+
+
+def qc_figure_path(workspace: str, plate: str, gate: str, name: str, ext: str) -> str:
+    """A figure of a report (``ext`` ``png``) or its data (``parquet``): ``.../<name>.<ext>``."""
+    return storage.join(qc_report_dir(workspace, plate, gate), f"{name}.{ext}")

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "barcodes": "starrynight.cli.barcodes:barcodes",
     "analysis": "starrynight.cli.analysis:analysis",
     "cp": "starrynight.cli.cp:cp",
+    "qc": "starrynight.cli.qc:qc",
 }
 
 
