@@ -63,6 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data, ws = Path(tmp, "data"), Path(tmp, "ws")
         gen = ["sample", "generate", "-o", str(data), "--wells", "A1", "--workers", "1"]
+        gen += ["--geometry", "shared"]
         gen += ["--sites", str(args.sites), "--cycles", str(args.cycles)]
         gen += ["--size", str(args.size)]
         run_step(gen)

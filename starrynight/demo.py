@@ -90,7 +90,8 @@ def main(out: str, sites: int, size: int) -> None:
     data, ws = root / "data", root / "workspace"
     plates, wells = ["Plate1"], ["A1", "A2"]
     total = time.perf_counter()
-    gen = ["sample", "generate", "-o", str(data), "--overwrite", "--sites", str(sites),
+    gen = ["sample", "generate", "-o", str(data), "--overwrite", "--geometry", "shared",
+           "--sites", str(sites),
            "--size", str(size), "--plates", ",".join(plates),
            "--wells", ",".join(wells)]  # fmt: skip
     runs = [run_step(gen)]

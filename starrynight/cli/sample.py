@@ -57,7 +57,7 @@ def sample() -> None:
               help="Number of sgRNAs in Barcodes.csv.")  # fmt: skip
 @click.option("--workers", default=2, show_default=True, type=int, help="Parallel processes.")
 @click.option(
-    "--geometry", type=click.Choice(["shared", "real"]), default="shared", show_default=True,
+    "--geometry", type=click.Choice(["shared", "real"]), default="real", show_default=True,
     help="shared: CP and SBS image the same --sites fields at one scale; real: 20X CP and 10X "
     "SBS on their own overlapping grids of one well, SBS rotated and shifted, stage errors.",
 )  # fmt: skip

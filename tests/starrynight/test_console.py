@@ -16,8 +16,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_success_keeps_all_output_and_exits_0(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    r = _run("sample", "generate", "-o", str(out), "--size", "96", "--sites", "1",
-             "--wells", "A1", "--cycles", "3", "--barcodes", "8")  # fmt: skip
+    r = _run("sample", "generate", "-o", str(out), "--geometry", "shared", "--size", "96",
+             "--sites", "1", "--wells", "A1", "--cycles", "3", "--barcodes", "8")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("wrote ") and "ground truth:" in r.stdout
 

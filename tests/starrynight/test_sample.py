@@ -204,12 +204,14 @@ def test_bad_options_give_one_line_and_exit_2(tmp_path, capsys, args, fragment):
 def test_existing_output_needs_overwrite(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(SystemExit):
-        main(["sample", "generate", "-o", str(tmp_path), "--size", "128", "--sites", "1"])
+        main(["sample", "generate", "-o", str(tmp_path), "--size", "128", "--sites", "1",
+              "--geometry", "shared"])  # fmt: skip
     assert "not empty (use --overwrite" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "precious"
     result = CliRunner().invoke(
         cli,
         ["sample", "generate", "-o", str(tmp_path), "--size", "128", "--sites", "1", "--overwrite",
+         "--geometry", "shared",
          "--cycles", "1", "--barcodes", "4", "--wells", "1"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
