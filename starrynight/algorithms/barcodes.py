@@ -636,6 +636,7 @@ def assign_cells(
     quality = weight if spot_quality is None else np.asarray(spot_quality, np.float64)
     evidence = reads is not None and base_quality is not None and library is not None
     if evidence:
+        assert library is not None
         lut = np.array([[_CODE[b] for b in bcode] for bcode in library.barcodes])
     spot_ids = np.arange(len(spot_cell))
     inside = spot_cell > 0
@@ -669,6 +670,7 @@ def assign_cells(
             cnts, wsum = g_cnt[s:e], g_w[s:e]
             others = 0.0
             if evidence:
+                assert reads is not None and base_quality is not None and library is not None
                 own = ids[starts[s] : (starts[e] if e < len(starts) else len(cs))]
                 wsum, others = _posterior(reads[own], base_quality[own], g_bc[s:e], library, lut)
             rank = np.lexsort((-cnts, -wsum))

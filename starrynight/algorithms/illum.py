@@ -177,6 +177,7 @@ class MeanAccumulator:
         else:
             self.total += image
         lo = image.reshape(image.shape[0], -1).min(axis=1)
+        assert self.minimum is not None  # set with the first image
         np.minimum(self.minimum, lo, out=self.minimum)
         self.count += 1
 
@@ -197,10 +198,12 @@ class MeanAccumulator:
         other_sum = other.sum
         if other_sum is None:
             return
+        assert other.minimum is not None  # an accumulator with a sum has a minimum
         if self.total is None:
             self.total, self.count = other_sum.copy(), other.count
             self.minimum = other.minimum.copy()
             return
+        assert self.minimum is not None
         if other_sum.shape != self.total.shape:
             raise ValueError(f"image shape {other_sum.shape} differs from {self.total.shape}")
         self.total += other_sum
@@ -374,7 +377,7 @@ def illumination_function(
     shape = mean_image.shape
     if settings.cellprofiler_scaling:
         # CellProfiler loads uint16 as value / 65535 in float32 and resizes in float32.
-        data = (np.asarray(mean_image, np.float64) / UINT16_MAX).astype(np.float32)
+        data: np.ndarray = (np.asarray(mean_image, np.float64) / UINT16_MAX).astype(np.float32)
         unit = UINT16_MAX
     else:
         data = np.asarray(mean_image, np.float64) - dark_level

@@ -78,11 +78,10 @@ def estimate_offset(
     grid = votes if votes.size % width == 0 else np.r_[votes, np.zeros(width - votes.size % width)]
     grid = grid.reshape(-1, width)
     padded = np.pad(grid, 1)
-    smooth = sum(
-        padded[1 + dy : 1 + dy + grid.shape[0], 1 + dx : 1 + dx + grid.shape[1]]
-        for dy in (-1, 0, 1)
-        for dx in (-1, 0, 1)
-    )
+    smooth = np.zeros(grid.shape, padded.dtype)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            smooth += padded[1 + dy : 1 + dy + grid.shape[0], 1 + dx : 1 + dx + grid.shape[1]]
     by, bx = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
     centre = lo + (np.array([by, bx]) + 0.5) * bin_size
     near = np.all(np.abs(diff - centre) <= 1.5 * bin_size, axis=1)

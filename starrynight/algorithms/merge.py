@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import fft as sfft
@@ -315,7 +315,10 @@ class Transform:
 
 
 def similarity(
-    scale: float, rotation_deg: float, translation_um: tuple[float, float], centre=(0.0, 0.0)
+    scale: float,
+    rotation_deg: float,
+    translation_um: tuple[float, float],
+    centre: tuple[float, float] = (0.0, 0.0),
 ) -> Transform:
     """``p -> scale * R(rotation) (p - centre) + centre + translation`` (points y x)."""
     a = math.radians(rotation_deg)
@@ -409,7 +412,7 @@ class Registration:
     iterations: int = 0
 
 
-def _not_registered(reason: str, flag: str, n_cp: int, n_sbs: int, **kw) -> Registration:
+def _not_registered(reason: str, flag: str, n_cp: int, n_sbs: int, **kw: Any) -> Registration:
     return Registration(False, None, reason, (flag,), n_cp, n_sbs, **kw)
 
 
@@ -554,7 +557,9 @@ def mutual_nearest(
     return ok, ia[ok].astype(np.int64), da[ok]
 
 
-def _fit(src: np.ndarray, dst: np.ndarray, params: RegisterParams, rng: np.random.Generator):
+def _fit(
+    src: np.ndarray, dst: np.ndarray, params: RegisterParams, rng: np.random.Generator
+) -> tuple[Transform | None, np.ndarray]:
     """RANSAC fit ``dst ~ T(src)`` (points y x); returns ``(Transform, inlier mask)``."""
     cls = AffineTransform if params.model == "affine" else SimilarityTransform
     model, inliers = ransac(

@@ -294,7 +294,9 @@ def _bin2(a: np.ndarray) -> np.ndarray:
     return 0.25 * (v[0::2, 0::2] + v[1::2, 0::2] + v[0::2, 1::2] + v[1::2, 1::2])
 
 
-def _ncc_direct(template: np.ndarray, image: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+def _ncc_direct(
+    template: np.ndarray, image: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
     """Pearson correlation of ``template`` with ``image`` at offsets ``lo..hi`` (inclusive)."""
     th, tw = template.shape
     t0 = (template - np.float32(template.mean())).ravel()
