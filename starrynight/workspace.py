@@ -180,3 +180,37 @@ def cellprofiler_dir(workspace: str, step: str) -> str:
 def cellprofiler_output_dir(workspace: str, step: str, unit: str) -> str:
     """CellProfiler's output folder (``-o``) for one unit: ``cellprofiler/<step>/<unit>``."""
     return storage.join(cellprofiler_dir(workspace, step), unit)
+
+
+def results_plate_dir(workspace: str, plate: str) -> str:
+    """Per-plate profiles: ``results/<plate>``."""
+    return storage.join(workspace, "results", plate)
+
+
+def plate_cell_profiles_path(workspace: str, plate: str) -> str:
+    """Filtered cells, robust z-scored to the plate's controls: ``<plate>_cells_normalized``."""
+    return storage.join(results_plate_dir(workspace, plate), f"{plate}_cells_normalized.parquet")
+
+
+def plate_guide_profiles_path(workspace: str, plate: str) -> str:
+    """Median z-profile per well x sgRNA of a plate: ``results/<plate>/<plate>_guides.parquet``."""
+    return storage.join(results_plate_dir(workspace, plate), f"{plate}_guides.parquet")
+
+
+def plate_profiles_report_path(workspace: str, plate: str) -> str:
+    """Filter counts and normalisation notes (written last: marks the plate complete)."""
+    return storage.join(results_plate_dir(workspace, plate), f"{plate}_profiles.json")
+
+
+def screen_results_dir(workspace: str) -> str:
+    """Per-screen results: ``results/screen``."""
+    return storage.join(workspace, "results", "screen")
+
+
+def screen_results_path(workspace: str, name: str) -> str:
+    """One per-screen product: ``results/screen/<name>``.
+
+    ``name`` is ``hits.parquet``, ``hits.csv``, ``gene_profiles.parquet``,
+    ``guide_profiles.parquet`` or ``screen.json`` (written last: marks it complete).
+    """
+    return storage.join(screen_results_dir(workspace), name)
