@@ -25,7 +25,9 @@ PLANTED = ("G01", "G02", "G03", "G04", "G05")
 N_FEATURES = 40
 
 
-def _cells(plate: str, well: str, rng: np.random.Generator, control: str = "NTC") -> pd.DataFrame:
+def _cells(
+    plate: str, well: str, rng: np.random.Generator, control: str = "NTC", effect: float = 1.5
+) -> pd.DataFrame:
     """~30 cells per guide: 4 control guides and 15 genes x 2 guides; 5 genes move."""
     guides = [(f"ntc{k}", control) for k in range(4)]
     guides += [(f"G{g:02d}_{k}", f"G{g:02d}") for g in range(1, 16) for k in range(2)]
@@ -39,7 +41,7 @@ def _cells(plate: str, well: str, rng: np.random.Generator, control: str = "NTC"
     x = latent @ rng.normal(size=(8, N_FEATURES)) + rng.normal(size=(n, N_FEATURES))
     x += 5.0 + 3.0 * (plate == "P2")
     for i, gene in enumerate(PLANTED):
-        x[meta["gene_symbol"].to_numpy() == gene, 3 * i : 3 * i + 3] += 1.5
+        x[meta["gene_symbol"].to_numpy() == gene, 3 * i : 3 * i + 3] += effect
     table = pd.DataFrame(x, columns=[f"Cells_Intensity_F{j:02d}_DAPI" for j in range(N_FEATURES)])
     table["Cells_Intensity_Twin_DAPI"] = 2 * table.iloc[:, 10] + 0.01 * rng.normal(size=n)
     table["Cells_AreaShape_Center_X"] = rng.uniform(0, 500, n)
@@ -136,7 +138,8 @@ def test_planted_genes_are_the_hits(screen: Path) -> None:
 
 def test_cell_unit_and_a_gene_with_one_cell(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
-    frame = _cells("P1", "A1", rng)
+    # Single cells are noisier than guide medians: a stronger phenotype.
+    frame = _cells("P1", "A1", rng, effect=8.0)
     lone = frame.iloc[[0]].copy()
     lone[["sgRNA", "gene_symbol"]] = ("LONE_1", "LONE")
     _write(tmp_path, pd.concat([frame, lone], ignore_index=True))
@@ -177,6 +180,6 @@ def test_cli_results(screen: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "hit(s) at q < 0.05" in out and "hits.csv" in out
     with pytest.raises(SystemExit) as exc:
-        main(["results", "hits", "-w", str(screen), "--plates", "NOPE"])
+        main(["results", "hits", "-w", str(screen), "--plates", "NOPE", "--force"])
     assert exc.value.code == 2
     assert "NOPE" in capsys.readouterr().err
