@@ -106,7 +106,12 @@ def normalize_to_controls(
 
 
 def outlier_cells(
-    zscores: np.ndarray, *, z: float = 10.0, fraction: float = 0.1, block_rows: int = 65536
+    zscores: np.ndarray,
+    rows: np.ndarray | None = None,
+    *,
+    z: float = 10.0,
+    fraction: float = 0.1,
+    block_rows: int = 65536,
 ) -> np.ndarray:
     """Cells whose profile is extreme in many features at once (debris, clumps, blur).
 
@@ -114,14 +119,17 @@ def outlier_cells(
     ``|z| > z``. A real phenotype moves some features by a few units; an artefact moves
     most of them by an order of magnitude, so a single feature is never enough.
 
+    ``rows`` (indices) restricts the test to those rows without copying the matrix.
+
     Returns
     -------
     numpy.ndarray
-        Boolean mask, one per row.
+        Boolean mask, one per row (of ``rows`` when given).
     """
-    out = np.zeros(zscores.shape[0], bool)
-    for start in range(0, zscores.shape[0], block_rows):
-        block = zscores[start : start + block_rows]
+    rows = np.arange(zscores.shape[0]) if rows is None else rows
+    out = np.zeros(len(rows), bool)
+    for start in range(0, len(rows), block_rows):
+        block = zscores[rows[start : start + block_rows]]
         finite = np.isfinite(block)
         with np.errstate(invalid="ignore"):
             extreme = (np.abs(block) > z).sum(axis=1)
@@ -200,7 +208,10 @@ def select_features(
 
 
 def group_medians(
-    values: np.ndarray, groups: pd.DataFrame, block_cols: int = 64
+    values: np.ndarray,
+    groups: pd.DataFrame,
+    rows: np.ndarray | None = None,
+    block_cols: int = 64,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Median of ``values`` per distinct row of ``groups`` (NaN ignored).
 
@@ -209,7 +220,9 @@ def group_medians(
     values : numpy.ndarray
         ``(rows, features)``.
     groups : pandas.DataFrame
-        One key row per value row.
+        One key row per value row (per ``rows`` entry when given).
+    rows : numpy.ndarray, optional
+        Row indices of ``values`` to use (read block by block, never copied whole).
     block_cols : int
         Feature columns reduced at a time (bounds the temporary memory).
 
@@ -223,7 +236,8 @@ def group_medians(
     counts = np.bincount(codes, minlength=len(keys))
     out = np.empty((len(keys), values.shape[1]), values.dtype)
     for start in range(0, values.shape[1], block_cols):
-        frame = pd.DataFrame(values[:, start : start + block_cols])
+        cols = slice(start, start + block_cols)
+        frame = pd.DataFrame(values[:, cols] if rows is None else values[rows, cols])
         out[:, start : start + block_cols] = (
             frame.groupby(codes, sort=True).median().reindex(range(len(keys))).to_numpy()
         )

@@ -207,8 +207,8 @@ def plate_profiles(
         )
     outliers = np.zeros(total, bool)
     outliers[kept] = prof.outlier_cells(
-        matrix[kept], z=outlier_z, fraction=outlier_fraction
-    )  # fmt: skip
+        matrix, np.flatnonzero(kept), z=outlier_z, fraction=outlier_fraction
+    )
     kept &= ~outliers
     counts = prof.FilterCounts(
         total=total, no_gene=int(no_gene.sum()), field_edge=int(field_edge.sum()),
@@ -218,7 +218,7 @@ def plate_profiles(
     cell_meta = meta.iloc[rows].reset_index(drop=True)
     _write_cells(cells_uri, cell_meta, matrix, rows, features)
     keys, medians, n_cells = prof.group_medians(
-        matrix[rows], cell_meta[["well", "sgRNA", "gene_symbol"]].astype(str)
+        matrix, cell_meta[["well", "sgRNA", "gene_symbol"]].astype(str), rows
     )
     keys.insert(0, "plate", plate)
     keys["n_cells"] = n_cells
@@ -259,7 +259,10 @@ def _write_cells(
     )  # fmt: skip
     with (
         storage.atomic_local_path(uri, suffix=".parquet") as tmp,
-        pq.ParquetWriter(tmp, schema) as writer,
+        # Dictionary encoding and statistics cost more than they give on float z-scores.
+        pq.ParquetWriter(
+            tmp, schema, use_dictionary=list(CELL_META), write_statistics=False
+        ) as writer,
     ):
         for start in range(0, max(len(rows), 1), block):
             part = rows[start : start + block]
