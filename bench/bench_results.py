@@ -81,19 +81,18 @@ def main() -> None:
         print(
             f"{args.cells} cells x {args.features} features, {args.genes} genes, {args.wells} wells"
         )
-        print(f"baseline: read the feature table      {baseline:7.1f} s")
-        print(
-            f"results profiles (plate)              {t_profiles:7.1f} s  ({t_profiles / baseline:.1f}x baseline)"
+        print(f"baseline: read the feature table   {baseline:7.1f} s")
+        steps = (
+            ("results profiles (plate)", t_profiles),
+            ("results hits (screen, unit guide)", t_hits),
+            ("total (target 300 s)", total),
         )
+        for name, sec in steps:
+            print(f"{name:<34} {sec:7.1f} s  ({sec / baseline:.1f}x baseline)")
+        peak = max(rss_profiles, _rss_gib())
         print(
-            f"results hits (screen, unit guide)     {t_hits:7.1f} s  ({t_hits / baseline:.1f}x baseline)"
-        )
-        print(
-            f"total                                 {total:7.1f} s  ({total / baseline:.1f}x baseline; target 300 s)"
-        )
-        print(
-            f"feature table {table_gib:.2f} GiB; peak RSS {max(rss_profiles, _rss_gib()):.2f} GiB "
-            f"(before {rss0:.2f}; ratio {max(rss_profiles, _rss_gib()) / table_gib:.2f}x the table)"
+            f"feature table {table_gib:.2f} GiB; peak RSS {peak:.2f} GiB "
+            f"(before {rss0:.2f}; {peak / table_gib:.2f}x the table)"
         )
         print(
             f"kept {res.counts.kept} cells; {hits.n_hits} hits of {hits.n_scored} scored genes "
