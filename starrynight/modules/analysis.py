@@ -36,7 +36,9 @@ from starrynight.modules.segment import (
     write_table,
 )
 
-META = ("plate", "well", "site", "cell", "sbs_cell", "barcode", "sgRNA", "gene_symbol")
+META = (
+    "plate", "well", "site", "cell", "sbs_cell", "barcode", "sgRNA", "gene_symbol", "field_edge",
+)  # fmt: skip
 
 #: Leading columns of the per-cell table; the features follow (see :func:`cells_schema`).
 META_FIELDS = [
@@ -51,6 +53,7 @@ META_FIELDS = [
     ("barcode_status", pa.string()),
     ("barcode_reason", pa.string()),
     ("barcode_confidence", pa.float32()),
+    ("field_edge", pa.bool_()),  # the cell touches the site's border (cut off)
 ]
 
 #: Leading columns of the per-gene summary; one ``<feature>_median`` column follows
@@ -154,6 +157,7 @@ def _site_job(*args: Any) -> dict[str, Any]:
         "barcode_status": pa.array(status, pa.string()),
         "barcode_reason": pa.array(reason, pa.string()),
         "barcode_confidence": pa.array(conf, pa.float32()),
+        "field_edge": feat.touches_border(cells, ids),
         **measured,
     }
     return {
