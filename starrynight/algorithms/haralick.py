@@ -19,6 +19,7 @@ variance of the vector P(|i-j|) over the object's levels 0..max; logarithms base
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 from skimage.util import img_as_ubyte
 
 #: The 13 Haralick features in CellProfiler's order.
@@ -37,31 +38,25 @@ def quantise(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(labels > 0, q, 0).astype(np.int64)
 
 
-def _entropy(p: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Base-2 entropy of each row of a dense probability matrix (0 log 0 = 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, -p * np.log2(np.where(p > 0, p, 1.0)), 0.0)
-    return np.bincount(group, terms, minlength=n)
-
-
-def _sparse_sum(key: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys and the sum of ``weight`` per key."""
-    uniq, inverse = np.unique(key, return_inverse=True)
-    return uniq, np.bincount(inverse, weight, minlength=len(uniq))
+        return -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
 
 
 def haralick_direction(
-    labels: np.ndarray, levels: np.ndarray, n: int, offset: tuple[int, int]
+    labels: np.ndarray, levels: np.ndarray, maxv: np.ndarray, offset: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The 13 features of every label ``1..n-1`` for one displacement.
+    """The 13 features of every label ``0..n-1`` for one displacement.
 
     Parameters
     ----------
     labels : numpy.ndarray
-        Label image (int).
+        Label image (int64).
     levels : numpy.ndarray
         Grey levels 0..255 (int64), 0 outside objects (see :func:`quantise`).
-    n : int
-        One more than the largest label.
+    maxv : numpy.ndarray
+        Per label, one more than its highest grey level (mahotas' matrix size).
     offset : tuple of int
         ``(dy, dx)`` already multiplied by the scale.
 
@@ -70,6 +65,7 @@ def haralick_direction(
     tuple of numpy.ndarray
         ``(13, n)`` feature values and the ``(n,)`` number of valid pairs.
     """
+    n = len(maxv)
     dy, dx = offset
     h, w = labels.shape
     ys, ye = max(0, -dy), min(h, h - dy)
@@ -79,17 +75,17 @@ def haralick_direction(
     qa = levels[ys:ye, xs:xe]
     qb = levels[ys + dy : ye + dy, xs + dx : xe + dx]
     ok = (la == lb) & (la > 0) & (qa > 0) & (qb > 0)
-    lab, a, b = la[ok].astype(np.int64), qa[ok], qb[ok]
-    # Symmetric co-occurrence: each pair counts as (a, b) and (b, a).
-    lab = np.concatenate([lab, lab])
-    i = np.concatenate([a, b])
-    j = np.concatenate([b, a])
-    key, count = _sparse_sum((lab << 16) | (i << 8) | j, np.ones(len(lab)))
+    lab, a, b = la[ok], qa[ok], qb[ok]
+    # Symmetric co-occurrence: each pair counts as (a, b) and (b, a). One sort of the
+    # packed keys gives every object's sparse matrix.
+    keys = np.sort(np.concatenate([(lab << 16) | (a << 8) | b, (lab << 16) | (b << 8) | a]))
+    starts = np.flatnonzero(np.diff(keys, prepend=-1))
+    key = keys[starts]
+    count = np.diff(np.append(starts, keys.size)).astype(np.float64)
     lab, i, j = key >> 16, (key >> 8) & 255, key & 255
     total = np.bincount(lab, count, minlength=n)
     p = count / total[lab]
     fi, fj = i.astype(np.float64), j.astype(np.float64)
-    out = np.full((13, n), np.nan)
     asm = np.bincount(lab, p * p, minlength=n)
     d = fi - fj
     contrast = np.bincount(lab, p * d * d, minlength=n)
@@ -102,35 +98,26 @@ def haralick_direction(
     s = fi + fj
     sum_avg = np.bincount(lab, p * s, minlength=n)
     sum_var = np.bincount(lab, p * s * s, minlength=n) - sum_avg**2
-    entropy = _entropy(p, lab, n)
-    # Marginal, sum and difference distributions per object.
-    k, pk = _sparse_sum((lab << 9) | (i + j), p)
-    sum_ent = _entropy(pk, k >> 9, n)
-    k, pk = _sparse_sum((lab << 8) | np.abs(i - j), p)
-    diff_lab = k >> 8
-    diff_ent = _entropy(pk, diff_lab, n)
-    maxv = np.zeros(n)
-    np.maximum.at(maxv, labels.ravel(), levels.ravel().astype(np.float64))
-    maxv += 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        diff_var = np.bincount(diff_lab, pk * pk, minlength=n) / maxv - 1 / maxv**2
-    k, px = _sparse_sum((lab << 8) | i, p)
-    px_lab = k >> 8
-    hx = _entropy(px, px_lab, n)
-    px_full = np.zeros((n, 256))
-    px_full[px_lab, k & 255] = px
     with np.errstate(divide="ignore"):
-        cross = px_full[lab, i] * px_full[lab, j]
-        hxy1 = -np.bincount(lab, p * np.log2(cross), minlength=n)
-    hxy2 = 2 * hx
+        entropy = -np.bincount(lab, p * np.log2(p), minlength=n)
+    # Dense per-object distributions of i + j, |i - j| and i (the marginal).
+    p_sum = np.bincount(lab * 511 + (i + j), p, minlength=n * 511).reshape(n, 511)
+    p_diff = np.bincount(lab * 256 + np.abs(i - j), p, minlength=n * 256).reshape(n, 256)
+    px = np.bincount(lab * 256 + i, p, minlength=n * 256).reshape(n, 256)
+    sum_ent = _entropy(p_sum)
+    diff_ent = _entropy(p_diff)
+    # mahotas: the variance of the vector P(|i-j|) over its maxv entries (sum 1).
+    diff_var = (p_diff**2).sum(axis=1) / maxv - 1 / maxv**2
+    hx = _entropy(px)
+    with np.errstate(divide="ignore"):
+        hxy1 = -np.bincount(lab, p * np.log2(px[lab, i] * px[lab, j]), minlength=n)
+    hxy2 = 2 * hx  # -sum px(i) py(j) log2(px(i) py(j)) with px = py
     with np.errstate(divide="ignore", invalid="ignore"):
         info1 = np.where(hx > 0, (entropy - hxy1) / hx, entropy - hxy1)
     info2 = np.sqrt(np.clip(1 - np.exp(-2 * (hxy2 - entropy)), 0, None))
-    values = (asm, contrast, corr, vx, idm, sum_avg, sum_var, sum_ent, entropy, diff_var,
-              diff_ent, info1, info2)  # fmt: skip
-    for f, v in enumerate(values):
-        out[f] = v
-    return out, total
+    values = np.stack([asm, contrast, corr, vx, idm, sum_avg, sum_var, sum_ent, entropy,
+                       diff_var, diff_ent, info1, info2])  # fmt: skip
+    return values, total
 
 
 def haralick_features(
@@ -162,9 +149,10 @@ def haralick_features(
     labels = np.asarray(labels, np.int64)
     n = int(labels.max(initial=0)) + 1
     levels = quantise(image, labels)
+    maxv = ndi.maximum(levels, labels, np.arange(n)).astype(np.float64) + 1 if n > 1 else np.ones(1)
     per_dir, valid = [], np.ones(n, bool)
     for dy, dx in DIRECTIONS:
-        values, pairs = haralick_direction(labels, levels, n, (dy * scale, dx * scale))
+        values, pairs = haralick_direction(labels, levels, maxv, (dy * scale, dx * scale))
         per_dir.append(values)
         valid &= pairs > 0
     out: dict[str, np.ndarray] = {}
