@@ -67,9 +67,10 @@ SUMMARY_FIELDS = [
 ]
 
 
-def cells_schema(channels: list[str]) -> pa.Schema:
+def cells_schema(channels: list[str], families: tuple[str, ...] = feat.FAMILIES) -> pa.Schema:
     """Schema of a well's per-cell table measured on ``channels`` (normalised names)."""
-    return pa.schema(META_FIELDS + [(n, pa.float64()) for n in feat.feature_names(channels)])
+    names = feat.feature_names(channels, families)
+    return pa.schema(META_FIELDS + [(n, pa.float64()) for n in names])
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,13 @@ def magnification_ratio(ws: str, plate: str) -> float | None:
 
 
 def _site_job(*args: Any) -> dict[str, Any]:
-    ws, plate, well, site, channels, sbs_cells, scales, max_distance = args
+    ws, plate, well, site, channels, sbs_cells, scales, max_distance, families = args
     nuclei = read_mask(workspace.segmentation_mask_path(ws, plate, well, site, "Nuclei"))
     cells = read_mask(workspace.segmentation_mask_path(ws, plate, well, site, "Cells"))
     images = {
         ch: read_image(workspace.corrected_path(ws, plate, well, site, ch), 1)[0] for ch in channels
     }
-    measured = feat.measure_cells(nuclei, cells, images)
+    measured = feat.measure_cells(nuclei, cells, images, families=families)
     ids = measured.pop("label").astype(np.int64)
     n = len(ids)
     cp_pts = np.stack(
@@ -162,7 +163,7 @@ def _site_job(*args: Any) -> dict[str, Any]:
     }
     return {
         "site": site,
-        "table": typed_table(columns, cells_schema(channels)),
+        "table": typed_table(columns, cells_schema(channels, families)),
         "matched": len(match.cp_index),
         "offset": match.offset,
     }
@@ -177,6 +178,7 @@ def analyse_well(
     max_distance: float = 6.0,
     workers: int = 2,
     force: bool = False,
+    families: tuple[str, ...] = feat.FAMILIES,
 ) -> AnalysisResult:
     """Join CP and SBS cells of a well, attach barcode and gene, measure features.
 
@@ -195,6 +197,8 @@ def analyse_well(
         Sites processed in parallel.
     force : bool
         Recompute when the well's table exists.
+    families : tuple of str
+        Feature families measured (see :data:`starrynight.algorithms.features.FAMILIES`).
 
     Returns
     -------
@@ -238,11 +242,11 @@ def analyse_well(
         ratio = magnification_ratio(ws, plate)
         scales = (1.0,) if ratio is None or ratio == 1.0 else (1.0, ratio)
     jobs = [
-        (ws, plate, well, s, channels, {s: by_site.get(s, [])}, scales, max_distance)
+        (ws, plate, well, s, channels, {s: by_site.get(s, [])}, scales, max_distance, families)
         for s in sorted(sites)
     ]
     results, tables = run_well(
-        _site_job, jobs, workers, {"table": (out_uri, cells_schema(channels))}
+        _site_job, jobs, workers, {"table": (out_uri, cells_schema(channels, families))}
     )
     table = tables["table"]
     return AnalysisResult(
