@@ -80,3 +80,32 @@ def test_planted_genes_are_found(tmp_path: Path) -> None:
     assert genes <= called, table
     assert len(called - genes) <= 1, table
     assert res.n_hits == len(called)
+
+
+def test_planted_phenotypes_change_only_their_genes(tmp_path: Path) -> None:
+    from starrynight.errors import UserError
+    from starrynight.sample import parse_phenotypes
+
+    spec = SampleSpec(wells=("A1",), sites=1, cycles=2, size=256, n_barcodes=12, seed=5,
+                      phenotypes=("TP53:nucleus_grow:3",))  # fmt: skip
+    generate(spec, tmp_path / "planted")
+    generate(SampleSpec(**{**spec.__dict__, "phenotypes": ()}), tmp_path / "plain")
+    areas = {}
+    for name in ("planted", "plain"):
+        truth = tmp_path / name / "ground_truth"
+        cells = pq.read_table(truth / "cells.parquet").to_pandas()
+        mask = tifffile.imread(truth / "masks" / PLATE / "A1" / "Site_0_nuclei.tiff")
+        area = np.bincount(mask.ravel())
+        cells["area"] = area[cells["cell_id"]]
+        areas[name] = cells.groupby("gene_symbol")["area"].mean()
+    manifest = json.loads((tmp_path / "planted/ground_truth/manifest.json").read_text())
+    assert manifest["phenotypes"] == [{"gene": "TP53", "effect": "nucleus_grow", "amount": 3.0}]
+    assert manifest["control_label"] == CONTROL_GENE
+    assert areas["planted"]["TP53"] > 1.4 * areas["plain"]["TP53"]
+    others = areas["plain"].index.drop("TP53")
+    np.testing.assert_allclose(areas["planted"][others], areas["plain"][others])
+    for bad, message in (("TP53", "GENE:EFFECT:AMOUNT"), ("TP53:glow:2", "unknown effect"),
+                         ("NTC:nucleus_dim:0.5", "non-targeting"),
+                         ("TP53:nucleus_dim:0", "out of range")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            parse_phenotypes([bad])
