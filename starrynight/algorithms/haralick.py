@@ -75,7 +75,9 @@ def haralick_direction(
     qa = levels[ys:ye, xs:xe]
     qb = levels[ys + dy : ye + dy, xs + dx : xe + dx]
     ok = (la == lb) & (la > 0) & (qa > 0) & (qb > 0)
-    lab, a, b = la[ok], qa[ok], qb[ok]
+    # 32-bit keys sort about twice as fast as 64-bit ones and hold labels below 2^15.
+    dtype = np.int32 if n < 2**15 else np.int64
+    lab, a, b = la[ok].astype(dtype), qa[ok].astype(dtype), qb[ok].astype(dtype)
     # Symmetric co-occurrence: each pair counts as (a, b) and (b, a). One sort of the
     # packed keys gives every object's sparse matrix.
     keys = np.sort(np.concatenate([(lab << 16) | (a << 8) | b, (lab << 16) | (b << 8) | a]))
@@ -101,9 +103,10 @@ def haralick_direction(
     with np.errstate(divide="ignore"):
         entropy = -np.bincount(lab, p * np.log2(p), minlength=n)
     # Dense per-object distributions of i + j, |i - j| and i (the marginal).
-    p_sum = np.bincount(lab * 511 + (i + j), p, minlength=n * 511).reshape(n, 511)
-    p_diff = np.bincount(lab * 256 + np.abs(i - j), p, minlength=n * 256).reshape(n, 256)
-    px = np.bincount(lab * 256 + i, p, minlength=n * 256).reshape(n, 256)
+    lab64 = lab.astype(np.int64)
+    p_sum = np.bincount(lab64 * 511 + (i + j), p, minlength=n * 511).reshape(n, 511)
+    p_diff = np.bincount(lab64 * 256 + np.abs(i - j), p, minlength=n * 256).reshape(n, 256)
+    px = np.bincount(lab64 * 256 + i, p, minlength=n * 256).reshape(n, 256)
     sum_ent = _entropy(p_sum)
     diff_ent = _entropy(p_diff)
     # mahotas: the variance of the vector P(|i-j|) over its maxv entries (sum 1).
