@@ -38,6 +38,7 @@ LOCATION_PATTERNS = (
     "*_AreaShape_Orientation",
     "*_Location_*",
     "*_Number_Object_Number",
+    "*ObjectNumber*",  # a neighbour's label: an identifier, not a measurement
     "*_Parent_*",
     "*_Children_*",
 )
