@@ -429,10 +429,10 @@ def parse_phenotypes(items: Sequence[str]) -> list[tuple[str, str, float]]:
 def default_phenotypes(n: int = 5) -> tuple[str, ...]:
     """``n`` planted phenotypes on the first non-control genes of :data:`GENES`.
 
-    Alternates a larger nucleus (3 px), a dimmer nuclear stain (x0.6) and dimmer
-    cytoplasmic stains (x0.6).
+    Alternates a larger nucleus (3 px) and a dimmer nuclear stain (x0.6): phenotypes
+    that do not depend on how well the cell outlines are found (``cytoplasm_dim`` does).
     """
-    effects = ("nucleus_grow:3", "nucleus_dim:0.6", "cytoplasm_dim:0.6")
+    effects = ("nucleus_grow:3", "nucleus_dim:0.6")
     genes = [g for g in GENES if g != CONTROL_GENE][:n]
     return tuple(f"{g}:{effects[i % len(effects)]}" for i, g in enumerate(genes))
 
