@@ -69,7 +69,7 @@ def test_planted_genes_are_found(tmp_path: Path) -> None:
         segment_well(str(ws), PLATE, well, params=SegmentParams(nuclei=nuclei))
         call_well(str(ws), PLATE, well, barcodes=str(ws.parent / "bc.csv"),
                   params=BarcodeParams(nuclei=nuclei))  # fmt: skip
-        analyse_well(str(ws), PLATE, well, families=("shape", "intensity", "texture"))
+        analyse_well(str(ws), PLATE, well, families=("shape", "intensity"))
     profiles = plate_profiles(str(ws), PLATE, control_label=CONTROL_GENE)
     assert profiles.n_controls >= 50 and profiles.counts.field_edge > 0
     res = screen_hits(str(ws), unit="cell", null_size=5000)
