@@ -332,7 +332,7 @@ def screen_hits(
     top_k : int
         Features listed per gene in ``top_features``.
     force : bool
-        Recompute when ``results/screen/screen.json`` exists.
+        Recompute when ``results/screen/screen.json`` exists for the same plates and unit.
 
     Returns
     -------
@@ -343,14 +343,16 @@ def screen_hits(
     report_uri = workspace.screen_results_path(ws, "screen.json")
     names = ("hits.parquet", "hits.csv", "gene_profiles.parquet", "guide_profiles.parquet")
     outputs = [workspace.screen_results_path(ws, n) for n in names] + [report_uri]
+    available = _profiled_plates(ws)
+    plates = sorted(plates) if plates else available
     if not force and storage.exists(report_uri):
         rep = json.loads(storage.read_bytes(report_uri))
-        return ScreenHits(
-            rep["plates"], rep["unit"], rep["n_genes"], rep["n_scored"], rep["n_hits"],
-            rep["n_features"], rep["dropped"], outputs, skipped=True, hits=rep["hits"],
-        )  # fmt: skip
-    available = _profiled_plates(ws)
-    plates = list(plates) if plates else available
+        # Done only for the same plates and unit: a new plate's profiles redo the screen.
+        if rep["plates"] == plates and rep["unit"] == unit:
+            return ScreenHits(
+                rep["plates"], rep["unit"], rep["n_genes"], rep["n_scored"], rep["n_hits"],
+                rep["n_features"], rep["dropped"], outputs, skipped=True, hits=rep["hits"],
+            )  # fmt: skip
     missing = sorted(set(plates) - set(available))
     if not plates or missing:
         raise UserError(
