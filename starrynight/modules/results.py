@@ -121,13 +121,17 @@ def _read_cells(uris: list[str]) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     for f in files:
         names = set(f.schema_arrow.names)
         meta_cols = [c for c in (*CELL_META, "field_edge", "well_edge") if c in names]
-        for batch in f.iter_batches(batch_size=65536, columns=meta_cols + features):
-            n = batch.num_rows
-            for j in range(len(features)):
-                col = batch.column(len(meta_cols) + j)
-                matrix[row : row + n, j] = col.to_numpy(zero_copy_only=False)
-            metas.append(pa.Table.from_batches([batch.select(meta_cols)]).to_pandas())
-            row += n
+        metas.append(f.read(columns=meta_cols).to_pandas())
+        n = f.metadata.num_rows
+        # A few columns at a time: a whole row group of every feature decoded at once
+        # would cost another copy of the table.
+        for start in range(0, len(features), 32):
+            block = features[start : start + 32]
+            part = f.read(columns=block)
+            for j, name in enumerate(block):
+                matrix[row : row + n, start + j] = part.column(name).to_numpy()
+            del part
+        row += n
     meta = pd.concat(metas, ignore_index=True) if metas else pd.DataFrame()
     return meta, matrix, features
 
