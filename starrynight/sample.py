@@ -55,6 +55,14 @@ GENES = (
     "NTC", "TP53", "MYC", "KRAS", "EGFR", "PTEN", "RB1", "BRCA1", "ATM", "CDK4",
     "MTOR", "AKT1", "PIK3CA", "NF1", "SMAD4", "APC", "CTNNB1", "VHL", "STK11", "KEAP1",
 )  # fmt: skip
+#: Gene symbol of the non-targeting control guides in Barcodes.csv (``GENES[0]``).
+CONTROL_GENE = "NTC"
+#: Phenotypes :func:`plant_phenotypes` knows: effect -> what AMOUNT means.
+PHENOTYPE_EFFECTS = {
+    "nucleus_grow": "pixels the nucleus grows by, inside its own cell",
+    "nucleus_dim": "factor on the nuclear stain (e.g. 0.6)",
+    "cytoplasm_dim": "factor on the non-nuclear stains (e.g. 0.6)",
+}
 CP_START = datetime(2024, 1, 15, 9, 30, 0)
 MAX_SHIFT = 30.0
 MAX_CP_SBS_OFFSET = 12.0
@@ -89,6 +97,10 @@ class SampleSpec:
         Number of distinct sgRNAs in Barcodes.csv.
     nucleus_radius : float
         Mean nucleus radius in pixels.
+    phenotypes : tuple of str
+        Known phenotypes planted in the cells of some genes, each ``GENE:EFFECT:AMOUNT``
+        (see :data:`PHENOTYPE_EFFECTS`), e.g. ``TP53:nucleus_grow:3``. Empty (the
+        default) leaves the output byte-identical to a sample without phenotypes.
     workers : int
         Processes generating sites in parallel (does not change the output).
     geometry : {"shared", "real"}
@@ -124,6 +136,7 @@ class SampleSpec:
     camera_offset: int = 100
     n_barcodes: int = 24
     nucleus_radius: float = 9.0
+    phenotypes: tuple[str, ...] = ()
     workers: int = 2
     geometry: str = "shared"
     cp_grid: tuple[int, int] = (4, 4)
@@ -176,6 +189,7 @@ class SampleSpec:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        parse_phenotypes(self.phenotypes)
         _check_names("plate", self.plates, r"[A-Za-z0-9][A-Za-z0-9_.-]*")
         _check_names("well", self.wells, r"[A-Za-z]{0,2}[0-9]{1,3}")
         for name, value in (("dataset", self.dataset), ("source", self.source)):
@@ -325,6 +339,10 @@ def _write_manifest(spec: SampleSpec, truth: Path, dataset_root: Path) -> None:
         ),
         "illumination": "raw = camera_offset + Poisson(field * signal) + read noise",
         "crosstalk": {f"{a}->{b}": v for (a, b), v in CROSSTALK.items()},
+        "control_label": CONTROL_GENE,
+        "phenotypes": [
+            {"gene": g, "effect": e, "amount": a} for g, e, a in parse_phenotypes(spec.phenotypes)
+        ],
     }
     if spec.geometry == "real":
         manifest["geometry"] = (
@@ -467,6 +485,79 @@ def _write_table(path: Path, rows: list[dict]) -> None:
 # --------------------------------------------------------------------------- scene
 
 
+def parse_phenotypes(items: Sequence[str]) -> list[tuple[str, str, float]]:
+    """Parse ``GENE:EFFECT:AMOUNT`` items into ``(gene, effect, amount)``.
+
+    Raises
+    ------
+    UserError
+        Naming the item that is malformed, has an unknown effect, an amount out of
+        range, targets the control gene or repeats a gene.
+    """
+    out: list[tuple[str, str, float]] = []
+    for item in items:
+        parts = item.split(":")
+        if len(parts) != 3 or not parts[0]:
+            raise UserError(f"phenotype {item!r}: expected GENE:EFFECT:AMOUNT")
+        gene, effect, amount_text = parts
+        if effect not in PHENOTYPE_EFFECTS:
+            raise UserError(
+                f"phenotype {item!r}: unknown effect {effect!r}; expected one of "
+                f"{', '.join(PHENOTYPE_EFFECTS)}"
+            )
+        try:
+            amount = float(amount_text)
+        except ValueError:
+            raise UserError(f"phenotype {item!r}: amount {amount_text!r} is not a number") from None
+        ok = 1 <= amount <= 20 if effect == "nucleus_grow" else 0 < amount <= 10
+        if not ok:
+            raise UserError(
+                f"phenotype {item!r}: amount out of range "
+                f"({'1..20 pixels' if effect == 'nucleus_grow' else 'a factor in (0, 10]'})"
+            )
+        if gene == CONTROL_GENE:
+            raise UserError(f"phenotype {item!r}: {CONTROL_GENE} is the non-targeting control")
+        if gene in {g for g, _, _ in out}:
+            raise UserError(f"phenotype {item!r}: gene {gene} is given twice")
+        out.append((gene, effect, amount))
+    return out
+
+
+def default_phenotypes(n: int = 5) -> tuple[str, ...]:
+    """``n`` planted phenotypes on the first non-control genes of :data:`GENES`.
+
+    Alternates a larger nucleus (3 px) and a dimmer nuclear stain (x0.6): phenotypes
+    that do not depend on how well the cell outlines are found (``cytoplasm_dim`` does).
+    """
+    effects = ("nucleus_grow:3", "nucleus_dim:0.6")
+    genes = [g for g in GENES if g != CONTROL_GENE][:n]
+    return tuple(f"{g}:{effects[i % len(effects)]}" for i, g in enumerate(genes))
+
+
+def plant_phenotypes(
+    scene: _Scene, barcodes: list[tuple[str, str]], phenotypes: list[tuple[str, str, float]]
+) -> None:
+    """Change the scene's cells of the planted genes in place (draws no random numbers).
+
+    ``nucleus_grow`` dilates each such nucleus by ``amount`` pixels inside its own cell
+    (the cell outline stays: only the nucleus/cytoplasm split moves); the ``*_dim``
+    effects scale the cell's stain brightness.
+    """
+    genes = np.array([g for _, g in barcodes] + [""], dtype=object)
+    gene_of = genes[scene.barcode_of]  # barcode_of == -1 (background) -> ""
+    for gene, effect, amount in phenotypes:
+        hit = gene_of == gene
+        hit[0] = False
+        if effect == "nucleus_dim":
+            scene.brightness[hit] *= amount
+        elif effect == "cytoplasm_dim":
+            scene.cyto[hit] *= amount
+        else:
+            grown = expand_labels(scene.nuclei, distance=amount)
+            grow = hit[grown] & (grown == scene.cells) & (scene.nuclei == 0)
+            scene.nuclei[grow] = grown[grow]
+
+
 def _make_scene(spec: SampleSpec, rng: np.random.Generator, pad: int, n_barcodes: int) -> _Scene:
     n = spec.size + 2 * pad
     r = spec.nucleus_radius
@@ -596,6 +687,8 @@ def _generate_site(job: _SiteJob, barcodes: list[tuple[str, str]]) -> dict:
     rng = np.random.default_rng([spec.seed, job.plate_index, job.well_index, job.site])
     pad = int(np.ceil(MAX_SHIFT + MAX_CP_SBS_OFFSET + 4 * PSF_SIGMA)) + 4
     scene = _make_scene(spec, rng, pad, len(barcodes))
+    if spec.phenotypes:
+        plant_phenotypes(scene, barcodes, parse_phenotypes(spec.phenotypes))
     photons = 3000.0 / spec.noise if spec.noise > 0 else 3000.0
     plate, well = spec.plates[job.plate_index], spec.wells[job.well_index]
     n = spec.size

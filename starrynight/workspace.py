@@ -280,3 +280,37 @@ def qc_index_path(workspace: str, plate: str, gate: str) -> str:
 def qc_figure_path(workspace: str, plate: str, gate: str, name: str, ext: str) -> str:
     """A figure of a report (``ext`` ``png``) or its data (``parquet``): ``.../<name>.<ext>``."""
     return storage.join(qc_report_dir(workspace, plate, gate), f"{name}.{ext}")
+
+
+def results_plate_dir(workspace: str, plate: str) -> str:
+    """Per-plate profiles: ``results/<plate>``."""
+    return storage.join(workspace, "results", plate)
+
+
+def plate_cell_profiles_path(workspace: str, plate: str) -> str:
+    """Filtered cells, robust z-scored to the plate's controls: ``<plate>_cells_normalized``."""
+    return storage.join(results_plate_dir(workspace, plate), f"{plate}_cells_normalized.parquet")
+
+
+def plate_guide_profiles_path(workspace: str, plate: str) -> str:
+    """Median z-profile per well x sgRNA of a plate: ``results/<plate>/<plate>_guides.parquet``."""
+    return storage.join(results_plate_dir(workspace, plate), f"{plate}_guides.parquet")
+
+
+def plate_profiles_report_path(workspace: str, plate: str) -> str:
+    """Filter counts and normalisation notes (written last: marks the plate complete)."""
+    return storage.join(results_plate_dir(workspace, plate), f"{plate}_profiles.json")
+
+
+def screen_results_dir(workspace: str) -> str:
+    """Per-screen results: ``results/screen``."""
+    return storage.join(workspace, "results", "screen")
+
+
+def screen_results_path(workspace: str, name: str) -> str:
+    """One per-screen product: ``results/screen/<name>``.
+
+    ``name`` is ``hits.parquet``, ``hits.csv``, ``gene_profiles.parquet``,
+    ``guide_profiles.parquet`` or ``screen.json`` (written last: marks it complete).
+    """
+    return storage.join(screen_results_dir(workspace), name)

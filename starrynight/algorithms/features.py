@@ -1,23 +1,56 @@
-"""Per-cell phenotype measurements with CellProfiler-style column names.
+"""Per-cell phenotype measurements: CellProfiler's families, with CellProfiler's names.
 
-Shape (moments, perimeter), intensity statistics, quantiles and texture are computed
-for all objects at once with ``bincount`` and one sort, rather than with
-``skimage.measure.regionprops_table``'s per-object loop, which costs about a second
-per thousand objects; a test checks the values against ``regionprops``.
+For nuclei, cells and cytoplasm (the cell minus its nucleus), every family that PCPIP's
+9_Analysis pipeline reports:
 
-Column names follow CellProfiler: ``<Object>_AreaShape_<Feature>``,
-``<Object>_Intensity_<Feature>_<Channel>``, ``<Object>_Texture_<Feature>_<Channel>``.
+=================  ===========================================  =======================
+family             CellProfiler module                          computed by
+=================  ===========================================  =======================
+``shape``          MeasureObjectSizeShape (+ Zernike, Feret)    ``cp_measure``
+``intensity``      MeasureObjectIntensity (CellProfiler         ``cp_measure``
+                   quartiles, ``legacy=True``)
+``texture``        MeasureTexture (Haralick, 256 levels,        ours
+                   4 directions, several scales)                (:mod:`.haralick`)
+``granularity``    MeasureGranularity                           ``cp_measure``
+``radial``         MeasureObjectIntensityDistribution           ``cp_measure``
+``colocalization`` MeasureColocalization (Pearson, slope,       ``cp_measure``
+                   Manders, RWC) per channel pair
+``neighbors``      MeasureObjectNeighbors (expand until         ``cp_measure``
+                   adjacent)
+=================  ===========================================  =======================
+
+``cp_measure`` reimplements CellProfiler's modules function by function; texture is
+our own because CellProfiler's per-object mahotas call costs ~100x more for the same
+numbers (``tests/starrynight/test_features_haralick.py`` shows agreement to 1e-9,
+``bench/bench_features.py`` both speeds). Columns: ``<Object>_<Family>_<Feature>_<Ch>
+[_<suffix>]`` as CellProfiler writes them (``Cells_Texture_Contrast_DAPI_3_00_256``,
+``Nuclei_Intensity_MeanIntensity_DAPI``, ``Cytoplasm_RadialDistribution_FracAtD_DAPI_1of4``,
+``Cells_Correlation_Correlation_DAPI_Mito``, ``Cells_AreaShape_Zernike_2_2``).
 Intensities are scaled to [0, 1] by the dtype's range, as CellProfiler does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import itertools
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
 
-QUANTILES = {"LowerQuartileIntensity": 0.25, "MedianIntensity": 0.5, "UpperQuartileIntensity": 0.75}
+from starrynight.algorithms.haralick import haralick_features
+
+OBJECTS = ("Nuclei", "Cells", "Cytoplasm")
+FAMILIES = ("shape", "intensity", "texture", "granularity", "radial", "colocalization", "neighbors")
+TEXTURE_SCALES = (3, 5, 10)
+#: cp_measure's MeasureObjectNeighbors columns ("expand until adjacent"), in its order.
+NEIGHBOURS = tuple(
+    f"Neighbors_{k}_Expanded"
+    for k in ("NumberOfNeighbors", "FirstClosestObjectNumber", "FirstClosestDistance",
+              "SecondClosestObjectNumber", "SecondClosestDistance", "AngleBetweenNeighbors",
+              "PercentTouching")
+)  # fmt: skip
+NEIGHBOUR_ZERO = {NEIGHBOURS[0], NEIGHBOURS[-1]}
 
 
 def _scale(image: np.ndarray) -> np.ndarray:
@@ -26,166 +59,161 @@ def _scale(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float64)
 
 
-def shape_features(labels: np.ndarray, ids: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
-    """Size and shape of the objects ``ids`` (rows in that order; absent ids give NaN).
-
-    Moments come from ``bincount`` over all objects at once (the per-object loop of
-    ``regionprops`` costs ~1 s per thousand objects). ``Perimeter`` counts exposed
-    pixel edges times π/4 (the Crofton correction that makes it unbiased for
-    isotropic shapes); ``FormFactor`` is 4πA/P²; ``Extent`` is area over bounding-box
-    area; axes, ``Eccentricity`` and ``Orientation`` (radians, from the row axis)
-    are those of the ellipse with the same second moments, as in ``regionprops``.
-
-    Returns
-    -------
-    dict of str to numpy.ndarray
-        ``<prefix>_AreaShape_*`` columns.
-    """
-    n = max(int(labels.max(initial=0)), int(ids.max(initial=0))) + 1
-    lab = labels.ravel()
-    yy, xx = np.indices(labels.shape)
-    yy, xx = yy.ravel().astype(np.float64), xx.ravel().astype(np.float64)
-    area = np.bincount(lab, minlength=n).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cy = np.bincount(lab, yy, minlength=n) / area
-        cx = np.bincount(lab, xx, minlength=n) / area
-        dy, dx = yy - cy[lab], xx - cx[lab]
-        # Central moments over area, as regionprops (no Bessel correction).
-        myy = np.bincount(lab, dy * dy, minlength=n) / area
-        mxx = np.bincount(lab, dx * dx, minlength=n) / area
-        mxy = np.bincount(lab, dy * dx, minlength=n) / area
-        common = np.sqrt(((myy - mxx) / 2) ** 2 + mxy**2)
-        l1 = (myy + mxx) / 2 + common
-        l2 = np.clip((myy + mxx) / 2 - common, 0, None)
-        major, minor = 4 * np.sqrt(l1), 4 * np.sqrt(l2)
-        ecc = np.sqrt(np.clip(1 - l2 / l1, 0, 1))
-        orient = 0.5 * np.arctan2(2 * mxy, myy - mxx)
-    padded = np.pad(labels, 1)
-    edges = np.zeros(n)
-    for a, b in ((padded[1:, :], padded[:-1, :]), (padded[:, 1:], padded[:, :-1])):
-        diff = a != b
-        edges += np.bincount(a[diff], minlength=n)[:n] + np.bincount(b[diff], minlength=n)[:n]
-    perim = edges * np.pi / 4
-    boxes = ndi.find_objects(labels, max_label=n - 1)
-    box_area = np.full(n, np.nan)
-    for i, sl in enumerate(boxes, start=1):
-        if sl is not None:
-            box_area[i] = (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start)
-    present = area[ids] > 0
-
-    def col(values: np.ndarray) -> np.ndarray:
-        return np.where(present, values[ids], np.nan)
-
-    c = f"{prefix}_AreaShape"
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {
-            f"{c}_Area": col(area),
-            f"{c}_Perimeter": col(perim),
-            f"{c}_FormFactor": col(np.where(perim > 0, 4 * np.pi * area / perim**2, np.nan)),
-            f"{c}_Extent": col(area / box_area),
-            f"{c}_MajorAxisLength": col(major),
-            f"{c}_MinorAxisLength": col(minor),
-            f"{c}_Eccentricity": col(ecc),
-            f"{c}_Orientation": col(orient),
-            f"{c}_Center_Y": col(cy),
-            f"{c}_Center_X": col(cx),
-        }
+def cytoplasm(nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Cell labels with the nuclei removed (CellProfiler's IdentifyTertiaryObjects)."""
+    return np.where(nuclei > 0, 0, cells)
 
 
-def intensity_features(
-    labels: np.ndarray, image: np.ndarray, ids: np.ndarray, prefix: str, channel: str
-) -> dict[str, np.ndarray]:
-    """Intensity statistics of one channel over the objects ``ids``.
+def touches_border(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """True for the ``ids`` whose object touches the image border (cut off by the field)."""
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    return np.isin(ids, edge[edge > 0])
 
-    Returns
-    -------
-    dict of str to numpy.ndarray
-        Mean, integrated, standard deviation, min, max, quartiles and median of
-        ``image`` (scaled to [0, 1]) inside each object; NaN for absent objects.
-    """
-    img = _scale(image).ravel()
-    lab = labels.ravel()
-    n = max(int(lab.max(initial=0)), int(ids.max(initial=0))) + 1
-    inside = lab > 0
-    lab_in, img_in = lab[inside], img[inside]
-    count = np.bincount(lab_in, minlength=n).astype(np.float64)
-    total = np.bincount(lab_in, img_in, minlength=n)
-    sq = np.bincount(lab_in, img_in**2, minlength=n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = total / count
-        var = np.clip(sq / count - mean**2, 0, None)
-    # One float sort on label + rank-preserving fraction is ~4x faster than lexsort.
-    lo, hi = (float(img_in.min()), float(img_in.max())) if img_in.size else (0.0, 1.0)
-    key = lab_in + 0.5 * (img_in - lo) / ((hi - lo) or 1.0)
-    sorted_vals = img_in[np.argsort(key)]
-    start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
-    present = count[ids] > 0
-    c = f"{prefix}_Intensity"
-    out = {
-        f"{c}_MeanIntensity_{channel}": np.where(present, mean[ids], np.nan),
-        f"{c}_IntegratedIntensity_{channel}": np.where(present, total[ids], np.nan),
-        f"{c}_StdIntensity_{channel}": np.where(present, np.sqrt(var[ids]), np.nan),
-    }
-    first = start[ids]
-    last = first + count[ids].astype(np.int64) - 1
-    safe_first = np.where(present, first, 0)
-    safe_last = np.where(present, last, 0)
-    out[f"{c}_MinIntensity_{channel}"] = np.where(present, sorted_vals[safe_first], np.nan)
-    out[f"{c}_MaxIntensity_{channel}"] = np.where(present, sorted_vals[safe_last], np.nan)
-    for name, q in QUANTILES.items():
-        pos = np.where(present, first + np.floor(q * (count[ids] - 1)).astype(np.int64), 0)
-        out[f"{c}_{name}_{channel}"] = np.where(present, sorted_vals[pos], np.nan)
+
+def _cp() -> dict[str, Callable[..., dict[str, np.ndarray]]]:
+    from cp_measure.bulk import get_core_measurements, get_correlation_measurements
+
+    # Labels are relabelled to 1..N here (see _per_object); legacy: CellProfiler's n*q
+    # quartiles.
+    core = get_core_measurements(legacy=True, sanitize=False)
+    return {**core, **get_correlation_measurements(sanitize=False)}
+
+
+def _per_object(
+    labels: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Labels relabelled 1..N, the original id of each, and its row in ``ids``."""
+    from cp_measure._sanitize import sanitize_masks
+
+    clean, present = sanitize_masks(labels)
+    if present.size == 0:
+        return None
+    rows = np.searchsorted(ids, present)
+    ok = (rows < len(ids)) & (ids[np.minimum(rows, len(ids) - 1)] == present)
+    if not ok.all():
+        # An object without a cell of the same id: not a row of the table.
+        clean = np.where(np.isin(labels, present[~ok]), 0, labels)
+        return _per_object(clean, ids)
+    return clean.astype(np.int32), present, rows
+
+
+def _place(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    v = np.asarray(values, np.float64).ravel()
+    out[rows] = v[: len(rows)]
     return out
 
 
-def texture_features(
-    labels: np.ndarray, image: np.ndarray, ids: np.ndarray, prefix: str, channel: str
+def _channel_name(key: str, channel: str) -> str:
+    """cp_measure key -> CellProfiler column tail with the channel in its place."""
+    parts = key.split("_")
+    if parts[0] == "Location":  # Location_CenterMassIntensity_X -> ..._X_<Ch>
+        return f"{key}_{channel}"
+    return "_".join([parts[0], parts[1], channel, *parts[2:]])
+
+
+def _shape_families(
+    obj: str, clean: np.ndarray, rows: np.ndarray, n: int, families: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """Texture of one channel at a one-pixel scale inside each object.
+    """Size/shape (with Zernike and Feret) and neighbours: the families without images."""
+    cp = _cp()
+    out: dict[str, np.ndarray] = {}
+    if "shape" in families:
+        for fn in ("sizeshape", "zernike", "feret"):
+            kw = {"calculate_advanced": False} if fn == "sizeshape" else {}
+            for key, v in cp[fn](clean, None, **kw).items():
+                out[f"{obj}_AreaShape_{key}"] = _place(v, rows, n)
+    if "neighbors" in families and obj != "Cytoplasm":
+        from cp_measure.multimask.measureobjectneighbors import measureobjectneighbors
 
-    ``Contrast``: mean squared difference between horizontally and vertically
-    adjacent pixel pairs of the object (GLCM contrast at distance 1, without grey-level
-    binning). ``Gradient``: mean absolute difference of those pairs. ``CoV``: standard
-    deviation over mean.
+        if len(rows) >= 2:
+            neighbours = measureobjectneighbors(clean, clean)
+        else:  # cp_measure fails on a lone object; CellProfiler: no neighbours
+            neighbours = {k: [0.0 if k in NEIGHBOUR_ZERO else np.nan] for k in NEIGHBOURS}
+        for key, v in neighbours.items():
+            out[f"{obj}_{key}"] = _place(v, rows, n)
+    return out
 
-    Returns
-    -------
-    dict of str to numpy.ndarray
-    """
-    img = _scale(image)
-    n = max(int(labels.max(initial=0)), int(ids.max(initial=0))) + 1
-    sq = np.zeros(n)
-    ab = np.zeros(n)
-    pairs = np.zeros(n)
-    for a_lab, b_lab, a_img, b_img in (
-        (labels[:, :-1], labels[:, 1:], img[:, :-1], img[:, 1:]),
-        (labels[:-1, :], labels[1:, :], img[:-1, :], img[1:, :]),
-    ):
-        same = (a_lab == b_lab) & (a_lab > 0)
-        lab = a_lab[same]
-        d = a_img[same] - b_img[same]
-        sq += np.bincount(lab, d**2, minlength=n)
-        ab += np.bincount(lab, np.abs(d), minlength=n)
-        pairs += np.bincount(lab, minlength=n)
-    flat_lab = labels.ravel()
-    count = np.bincount(flat_lab, minlength=n).astype(np.float64)
-    total = np.bincount(flat_lab, img.ravel(), minlength=n)
-    total2 = np.bincount(flat_lab, img.ravel() ** 2, minlength=n)
-    c = f"{prefix}_Texture"
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = total / count
-        sd = np.sqrt(np.clip(total2 / count - mean**2, 0, None))
-        return {
-            f"{c}_Contrast_{channel}_1": np.where(pairs[ids] > 0, sq[ids] / pairs[ids], np.nan),
-            f"{c}_Gradient_{channel}_1": np.where(pairs[ids] > 0, ab[ids] / pairs[ids], np.nan),
-            f"{c}_CoV_{channel}": np.where(mean[ids] > 0, sd[ids] / mean[ids], np.nan),
-        }
+
+def _channel_families(
+    obj: str, clean: np.ndarray, rows: np.ndarray, n: int, ch: str, image: np.ndarray,
+    families: Sequence[str], texture_scales: Sequence[int],
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Intensity, texture, granularity and radial distribution of one channel."""
+    cp = _cp()
+    out: dict[str, np.ndarray] = {}
+    if "intensity" in families:
+        for key, v in cp["intensity"](clean, image).items():
+            if key.endswith("_Z"):  # 2-D images: no Z
+                continue
+            out[f"{obj}_{_channel_name(key, ch)}"] = _place(v, rows, n)
+    if "texture" in families:
+        for scale in texture_scales:
+            for key, v in haralick_features(clean, image, scale).items():
+                feat, _, suffix = key.partition("_")  # Contrast_3_00_256
+                out[f"{obj}_Texture_{feat}_{ch}_{suffix}"] = _place(v, rows, n)
+    if "granularity" in families:
+        for key, v in cp["granularity"](clean, image).items():
+            out[f"{obj}_{_channel_name(key, ch)}"] = _place(v, rows, n)
+    if "radial" in families:
+        for key, v in cp["radial_distribution"](clean, image).items():
+            name = key.replace("RadialDistribution_", "")
+            feat, _, suffix = name.partition("_")
+            out[f"{obj}_RadialDistribution_{feat}_{ch}_{suffix}"] = _place(v, rows, n)
+    return out
+
+
+def _colocalization(
+    obj: str, clean: np.ndarray, rows: np.ndarray, n: int, channels: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Pearson, slope, Manders and RWC of every channel pair."""
+    cp = _cp()
+    out: dict[str, np.ndarray] = {}
+    for (a, ia), (b, ib) in itertools.combinations(channels.items(), 2):
+        r = cp["pearson"](ia, ib, clean)
+        out[f"{obj}_Correlation_Correlation_{a}_{b}"] = _place(r["Correlation_Pearson"], rows, n)
+        out[f"{obj}_Correlation_Slope_{a}_{b}"] = _place(r["Correlation_Slope"], rows, n)
+        for fn, name in (("manders_fold", "Manders"), ("rwc", "RWC")):
+            r = cp[fn](ia, ib, clean)
+            out[f"{obj}_Correlation_{name}_{a}_{b}"] = _place(r[f"Correlation_{name}_1"], rows, n)
+            out[f"{obj}_Correlation_{name}_{b}_{a}"] = _place(r[f"Correlation_{name}_2"], rows, n)
+    return out
+
+
+def _object_families(
+    obj: str,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    channels: Mapping[str, np.ndarray],
+    families: Sequence[str],
+    texture_scales: Sequence[int],
+) -> dict[str, np.ndarray]:
+    n = len(ids)
+    placed = _per_object(labels, ids)
+    if placed is None:
+        return {}
+    clean, _, rows = placed
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # Undefined measurements (one-pixel objects, flat images) are NaN, as in
+        # CellProfiler; their warnings say nothing more.
+        warnings.simplefilter("ignore")
+        out = _shape_families(obj, clean, rows, n, families)
+        for ch, image in channels.items():
+            out.update(_channel_families(obj, clean, rows, n, ch, image, families, texture_scales))
+        if "colocalization" in families:
+            out.update(_colocalization(obj, clean, rows, n, channels))
+    return out
 
 
 def measure_cells(
-    nuclei: np.ndarray, cells: np.ndarray, channels: Mapping[str, np.ndarray]
+    nuclei: np.ndarray,
+    cells: np.ndarray,
+    channels: Mapping[str, np.ndarray],
+    *,
+    families: Sequence[str] = FAMILIES,
+    texture_scales: Sequence[int] = TEXTURE_SCALES,
 ) -> dict[str, np.ndarray]:
-    """All features of every cell: shape of nucleus and cell, intensity and texture.
+    """Every feature of every cell, for its nucleus, the cell and its cytoplasm.
 
     Parameters
     ----------
@@ -193,37 +221,77 @@ def measure_cells(
         Label images sharing ids (cell ``i`` contains nucleus ``i``).
     channels : mapping of str to numpy.ndarray
         Normalised channel name to image (same shape as the labels).
+    families : sequence of str
+        Subset of :data:`FAMILIES`.
+    texture_scales : sequence of int
+        Haralick distances in pixels.
 
     Returns
     -------
     dict of str to numpy.ndarray
-        ``label`` plus one column per feature, one row per cell label, sorted.
+        ``label`` plus one float64 column per feature (the names of
+        :func:`feature_names`, in that order), one row per cell label, sorted; NaN
+        where an object is absent (a cell without a nucleus) or a value is undefined.
     """
-    ids = np.unique(cells)
-    ids = ids[ids > 0].astype(np.int64)
-    # No early return without cells: every column is there (empty), so tables of
-    # empty sites have the same columns as the others.
-    out: dict[str, np.ndarray] = {"label": ids.astype(np.int32)}
-    out |= shape_features(nuclei, ids, "Nuclei")
-    out |= shape_features(cells, ids, "Cells")
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown feature families {sorted(unknown)}; expected {FAMILIES}")
     for name, image in channels.items():
         if image.shape != cells.shape:
             raise ValueError(f"channel {name}: shape {image.shape} differs from {cells.shape}")
-        out |= intensity_features(nuclei, image, ids, "Nuclei", name)
-        out |= intensity_features(cells, image, ids, "Cells", name)
-        out |= texture_features(cells, image, ids, "Cells", name)
+    if nuclei.shape != cells.shape:
+        raise ValueError(f"nuclei shape {nuclei.shape} differs from cells {cells.shape}")
+    ids = np.unique(cells)
+    ids = ids[ids > 0].astype(np.int64)
+    scaled = {ch: _scale(img) for ch, img in channels.items()}
+    names = feature_names(tuple(channels), tuple(families), tuple(texture_scales))
+    measured: dict[str, np.ndarray] = {}
+    if ids.size:
+        objects = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cytoplasm(nuclei, cells)}
+        for obj, labels in objects.items():
+            measured |= _object_families(obj, labels, ids, scaled, families, texture_scales)
+    out: dict[str, np.ndarray] = {"label": ids.astype(np.int32)}
+    # Every column, in one order, even for objects absent from this site (an empty
+    # site's table has the well's schema).
+    for name in names:
+        out[name] = measured.get(name, np.full(len(ids), np.nan))
     return out
 
 
-def feature_names(channels: list[str] | tuple[str, ...]) -> list[str]:
+def feature_names(
+    channels: Sequence[str],
+    families: Sequence[str] = FAMILIES,
+    texture_scales: Sequence[int] = TEXTURE_SCALES,
+) -> list[str]:
     """Names of the feature columns :func:`measure_cells` gives for ``channels``, in order.
+
+    Found by measuring a small synthetic site (two cells with nuclei), so they are
+    exactly what the measurement functions produce.
 
     Examples
     --------
-    >>> names = feature_names(["DAPI"])
-    >>> names[0], "Cells_Intensity_MeanIntensity_DAPI" in names
-    ('Nuclei_AreaShape_Area', True)
+    >>> names = feature_names(("DAPI",))
+    >>> "Cells_Texture_Contrast_DAPI_3_00_256" in names, "Cytoplasm_AreaShape_Area" in names
+    (True, True)
     """
-    empty = np.zeros((1, 1), np.int32)
-    measured = measure_cells(empty, empty, {c: np.zeros((1, 1), np.uint16) for c in channels})
-    return [name for name in measured if name != "label"]
+    return list(_feature_names(tuple(channels), tuple(families), tuple(texture_scales)))
+
+
+@functools.lru_cache(maxsize=32)
+def _feature_names(
+    channels: tuple[str, ...], families: tuple[str, ...], texture_scales: tuple[int, ...]
+) -> tuple[str, ...]:
+    yy, xx = np.mgrid[0:48, 0:64]
+    cells = np.zeros((48, 64), np.int32)
+    cells[(yy - 24) ** 2 + (xx - 18) ** 2 < 15**2] = 1
+    cells[(yy - 24) ** 2 + (xx - 46) ** 2 < 13**2] = 2
+    nuclei = np.where(((yy - 24) ** 2 + (xx - 18) ** 2 < 6**2), 1, 0)
+    nuclei = np.where(((yy - 24) ** 2 + (xx - 46) ** 2 < 5**2), 2, nuclei).astype(np.int32)
+    rng = np.random.default_rng(0)
+    images = {ch: rng.uniform(0.1, 0.9, cells.shape) for ch in channels}
+    ids = np.array([1, 2], np.int64)
+    names: list[str] = []
+    objects = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cytoplasm(nuclei, cells)}
+    for obj, labels in objects.items():
+        names += list(_object_families(obj, labels, ids, images, families, texture_scales))
+    return tuple(names)

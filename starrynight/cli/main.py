@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "segcheck": "starrynight.cli.segment:segcheck",
     "barcodes": "starrynight.cli.barcodes:barcodes",
     "analysis": "starrynight.cli.analysis:analysis",
+    "results": "starrynight.cli.results:results",
     "cp": "starrynight.cli.cp:cp",
     "qc": "starrynight.cli.qc:qc",
 }

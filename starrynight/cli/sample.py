@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from starrynight.cli.options import comma_list
-from starrynight.sample import SampleSpec, generate
+from starrynight.sample import SampleSpec, default_phenotypes, generate
 
 
 def _grid(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -55,6 +55,11 @@ def sample() -> None:
 )  # fmt: skip
 @click.option("--barcodes", "n_barcodes", default=24, show_default=True, type=int,
               help="Number of sgRNAs in Barcodes.csv.")  # fmt: skip
+@click.option(
+    "--phenotypes", callback=comma_list,
+    help="Planted phenotypes GENE:EFFECT:AMOUNT,... (nucleus_grow, nucleus_dim, "
+    "cytoplasm_dim), or 'default' for 5 genes [none].",
+)  # fmt: skip
 @click.option("--workers", default=2, show_default=True, type=int, help="Parallel processes.")
 @click.option(
     "--geometry", type=click.Choice(["shared", "real"]), default="real", show_default=True,
@@ -84,6 +89,8 @@ def sample() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 def generate_cmd(out: str, overwrite: bool, **options: object) -> None:
     """Write a sample OPS dataset (Cell Painting + SBS cycles) and its ground truth."""
+    if options["phenotypes"] == ("default",):
+        options["phenotypes"] = default_phenotypes()
     spec = SampleSpec(**options)  # type: ignore[arg-type]
     result = generate(spec, out, overwrite=overwrite)
     if spec.geometry == "real":

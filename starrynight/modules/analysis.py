@@ -41,7 +41,10 @@ from starrynight.modules.segment import (
 )
 from starrynight.siterunner import SiteTask, mark_well_done, run_sites, well_current
 
-META = ("plate", "well", "site", "cell", "sbs_site", "sbs_cell", "barcode", "sgRNA", "gene_symbol")
+META = (
+    "plate", "well", "site", "cell", "sbs_site", "sbs_cell", "barcode", "sgRNA", "gene_symbol",
+    "field_edge",
+)  # fmt: skip
 
 #: Leading columns of the per-cell table; the features follow (see :func:`cells_schema`).
 META_FIELDS = [
@@ -57,6 +60,7 @@ META_FIELDS = [
     ("barcode_status", pa.string()),
     ("barcode_reason", pa.string()),
     ("barcode_confidence", pa.float32()),
+    ("field_edge", pa.bool_()),  # the cell touches the site's border (cut off)
 ]
 
 #: Leading columns of the per-gene summary; one ``<feature>_median`` column follows
@@ -70,9 +74,10 @@ SUMMARY_FIELDS = [
 ]
 
 
-def cells_schema(channels: list[str]) -> pa.Schema:
+def cells_schema(channels: list[str], families: tuple[str, ...] = feat.FAMILIES) -> pa.Schema:
     """Schema of a well's per-cell table measured on ``channels`` (normalised names)."""
-    return pa.schema(META_FIELDS + [(n, pa.float64()) for n in feat.feature_names(channels)])
+    names = feat.feature_names(channels, families)
+    return pa.schema(META_FIELDS + [(n, pa.float64()) for n in names])
 
 
 @dataclass(frozen=True)
@@ -110,16 +115,17 @@ def magnification_ratio(ws: str, plate: str) -> float | None:
 
 
 def _site_job(task: SiteTask) -> dict[str, Any]:
-    ws, plate, well, site, channels, sbs_cells, scales, max_distance = task.args
+    ws, plate, well, site, channels, sbs_cells, scales, max_distance, families = task.args
     nuclei = read_mask(workspace.segmentation_mask_path(ws, plate, well, site, "Nuclei"))
     cells = read_mask(workspace.segmentation_mask_path(ws, plate, well, site, "Cells"))
     images = {
         ch: read_image(workspace.corrected_path(ws, plate, well, site, ch), 1)[0] for ch in channels
     }
-    measured = feat.measure_cells(nuclei, cells, images)
+    measured = feat.measure_cells(nuclei, cells, images, families=families)
     ids = measured.pop("label").astype(np.int64)
     if isinstance(sbs_cells, MergedSite):
-        return _merged_site(plate, well, site, channels, ids, measured, sbs_cells)
+        edge = feat.touches_border(cells, ids)
+        return _merged_site(plate, well, site, channels, ids, measured, sbs_cells, families, edge)
     n = len(ids)
     cp_pts = np.stack(
         [measured["Nuclei_AreaShape_Center_Y"], measured["Nuclei_AreaShape_Center_X"]], axis=1
@@ -164,11 +170,12 @@ def _site_job(task: SiteTask) -> dict[str, Any]:
         "barcode_status": pa.array(status, pa.string()),
         "barcode_reason": pa.array(reason, pa.string()),
         "barcode_confidence": pa.array(conf, pa.float32()),
+        "field_edge": feat.touches_border(cells, ids),
         **measured,
     }
     return {
         "site": site,
-        "table": typed_table(columns, cells_schema(channels)),
+        "table": typed_table(columns, cells_schema(channels, families)),
         "matched": len(match.cp_index),
         "offset": match.offset,
     }
@@ -211,7 +218,8 @@ def merged_sites(uri: str) -> dict[int, MergedSite]:
 
 def _merged_site(
     plate: str, well: str, site: int, channels: list[str], ids: np.ndarray,
-    measured: dict[str, np.ndarray], merged: MergedSite,
+    measured: dict[str, np.ndarray], merged: MergedSite, families: tuple[str, ...],
+    field_edge: np.ndarray,
 ) -> dict[str, Any]:  # fmt: skip
     """A site's table from the merge: one row per kept cell, copies left out."""
     unknown = [int(i) for i in ids if int(i) not in merged.kept and int(i) not in merged.dropped]
@@ -244,11 +252,12 @@ def _merged_site(
         "barcode_reason": [r["barcode_reason"] if m else r["status"]
                            for r, m in zip(rows, matched, strict=True)],
         "barcode_confidence": col("barcode_confidence"),
+        "field_edge": np.asarray(field_edge, bool)[keep],
         **{name: values[keep] for name, values in measured.items()},
     }  # fmt: skip
     return {
         "site": site,
-        "table": typed_table(columns, cells_schema(channels)),
+        "table": typed_table(columns, cells_schema(channels, families)),
         "matched": sum(r["sbs_cell"] is not None for r in rows),
         "offset": (float("nan"), float("nan")),
     }
@@ -299,6 +308,7 @@ def analyse_well(
     force: bool = False,
     skip_bad: bool = False,
     progress: bool | None = None,
+    families: tuple[str, ...] = feat.FAMILIES,
 ) -> AnalysisResult:
     """Join CP and SBS cells of a well, attach barcode and gene, measure features.
 
@@ -321,6 +331,8 @@ def analyse_well(
         Leave out sites whose image or mask cannot be read (listed in the result).
     progress : bool, optional
         Progress line (default: on a terminal).
+    families : tuple of str
+        Feature families measured (see :data:`starrynight.algorithms.features.FAMILIES`).
 
     Returns
     -------
@@ -398,7 +410,7 @@ def analyse_well(
             args=(ws, plate, well, t.site, channels,
                   {t.site: by_site.get(t.site, [])} if merged is None
                   else merged.get(t.site, MergedSite({}, frozenset())),
-                  scales, max_distance),
+                  scales, max_distance, families),
         )
         for t in tasks
     ]  # fmt: skip
@@ -408,7 +420,7 @@ def analyse_well(
         missing_hint=f"run 'starrynight segment -w {ws} --plate {plate} --well {well}'",
     )  # fmt: skip
     results = run.ordered()
-    schema = cells_schema(channels)
+    schema = cells_schema(channels, families)
     table = concat_typed([r["table"] for r in results], schema)
     write_table(out_uri, table, schema)
     mark_well_done(manifest, tasks)

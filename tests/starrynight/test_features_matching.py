@@ -17,48 +17,53 @@ def _labels() -> np.ndarray:
     return lab
 
 
-def test_shape_and_intensity_match_regionprops() -> None:
-    lab = _labels()
-    img = np.random.default_rng(0).integers(0, 60000, lab.shape).astype(np.uint16)
-    out = features.measure_cells(lab, lab, {"DNA": img})
-    ref = measure.regionprops_table(
-        lab, img / 65535.0,
-        properties=("label", "area", "eccentricity", "axis_major_length", "axis_minor_length",
-                    "orientation", "extent", "intensity_mean", "intensity_max"),
-    )  # fmt: skip
-    assert out["label"].tolist() == [3, 5]
-    pairs = {
-        "Cells_AreaShape_Area": "area",
-        "Cells_AreaShape_Eccentricity": "eccentricity",
-        "Cells_AreaShape_MajorAxisLength": "axis_major_length",
-        "Cells_AreaShape_MinorAxisLength": "axis_minor_length",
-        "Cells_AreaShape_Orientation": "orientation",
-        "Cells_AreaShape_Extent": "extent",
-        "Cells_Intensity_MeanIntensity_DNA": "intensity_mean",
-        "Cells_Intensity_MaxIntensity_DNA": "intensity_max",
-    }
-    for ours, theirs in pairs.items():
-        assert out[ours] == pytest.approx(ref[theirs], rel=1e-6), ours
-    for i, k in enumerate((3, 5)):
-        vals = img[lab == k] / 65535.0
+def _cells_and_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    cells = _labels()
+    nuclei = np.zeros_like(cells)
+    nuclei[ellipse(40, 40, 8, 5, rotation=0.4)] = 3  # cell 5 has no nucleus
+    cells[0:10, 150:160] = 7  # a cell cut by the border
+    return nuclei, cells
+
+
+def test_measure_cells_values_and_cellprofiler_names() -> None:
+    nuclei, cells = _cells_and_nuclei()
+    img = np.random.default_rng(0).integers(0, 60000, cells.shape).astype(np.uint16)
+    out = features.measure_cells(nuclei, cells, {"DNA": img, "Mito": img[::-1].copy()})
+    assert out["label"].tolist() == [3, 5, 7]
+    assert list(out) == ["label", *features.feature_names(["DNA", "Mito"])]
+    for i, k in enumerate((3, 5, 7)):
+        assert out["Cells_AreaShape_Area"][i] == (cells == k).sum()
+        vals = img[cells == k] / 65535.0
+        assert out["Cells_Intensity_MeanIntensity_DNA"][i] == pytest.approx(vals.mean())
         assert out["Cells_Intensity_IntegratedIntensity_DNA"][i] == pytest.approx(vals.sum())
-        assert out["Cells_Intensity_MedianIntensity_DNA"][i] == pytest.approx(
-            np.quantile(vals, 0.5, method="lower")
-        )
-    # Perimeter estimate within 5% of regionprops' for smooth shapes.
-    assert out["Cells_AreaShape_Perimeter"] == pytest.approx(
-        measure.regionprops_table(lab, properties=("perimeter",))["perimeter"], rel=0.05
+    cyto = (cells == 3) & (nuclei == 0)
+    assert out["Cytoplasm_AreaShape_Area"][0] == cyto.sum()
+    assert out["Nuclei_AreaShape_Area"][0] == (nuclei == 3).sum()
+    assert np.isnan(out["Nuclei_AreaShape_Area"][1])  # no nucleus: NaN, not 0
+    ref = measure.regionprops_table(cells, properties=("label", "eccentricity", "solidity"))
+    assert out["Cells_AreaShape_Eccentricity"] == pytest.approx(ref["eccentricity"], rel=1e-6)
+    assert out["Cells_AreaShape_Solidity"] == pytest.approx(ref["solidity"], rel=1e-6)
+    for name in (
+        "Cells_Texture_Contrast_DNA_3_00_256", "Nuclei_Texture_InfoMeas2_Mito_10_03_256",
+        "Cells_AreaShape_Zernike_2_2", "Cells_AreaShape_MaxFeretDiameter",
+        "Cytoplasm_Granularity_1_DNA", "Cells_RadialDistribution_FracAtD_DNA_1of4",
+        "Cells_Correlation_Correlation_DNA_Mito", "Cells_Correlation_Manders_Mito_DNA",
+        "Cells_Neighbors_NumberOfNeighbors_Expanded", "Nuclei_Location_CenterMassIntensity_X_DNA",
+    ):  # fmt: skip
+        assert name in out, name
+    assert out["Cells_Correlation_Correlation_DNA_Mito"][0] == pytest.approx(
+        np.corrcoef(img[cells == 3], img[::-1][cells == 3])[0, 1], abs=1e-9
     )
+    assert features.touches_border(cells, out["label"]).tolist() == [False, False, True]
 
 
-def test_texture_is_zero_on_flat_objects_and_positive_on_noise() -> None:
-    lab = _labels()
-    flat = np.full(lab.shape, 1000, np.uint16)
-    noisy = np.random.default_rng(1).integers(0, 60000, lab.shape).astype(np.uint16)
-    f = features.texture_features(lab, flat, np.array([3, 5]), "Cells", "X")
-    n = features.texture_features(lab, noisy, np.array([3, 5]), "Cells", "X")
-    assert np.all(f["Cells_Texture_Contrast_X_1"] == 0)
-    assert np.all(n["Cells_Texture_Contrast_X_1"] > 0.05)
+def test_families_subset_and_unknown_family() -> None:
+    nuclei, cells = _cells_and_nuclei()
+    img = np.full(cells.shape, 1000, np.uint16)
+    out = features.measure_cells(nuclei, cells, {"A": img}, families=("intensity",))
+    assert all("_Intensity_" in k or "_Location_" in k for k in out if k != "label")
+    with pytest.raises(ValueError, match="unknown feature families"):
+        features.measure_cells(nuclei, cells, {"A": img}, families=("colour",))
 
 
 def test_no_cells_gives_every_column_empty() -> None:
