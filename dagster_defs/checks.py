@@ -202,6 +202,17 @@ def merge_checks(
     A well whose arms could not be registered has no match rate and fails both.
     """
     report = read_json(wsp.merge_report_path(ws, plate, well))
+    if report["status"] != "registered":
+        from starrynight.modules.analysis import grids_differ
+
+        if not grids_differ(ws, plate, well):
+            # Both arms share one site grid (not one continuous well frame): the per-cell
+            # table pairs sites by number, as it did before the merge existed.
+            md = {"status": report["status"], "applies": "no: both arms share one site grid"}
+            return [
+                dg.AssetCheckResult(asset_key=MERGE, check_name=name, passed=True, metadata=md)
+                for name in (MERGE_WARN_CHECK, MERGE_CHECK)
+            ]
     rate = report["match"]["match_rate"]
     md = {
         "status": report["status"],

@@ -41,7 +41,9 @@ def dagster_home(settings: Settings, project_id: int) -> Path:
     if not yaml.exists():
         home.mkdir(parents=True, exist_ok=True)
         text = settings.dagster_yaml.read_text() if settings.dagster_yaml else _DAGSTER_YAML
-        tmp = yaml.with_suffix(".tmp")
+        # A name of its own per writer: requests opening a new instance at once must
+        # not move each other's file away.
+        tmp = yaml.with_name(f".dagster.yaml.{os.getpid()}-{threading.get_ident()}.tmp")
         tmp.write_text(text)
         tmp.replace(yaml)
     return home

@@ -276,12 +276,12 @@ def _usable_merge(ws: str, plate: str, well: str) -> dict[int, MergedSite] | Non
     if not (storage.exists(report_uri) and storage.exists(cells_uri)):
         return None
     status = json.loads(storage.read_bytes(report_uri)).get("status")
-    if status == "registered" or _grids_differ(ws, plate, well):
+    if status == "registered" or grids_differ(ws, plate, well):
         return merged_sites(cells_uri)
     return None
 
 
-def _grids_differ(ws: str, plate: str, well: str) -> str | None:
+def grids_differ(ws: str, plate: str, well: str) -> str | None:
     """Why the arms' site grids differ (from ``geometry``'s positions), or None."""
     cp_uri = workspace.positions_path(ws, plate, well, "cp")
     sbs_uri = workspace.positions_path(ws, plate, well, "sbs", 1)
@@ -350,7 +350,7 @@ def analyse_well(
         )
     merge_uri = workspace.merge_cells_path(ws, plate, well)
     merged = _usable_merge(ws, plate, well)
-    differ = None if merged is not None else _grids_differ(ws, plate, well)
+    differ = None if merged is not None else grids_differ(ws, plate, well)
     if differ:
         raise UserError(
             f"plate {plate!r} well {well!r}: the arms have different site grids ({differ}); "

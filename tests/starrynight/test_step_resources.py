@@ -5,22 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pipecraft import Resources
+from starrynight import registry
 from starrynight.errors import UserError
 from starrynight.pipelines.resources import DEFAULTS, resources_for, step_table
 
-STEPS = (
-    "inventory",
-    "index",
-    "experiment",
-    "illum_cp",
-    "illum_sbs",
-    "corrected_cp",
-    "aligned_sbs",
-    "segmentation",
-    "barcode_calls",
-    "cell_features",
-    "gene_summary",
-)
+STEPS = tuple(s.name for s in registry.STEPS)
 
 
 def test_every_step_has_a_row_and_heavier_steps_ask_more() -> None:
