@@ -147,8 +147,11 @@ def test_out_of_memory_at_the_cap_and_other_failures(slurm: None, tmp_path: Path
     )
     h = backend(tmp_path).run(Pipeline("cap", Parallel(hog, flaky)))
     assert h.wait(180) is RunStatus.FAILED
-    assert states(h) == {"hog": "failed", "flaky": "succeeded"}
-    assert h.attempts() == {"hog": (2, 300), "flaky": (2, 150)}  # a plain failure: same request
+    # Seen once in a fresh-clone run on a loaded machine: flaky failed (cause not found;
+    # the failure reasons and flaky's log say what Slurm reported).
+    why = (h.failures(), h.logs("flaky"))
+    assert states(h) == {"hog": "failed", "flaky": "succeeded"}, why
+    assert h.attempts() == {"hog": (2, 300), "flaky": (2, 150)}, why  # same request
     reason = h.failures()["hog"]
     assert "OUT_OF_MEMORY" in reason
     assert reason.endswith("out of memory with 300 MB (the cap, 300 MB), not retried")
