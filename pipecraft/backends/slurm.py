@@ -16,8 +16,11 @@ Retries keep the job's id, so its dependants keep waiting on it: a failed job wi
 attempts left is requeued held (``scontrol requeuehold``), given its new memory
 (``memory_mb x attempt`` after ``OUT_OF_MEMORY``, the same otherwise; see
 :mod:`pipecraft.retry`), released, and its dependants' dependency is set again (Slurm
-marks it failed when the job failed). A job that fails for good has its pending
-dependants cancelled. Retries and state happen while the handle is polled (``wait``,
+marks it failed when the job failed). Slurm can accept a requeue (its restart count
+grows) and still leave the job in its failed state, seen with a job whose previous attempt
+had only just ended; a retry is therefore known started only once its job script has
+logged the attempt, and is asked for again otherwise. A job that fails for good has its
+pending dependants cancelled. Retries and state happen while the handle is polled (``wait``,
 ``node_states``); jobs already submitted run regardless.
 """
 
@@ -45,6 +48,8 @@ _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "RESIZING", "SI
 _PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "STOPPED"}
 _FAILED = {"FAILED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 _OOM = "OUT_OF_MEMORY"
+#: Seconds a requeued job may show its previous attempt's end before it is asked again.
+_REQUEUE_GRACE_S = 20.0
 _SBATCH_ID = re.compile(r"^(\d+)(;\S+)?$")
 
 
@@ -60,6 +65,10 @@ class _Job:
     #: set once the node will not change any more
     final: NodeState | None = None
     reason: str = ""
+    #: times the requeue of the current attempt was asked for again (see _requeue_lost)
+    requeue_again: int = 0
+    #: when the current attempt's requeue was last asked for (time.monotonic)
+    requeued_at: float = 0.0
 
 
 class SlurmBackend:
@@ -177,6 +186,10 @@ class SlurmBackend:
         """File where the job leaves its exit status (read once Slurm forgets the job)."""
         return self.workdir / "state" / f"{safe_filename(node)}.rc"
 
+    def attempt_path(self, node: str) -> Path:
+        """File holding the number of ``node``'s current attempt (absent: the first)."""
+        return self.workdir / "state" / f"{safe_filename(node)}.attempt"
+
     def job_record(self, node: str) -> Path:
         """File naming the Slurm job of ``node``'s latest submission (and what it runs)."""
         return self.workdir / "state" / f"{safe_filename(node)}.job"
@@ -207,7 +220,8 @@ class SlurmBackend:
         for n, job_id in recorded.items():
             if job_id in seen and seen[job_id][1] in _RUNNING | _PENDING:
                 memory = _memory_mb(seen[job_id][2]) or dag.nodes[n].resources.memory_mb
-                out[n] = _Job(n, job_id, memory, state=seen[job_id][1])
+                attempt = _read_int(self.attempt_path(n)) or 1
+                out[n] = _Job(n, job_id, memory, attempt=attempt, state=seen[job_id][1])
         return out
 
     def job_script(self, node: Node) -> str:
@@ -216,10 +230,14 @@ class SlurmBackend:
         env = {**self.env, **node.env}
         flag = self.flag_path(node)
         rc = self.rc_path(node.name)
+        attempt = shlex.quote(str(self.attempt_path(node.name)))
         lines = [
             "#!/bin/bash",
             f"# pipecraft node {node.name!r}",
-            'echo "=== pipecraft: attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )) as slurm job '
+            # pipecraft's attempt number, not Slurm's restart count: that one can grow by
+            # more than one per requeue
+            f"attempt=$(cat {attempt} 2>/dev/null || echo 1)",
+            'echo "=== pipecraft: attempt $attempt as slurm job '
             '$SLURM_JOB_ID on $(hostname) with ${SLURM_MEM_PER_NODE:-?} MB"',
             f"cd {shlex.quote(os.getcwd())} || exit 1",
             *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
@@ -302,6 +320,7 @@ class SlurmBackend:
                     self.slurm("scancel", old.job_id, check=False)
                 self.flag_path(node).unlink(missing_ok=True)
                 self.rc_path(n).unlink(missing_ok=True)
+                self.attempt_path(n).unlink(missing_ok=True)
                 self.log_path(n).unlink(missing_ok=True)
                 script = self.script_path(n)
                 script.write_text(self.job_script(node))
@@ -383,6 +402,8 @@ class SlurmRunHandle(RunHandle):
         node = self.dag.nodes[job.node]
         if st in _RUNNING or st in _PENDING:
             return
+        if st != "CANCELLED" and self._requeue_lost(job):
+            return
         if st == "COMPLETED":
             missing = [o for o in node.outputs if not _exists(o)]
             if not missing:
@@ -415,6 +436,34 @@ class SlurmRunHandle(RunHandle):
             return
         self._requeue(job, grown, why)
 
+    def _attempt_started(self, job: _Job) -> bool:
+        """Whether the job script of ``job``'s current attempt has started (its log says)."""
+        marker = f"=== pipecraft: attempt {job.attempt} as slurm job {job.job_id} "
+        try:
+            with open(self.backend.log_path(job.node)) as log:
+                return any(line.startswith(marker) for line in log)
+        except OSError:
+            return False
+
+    def _requeue_lost(self, job: _Job) -> bool:
+        """Whether a finished state is still the previous attempt's: the retry has not begun.
+
+        Slurm can report a requeued job in its old failed state for a while (seen with a
+        retry asked for the moment the attempt ended), which must not count as the retry's
+        outcome. After :data:`_REQUEUE_GRACE_S` without the retry's script starting, the
+        requeue is asked for again, a few times at most; then the job fails with what
+        Slurm last reported.
+        """
+        if job.attempt == 1 or self._attempt_started(job):
+            return False
+        if time.monotonic() - job.requeued_at < _REQUEUE_GRACE_S:
+            return True
+        if job.requeue_again >= 3 or not self._ask_requeue(job, job.memory_mb, check=False):
+            return False
+        job.requeue_again += 1
+        job.requeued_at = time.monotonic()
+        return True
+
     def _exit_code(self, job: _Job) -> str:
         proc = self.backend.slurm("scontrol", "-o", "show", "job", job.job_id, check=False)
         m = re.search(r"\bExitCode=(\d+):(\d+)", proc.stdout)
@@ -425,16 +474,26 @@ class SlurmRunHandle(RunHandle):
 
     def _requeue(self, job: _Job, memory_mb: int, why: str) -> None:
         """Run the job again under the same id, with ``memory_mb``."""
-        b = self.backend
-        with open(b.log_path(job.node), "a") as log:
+        with open(self.backend.log_path(job.node), "a") as log:
             log.write(f"=== pipecraft: {why}; retrying with {memory_mb} MB\n")
-        b.slurm("scontrol", "requeuehold", job.job_id)
-        b.slurm("scontrol", "update", f"JobId={job.job_id}", f"MinMemoryNode={memory_mb}")
-        # A requeued job waits out a begin-time delay; start it as soon as it can.
-        b.slurm("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
-        b.slurm("scontrol", "release", job.job_id)
+        _write_atomic(self.backend.attempt_path(job.node), f"{job.attempt + 1}\n")
+        self._ask_requeue(job, memory_mb, check=True)
         job.attempt += 1
         job.memory_mb = memory_mb
+        job.requeue_again = 0
+        job.requeued_at = time.monotonic()
+
+    def _ask_requeue(self, job: _Job, memory_mb: int, check: bool) -> bool:
+        """Requeue ``job`` held, give it ``memory_mb``, release it; whether Slurm took it."""
+        b = self.backend
+        if b.slurm("scontrol", "requeuehold", job.job_id, check=check).returncode != 0:
+            return False
+        b.slurm(
+            "scontrol", "update", f"JobId={job.job_id}", f"MinMemoryNode={memory_mb}", check=check
+        )
+        # A requeued job waits out a begin-time delay; start it as soon as it can.
+        b.slurm("scontrol", "update", f"JobId={job.job_id}", "StartTime=now", check=check)
+        b.slurm("scontrol", "release", job.job_id, check=check)
         job.state = "PENDING"
         # Slurm marked the dependants' dependency failed; set it again.
         for m in self.dag.dependents[job.node]:
@@ -449,6 +508,7 @@ class SlurmRunHandle(RunHandle):
                 "Dependency=afterok:" + ":".join(ids),
                 check=False,
             )
+        return True
 
     def _cancel_dependants(self, node: str) -> None:
         """Cancel every pending job downstream of ``node``: it can never run."""
@@ -565,3 +625,16 @@ def _last_line(path: Path) -> str:
         if ln.strip() and not ln.startswith("=== pipecraft") and "slurmstepd" not in ln
     ]
     return f": {lines[-1].strip()[:300]}" if lines else ""
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
