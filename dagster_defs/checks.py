@@ -14,6 +14,7 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
+from dagster_defs.partitions import plate_partitions, plate_well_partitions
 from starrynight import storage
 from starrynight import workspace as wsp
 
@@ -49,11 +50,36 @@ _CHECKS = [
      "the plate's gene summary).", True),
 ]  # fmt: skip
 
+#: Checks are partitioned like their asset: an unpartitioned check on a partitioned asset
+#: has one status, its latest execution's, so one well's failed (or never run) blocking
+#: check would hold back every well of every plate.
+_PARTITIONS = {ILLUM_CP: plate_partitions, ILLUM_SBS: plate_partitions}
+
 SPECS: dict[dg.AssetKey, list[dg.AssetCheckSpec]] = {}
 for _asset, _name, _description, _blocking in _CHECKS:
     SPECS.setdefault(_asset, []).append(
-        dg.AssetCheckSpec(_name, asset=_asset, description=_description, blocking=_blocking)
+        dg.AssetCheckSpec(
+            _name,
+            asset=_asset,
+            description=_description,
+            blocking=_blocking,
+            partitions_def=_PARTITIONS.get(_asset, plate_well_partitions),
+        )
     )
+
+
+def not_applicable(asset: dg.AssetKey, why: str) -> list[dg.AssetCheckResult]:
+    """Passed results of every check of ``asset``, saying why they do not apply.
+
+    A check the run planned but never executed counts as not passed: a blocking one
+    would then hold back what follows an absent product forever.
+    """
+    return [
+        dg.AssetCheckResult(
+            asset_key=asset, check_name=spec.name, passed=True, metadata={"applies": f"no: {why}"}
+        )
+        for spec in SPECS.get(asset, [])
+    ]
 
 
 def read_json(uri: str) -> dict:

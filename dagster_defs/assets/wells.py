@@ -232,6 +232,15 @@ def _checks(
     return found if isinstance(found, list) else [found]
 
 
+def _selected(
+    context: dg.AssetExecutionContext, results: list[dg.AssetCheckResult]
+) -> Iterator[dg.AssetCheckResult]:
+    """The check results among ``results`` that the run selected."""
+    for check in results:
+        if dg.AssetCheckKey(check.asset_key, check.check_name) in context.selected_asset_check_keys:
+            yield check
+
+
 CheckFn = Callable[[str, str, str, Any], "dg.AssetCheckResult | list[dg.AssetCheckResult]"]
 
 #: Step name -> its asset checks, from the step's own outputs and the project's QC limits.
@@ -302,7 +311,11 @@ def make_well_products(names: Sequence[str] | None = None) -> dg.AssetsDefinitio
                 # an arm it lacks) is recorded as absent rather than left missing: wells
                 # are one dimension shared by all plates, and a plate's gene summary waits
                 # for every well key of its plate.
-                yield _absent(keys[step], plate, well, arms)
+                absent = _absent(keys[step], plate, well, arms)
+                yield absent
+                yield from _selected(
+                    context, checks.not_applicable(keys[step], str(absent.metadata["absent"]))
+                )
                 continue
             nodes = nodes_of(step, outcome.states)
             if not outcome.ok(nodes):
@@ -313,10 +326,7 @@ def make_well_products(names: Sequence[str] | None = None) -> dg.AssetsDefinitio
                 metadata={**md, **node_metadata(outcome, nodes)},
                 data_version=version,
             )
-            for check in _checks(ws, plate, well, step, project):
-                key = dg.AssetCheckKey(keys[step], check.check_name)
-                if key in context.selected_asset_check_keys:
-                    yield check
+            yield from _selected(context, _checks(ws, plate, well, step, project))
         if outcome is not None:
             fail_if_any(outcome, f"plate {plate} well {well}")
 
