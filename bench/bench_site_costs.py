@@ -9,8 +9,10 @@ measured in the same run, is reading every input image once with tifffile (the I
 floor); each step's CPU time per site is also printed as a ratio to that floor.
 ``docs/scaling.md`` scales these figures to a screen.
 
-Run: ``.venv/bin/python bench/bench_site_costs.py [--size 1480] [--sites 4] [--cycles 4]``
-(about 5 minutes at the defaults on 2 shared cores).
+Run: ``.venv/bin/python bench/bench_site_costs.py [--size 1480] [--cycles 4]
+[--geometry real --cp-grid 3x3 --sbs-grid 2x2 | --geometry shared --sites 4]``. The
+default real geometry (CP and SBS on their own grids) adds the geometry, mosaic and
+merge steps, whose unit is a CP site.
 """
 
 from __future__ import annotations
@@ -53,18 +55,37 @@ def run_step(argv: list[str]) -> tuple[float, float, int]:
     return wall, cpu, usage.ru_maxrss // 1024  # KiB on Linux
 
 
+def _sites(grid: str) -> int:
+    rows, _, cols = grid.partition("x")
+    return int(rows) * int(cols)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1480, help="image side in pixels")
-    ap.add_argument("--sites", type=int, default=4, help="sites in the well")
+    ap.add_argument("--sites", type=int, default=4, help="sites in the well (shared geometry)")
+    ap.add_argument(
+        "--geometry",
+        choices=("shared", "real"),
+        default="real",
+        help="real: CP and SBS on their own grids (--cp-grid, --sbs-grid), which adds the "
+        "geometry, mosaic and merge steps",
+    )
+    ap.add_argument("--cp-grid", default="3x3", help="real geometry: CP sites ROWSxCOLUMNS")
+    ap.add_argument("--sbs-grid", default="2x2", help="real geometry: SBS sites ROWSxCOLUMNS")
     ap.add_argument("--cycles", type=int, default=4, help="SBS cycles")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data, ws = Path(tmp, "data"), Path(tmp, "ws")
         gen = ["sample", "generate", "-o", str(data), "--wells", "A1", "--workers", "1"]
-        gen += ["--geometry", "shared"]
-        gen += ["--sites", str(args.sites), "--cycles", str(args.cycles)]
+        gen += ["--geometry", args.geometry, "--cycles", str(args.cycles)]
+        if args.geometry == "real":
+            gen += ["--cp-grid", args.cp_grid, "--sbs-grid", args.sbs_grid]
+            s, b = _sites(args.cp_grid), _sites(args.sbs_grid)
+        else:
+            gen += ["--sites", str(args.sites)]
+            s = b = args.sites
         gen += ["--size", str(args.size)]
         run_step(gen)
         dataset = str(data / "sample")
@@ -77,7 +98,7 @@ def main() -> None:
         read_wall = time.perf_counter() - t0
         floor = (time.process_time() - start) / len(images)  # CPU s per image read
         unit = ["-w", str(ws), "--plate", "Plate1", "--well", "A1"]
-        s, c = args.sites, args.cycles
+        c = args.cycles
         steps = [
             ("inventory", ["inventory", "gen", "-d", dataset, "-o", str(ws), "--no-progress"], 1),
             ("index", ["index", "gen", "-i", str(ws), "-o", str(ws)], 1),
@@ -117,17 +138,27 @@ def main() -> None:
                     "--workers",
                     "1",
                 ],
-                s * c,
+                b * c,
             ),
             ("corrected_cp", ["illum", "apply", *unit, "--workers", "1"], s),
-            ("aligned_sbs", ["align", *unit, "--workers", "1"], s * c),
+            ("aligned_sbs", ["align", *unit, "--workers", "1"], b * c),
             ("segmentation", ["segment", *unit, "--workers", "1"], s),
-            ("barcode_calls", ["barcodes", "call", *unit, "--workers", "1"], s),
+            ("barcode_calls", ["barcodes", "call", *unit, "--workers", "1"], b),
+        ]
+        if args.geometry == "real":
+            # per CP site: each step's work grows with the well's CP area
+            steps += [
+                ("geometry", ["geometry", *unit, "--workers", "1"], s),
+                ("mosaic", ["mosaic", *unit, "--workers", "1"], s),
+                ("merge", ["merge", *unit], s),
+            ]
+        steps += [
             ("cell_features", ["analysis", "run", *unit, "--workers", "1"], s),
             ("gene_summary", ["analysis", "summary", "-w", str(ws), "--plate", "Plate1"], 1),
         ]
         print(
-            f"sample: 1 well, {s} sites, {c} cycles, {args.size}x{args.size} px; "
+            f"sample: 1 well, {s} CP / {b} SBS sites ({args.geometry} geometry), {c} cycles, "
+            f"{args.size}x{args.size} px; "
             f"{len(images)} input files, {in_bytes / 1e6:.0f} MB"
         )
         print(
@@ -164,6 +195,9 @@ def main() -> None:
                     dict(
                         size=args.size,
                         sites=s,
+                        cp_sites=s,
+                        sbs_sites=b,
+                        geometry=args.geometry,
                         cycles=c,
                         input_bytes=in_bytes,
                         files=len(images),

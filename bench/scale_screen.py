@@ -28,6 +28,9 @@ UNITS = {
     "aligned_sbs": ("sbs_image", "well"),
     "segmentation": ("cp_site", "well"),
     "barcode_calls": ("sbs_site", "well"),
+    "geometry": ("cp_site", "well"),
+    "mosaic": ("cp_site", "well"),
+    "merge": ("cp_site", "well"),
     "cell_features": ("cp_site", "well"),
     "gene_summary": ("once", "plate"),
 }
@@ -42,13 +45,21 @@ READS = {
     "aligned_sbs": ("sbs", 1.0),
     "segmentation": ("cp", 2 / 3),
     "barcode_calls": ("sbs", 0.8),  # x cycles
+    # the nuclear channel of CP (1 of 3) and of every SBS cycle: about a third of a CP site
+    "geometry": ("cp", 1 / 3 + 1 / 3),
+    # every corrected CP channel, and the SBS cycles' images scaled into the CP frame
+    "mosaic": ("cp", 2.0),
+    "merge": ("cp", 0.0),  # tables only
     "cell_features": ("cp", 1.0),
 }
 # Steps whose output size does not grow with the sites they read.
 PER_JOB_OUTPUT = {"illum_cp", "illum_sbs"}
 # Spot for the many short, re-run-safe per-well jobs; on-demand for the few long
 # per-plate jobs on every well's critical path.
-SPOT = {"corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "cell_features"}
+SPOT = {
+    "corrected_cp", "aligned_sbs", "segmentation", "barcode_calls", "geometry", "mosaic",
+    "merge", "cell_features",
+}  # fmt: skip
 
 
 def main() -> None:
@@ -91,6 +102,8 @@ def main() -> None:
     print("|---|---:|---:|---|---:|---:|---:|---:|---|---:|")
     tot = {"h": 0.0, "r": 0.0, "w": 0.0, "usd": 0.0, "jobs": 0}
     for step, (unit, per) in UNITS.items():
+        if step not in steps:
+            continue  # measured on a shared-grid sample: no geometry, mosaic, merge
         r = steps[step]
         per_unit = max(r["cpu_s"] - start, 0.0) / r["units"]
         n_units = units[unit]

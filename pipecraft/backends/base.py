@@ -8,9 +8,11 @@ same pipeline gives the same node states on every backend.
 from __future__ import annotations
 
 import enum
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from pipecraft.pipeline import DAG, Pipeline
@@ -114,6 +116,36 @@ class Backend(Protocol):
     def run(self, pipeline: Pipeline | DAG) -> RunHandle:
         """Validate, start the pipeline and return its handle without waiting."""
         ...
+
+
+def read_log(path: Path) -> str:
+    """Text of the log file at ``path``; empty when nothing has written it yet."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def last_log_line(path: Path, skip: tuple[str, ...] = ()) -> str:
+    """``": <last line>"`` of a node's own output in the log at ``path``, or ``""``.
+
+    Lines pipecraft itself wrote (``=== pipecraft``) and lines containing any of ``skip``
+    (a scheduler's own messages) are passed over: a failure reason should say what the
+    node printed last.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [
+        ln
+        for ln in tail.splitlines()
+        if ln.strip() and not ln.startswith("=== pipecraft") and not any(s in ln for s in skip)
+    ]
+    return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
 def poll_until(check: Callable[[], bool], timeout: float | None, first: float, most: float) -> bool:

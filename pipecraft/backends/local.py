@@ -30,7 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipecraft.backends.base import NodeState, RunHandle, RunStatus, overall_status
+from pipecraft.backends.base import (
+    NodeState,
+    RunHandle,
+    RunStatus,
+    last_log_line,
+    overall_status,
+    read_log,
+)
 from pipecraft.errors import BackendConfigError
 from pipecraft.node import Command, Node, PyFunction
 from pipecraft.pipeline import DAG, Pipeline, _exists, as_dag
@@ -246,10 +253,7 @@ class LocalRunHandle(RunHandle):
 
     def logs(self, node: str) -> str:
         self._check_node(node)
-        try:
-            return self.log_path(node).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path(node))
 
     def failures(self) -> dict[str, str]:
         with self._lock:
@@ -431,7 +435,7 @@ class LocalRunHandle(RunHandle):
             return True, "", False
         oom = code in OOM_EXIT_CODES and not self._cancel.is_set()
         what = f"exit code {code}" + (" (killed: out of memory?)" if oom else "")
-        return False, what + _last_line(self.log_path(node.name)), oom
+        return False, what + last_log_line(self.log_path(node.name)), oom
 
     def _run_function(self, node: PyFunction, log: TextIO) -> tuple[bool, str]:
         out, err = _routers or (None, None)
@@ -448,16 +452,3 @@ class LocalRunHandle(RunHandle):
             if out is not None and err is not None:
                 out.local.target = None
                 err.local.target = None
-
-
-def _last_line(path: Path) -> str:
-    """``": <last log line>"`` so a failure reason says what went wrong."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 2048))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [ln for ln in tail.splitlines() if ln.strip() and not ln.startswith("=== pipecraft")]
-    return f": {lines[-1].strip()[:300]}" if lines else ""

@@ -36,7 +36,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipecraft.backends.base import NodeState, RunHandle, RunStatus, overall_status, poll_until
+from pipecraft.backends.base import (
+    NodeState,
+    RunHandle,
+    RunStatus,
+    last_log_line,
+    overall_status,
+    poll_until,
+    read_log,
+)
 from pipecraft.backends.local import safe_filename
 from pipecraft.errors import BackendConfigError
 from pipecraft.node import Node, node_argv
@@ -420,7 +428,9 @@ class SlurmRunHandle(RunHandle):
         else:
             oom = st == _OOM
             why = f"slurm job {job.job_id} {st}" + (f" ({slurm_reason})" if slurm_reason else "")
-            why += self._exit_code(job) + _last_line(self.backend.log_path(job.node))
+            why += self._exit_code(job) + last_log_line(
+                self.backend.log_path(job.node), skip=("slurmstepd",)
+            )
         if self._cancelled:
             job.final = NodeState.CANCELLED
             return
@@ -586,10 +596,7 @@ class SlurmRunHandle(RunHandle):
 
     def logs(self, node: str) -> str:
         self._check_node(node)
-        try:
-            return self.backend.log_path(node).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.backend.log_path(node))
 
     def failures(self) -> dict[str, str]:
         states = self.node_states()
@@ -608,23 +615,6 @@ def _memory_mb(text: str) -> int | None:
         return None
     scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[m.group(2)]
     return int(int(m.group(1)) * scale)
-
-
-def _last_line(path: Path) -> str:
-    """``": <last log line>"`` from the node's own output."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4096))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [
-        ln
-        for ln in tail.splitlines()
-        if ln.strip() and not ln.startswith("=== pipecraft") and "slurmstepd" not in ln
-    ]
-    return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
 def _read_int(path: Path) -> int | None:

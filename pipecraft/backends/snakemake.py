@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipecraft.backends.base import NodeState, RunHandle, RunStatus, overall_status
+from pipecraft.backends.base import NodeState, RunHandle, RunStatus, overall_status, read_log
 from pipecraft.backends.local import safe_filename
 from pipecraft.errors import BackendConfigError
 from pipecraft.node import Node, node_argv
@@ -388,10 +388,7 @@ class SnakemakeRunHandle(RunHandle):
 
     def logs(self, node: str) -> str:
         self._check_node(node)
-        try:
-            return self.backend.log_path(node).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.backend.log_path(node))
 
     def failures(self) -> dict[str, str]:
         states = self.node_states()
