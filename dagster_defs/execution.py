@@ -19,7 +19,7 @@ from typing import Any
 
 import dagster as dg
 
-from pipecraft import NodeState, Pipeline, RunStatus
+from pipecraft import NodeState, Pipeline, RunHandle, RunStatus
 from pipecraft.errors import PipecraftError
 
 
@@ -38,12 +38,9 @@ class PipelineOutcome:
         return all(self.states[n].ok for n in nodes)
 
 
-def _job_ids(handle: object) -> dict[str, str]:
-    getter = getattr(handle, "_node_job_ids", None)
-    if getter is None:
-        return {}
+def _job_ids(handle: RunHandle) -> dict[str, str]:
     try:
-        return {n: j for n, j in getter().items() if j}
+        return {n: j for n, j in handle.job_ids().items() if j}
     except Exception:  # a relay must never break the run it reports on
         return {}
 

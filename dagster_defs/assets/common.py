@@ -59,13 +59,13 @@ def file_digest(uris: Iterable[str]) -> dg.DataVersion:
 
 
 def node_metadata(outcome: PipelineOutcome, nodes: list[str]) -> dict[str, object]:
-    """Per-node seconds and AWS Batch job ids for an asset's metadata."""
+    """Per-node seconds and scheduler job ids (AWS Batch, Slurm) for an asset's metadata."""
     md: dict[str, object] = {}
     for n in nodes:
         if n in outcome.seconds:
             md[f"seconds {n}"] = outcome.seconds[n]
         if n in outcome.job_ids:
-            md[f"batch job {n}"] = outcome.job_ids[n]
+            md[f"job {n}"] = outcome.job_ids[n]
     return md
 
 

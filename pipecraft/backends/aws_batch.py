@@ -485,6 +485,9 @@ class AwsBatchRunHandle(RunHandle):
         self._retried: set[str] = set()  # job ids already resubmitted
         self._definitions: dict[str, str] = {}
 
+    def job_ids(self) -> dict[str, str]:
+        return self._node_job_ids()
+
     def _node_job_ids(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for s in self.submissions:

@@ -101,6 +101,10 @@ class RunHandle(ABC):
     def failures(self) -> dict[str, str]:
         """Failed nodes (state FAILED) and the reason each failed."""
 
+    def job_ids(self) -> dict[str, str]:
+        """Scheduler job id of each node submitted to one (AWS Batch, Slurm); else empty."""
+        return {}
+
     def log_lines(self, node: str) -> list[str]:
         """Log of ``node`` as a list of lines."""
         return self.logs(node).splitlines()

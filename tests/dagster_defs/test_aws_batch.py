@@ -62,7 +62,7 @@ def test_batch_jobs_status_and_logs_are_relayed_into_the_run(batch, instance) ->
         assert done, node
         assert "hello from " in done[0]
     md = result.asset_materializations_for_node("batch_well")[0].metadata
-    job_ids = {k: v.value for k, v in md.items() if k.startswith("batch job ")}
+    job_ids = {k: v.value for k, v in md.items() if k.startswith("job ")}
     assert len(job_ids) == 3
     submitted = batch.describe_jobs(jobs=list(job_ids.values()))["jobs"]
     assert {j["container"]["command"][0] for j in submitted} == {"starrynight"}

@@ -36,3 +36,13 @@ def test_sample_graph_runs_on_slurm(slurm: None, tmp_path: Path, instance) -> No
     assert "segmentation-Plate1-A1.log" in logs
     text = (tmp_path / "slurm" / "logs" / "segmentation-Plate1-A1.log").read_text()
     assert "=== pipecraft: attempt 1 as slurm job " in text
+    # ...and the asset's metadata names each node's Slurm job
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("segmentation"), asset_partitions=["Plate1|A1"]
+        ),
+        limit=1,
+    ).records[0]
+    md = record.asset_materialization.metadata
+    jobs = {k: v.value for k, v in md.items() if k.startswith("job ")}
+    assert jobs and all(str(v).isdigit() for v in jobs.values()), md
