@@ -379,6 +379,8 @@ def analyse_well(
                 *(workspace.corrected_path(ws, plate, well, s, ch) for ch in channels),
             ),
             (),
+            # other families make another table: a re-run with them recomputes
+            settings=",".join(families),
         )
         for s in sites
     ]

@@ -75,16 +75,18 @@ DEFAULTS: Mapping[str, StepResources] = {
     "illum_cp": StepResources(cpus=1, memory_mb=2048, time_min=240, max_memory_mb=8192),
     "illum_sbs": StepResources(cpus=1, memory_mb=2048, time_min=120, max_memory_mb=8192),
     # per plate x well, sites in parallel (--workers 2); peaks per process at
-    # --workers 1: corrected 241 MB, aligned 1,095 MB (12 cycles), segmentation 340 MB,
-    # barcodes 1,733 MB (12 cycles), features 516 MB
+    # --workers 1 (bench_site_costs, 1480 px): corrected 228 MB, aligned 1,061 MB (12
+    # cycles), segmentation 349 MB, barcodes 1,732 MB (12 cycles), features 4,640 MB
+    # (every CellProfiler family; ~103 CPU-s per CP site: 256 sites take ~3.7 h on 2 CPUs)
     "corrected_cp": StepResources(cpus=2, memory_mb=2048, time_min=120, max_memory_mb=8192),
     "aligned_sbs": StepResources(cpus=2, memory_mb=4096, time_min=180, max_memory_mb=16384),
     "segmentation": StepResources(cpus=2, memory_mb=3072, time_min=180, max_memory_mb=12288),
     "barcode_calls": StepResources(cpus=2, memory_mb=6144, time_min=180, max_memory_mb=24576),
-    "cell_features": StepResources(cpus=2, memory_mb=4096, time_min=180, max_memory_mb=16384),
-    # per plate x well, not measured by bench_site_costs: the geometry step holds about
-    # one row of overlap crops (peak 949 MB at 1480 px, bench_geometry), the mosaic one
-    # band per level (452 MB), the merge every nucleus of the well (4.4 s / 100k cells)
+    "cell_features": StepResources(cpus=2, memory_mb=10240, time_min=300, max_memory_mb=32768),
+    # per plate x well: the geometry step holds about one row of overlap crops (peak 949
+    # MB at 1480 px and 400 sites, bench_geometry), the mosaic one band per level (452
+    # MB), the merge every nucleus of the well (4.4 s / 100k cells); bench_site_costs at 6
+    # CP sites: 232 / 740 / 223 MB
     "geometry": StepResources(cpus=2, memory_mb=2048, time_min=120, max_memory_mb=8192),
     "mosaic": StepResources(cpus=2, memory_mb=2048, time_min=120, max_memory_mb=8192),
     "merge": StepResources(cpus=1, memory_mb=2048, time_min=60, max_memory_mb=8192),

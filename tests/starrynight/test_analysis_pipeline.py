@@ -323,3 +323,24 @@ def test_site_without_cells_next_to_sites_with_cells(
     _assert_typed(uri, cells_schema(["DAPI", "PhalloAF750", "ZO1AF488"]), None)
     assert set(pq.read_table(uri)["site"].to_pylist()) == {0}
     assert analyse_well(ws, PLATE, "C3").no_cells == [1]  # also when skipped
+
+
+def test_families_choose_the_columns_and_other_families_recompute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = str(tmp_path)
+    _write_zero_site(ws, "B2", 0, ("DAPI", "Actin"), 64)
+    csv = tmp_path / "Barcodes.csv"
+    csv.write_text("sgRNA,gene_symbol\nACGTAA,G1\nTTGCAA,G2\n")
+    _run_well(ws, "B2", csv, capsys)
+    unit = ["-w", ws, "--plate", PLATE, "--well", "B2", "--workers", "1"]
+    table = workspace.cell_features_path(ws, PLATE, "B2")
+    code, err = _cli(["analysis", "run", *unit, "--families", "shape,intensity"], capsys)
+    assert code == 0, err
+    _assert_typed(table, cells_schema(["Actin", "DAPI"], ("shape", "intensity")))
+    # without --force: the families are part of what the table was made from
+    code, err = _cli(["analysis", "run", *unit], capsys)
+    assert code == 0, err
+    _assert_typed(table, cells_schema(["Actin", "DAPI"]))
+    code, err = _cli(["analysis", "run", *unit, "--families", "shape,haralick"], capsys)
+    assert code == 2 and "haralick: expected some of shape, intensity" in err
