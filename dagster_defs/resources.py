@@ -121,7 +121,9 @@ class PipecraftBackend(dg.ConfigurableResource):
         "(default: <workspace>/.pipecraft, or ~/.cache/starrynight/pipecraft for s3).",
     )
     max_workers: int | None = Field(None, description="Local/Snakemake worker slots.")
-    step_workers: int = Field(2, description="--workers passed to each step.")
+    step_workers: int | None = Field(
+        None, description="--workers passed to each step (default: the step's CPUs)."
+    )
     executor: str | None = Field(None, description="Snakemake executor plugin.")
     job_queue: str | None = Field(None, description="AWS Batch job queue.")
     image: str | None = Field(None, description="AWS Batch container image.")
@@ -162,7 +164,7 @@ class PipecraftBackend(dg.ConfigurableResource):
             argv=argv,
             image=image,
             env=dict(env or {}),
-            workers=self.step_workers,
+            step_workers=self.step_workers,
             resources=self.step_table(),
         )
 

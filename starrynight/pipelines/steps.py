@@ -43,18 +43,23 @@ class Runner:
     env : mapping of str to str
         Extra environment for every node (e.g. the Dagster run id, so a node re-runs in
         each Dagster run and the CLI's own completeness checks decide what to skip).
-    workers : int
-        ``--workers`` passed to the steps that parallelise inside a partition.
     resources : mapping of str to StepResources, optional
         The project's resource table per step (:func:`resources.step_table`); default:
         :data:`resources.DEFAULTS`.
+    step_workers : int, optional
+        ``--workers`` of every step that parallelises inside a partition; default: the
+        step's CPUs (its resources row), so a job uses what it is given.
     """
 
     argv: tuple[str, ...] = (sys.executable, "-m", "starrynight.cli")
     image: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    workers: int = 2
     resources: Mapping[str, StepResources] | None = None
+    step_workers: int | None = None
+
+    def workers(self, step: str) -> int:
+        """``--workers`` of ``step``: :attr:`step_workers`, else the CPUs of its job."""
+        return self.step_workers or resources_for(step, self.resources).cpus
 
     def command(
         self,
@@ -233,7 +238,7 @@ def illum_pipeline(
     chosen = _select(steps, ILLUM_STEPS)
     cycles = sorted(set(sbs_cycles))
     parts = []
-    base = [*_cmd("illum_cp"), "-w", ws, "--plate", plate, "--workers", str(r.workers)]
+    base = [*_cmd("illum_cp"), "-w", ws, "--plate", plate, "--workers", str(r.workers("illum_cp"))]
     if "illum_cp" in chosen:
         parts.append(
             r.command(
@@ -286,7 +291,7 @@ def well_pipeline(
         nodes.append(
             r.command(
                 node_name(name, plate, well),
-                s.argv(ws, plate, well, r.workers),
+                s.argv(ws, plate, well, r.workers(name)),
                 registry.same_level_inputs(s, ws, plate, well),
                 s.outputs(ws, plate, well),
                 step=name,

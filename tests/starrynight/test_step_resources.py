@@ -53,3 +53,23 @@ def test_bad_overrides_name_the_step_and_field(overrides, message: str) -> None:
     with pytest.raises(UserError) as err:
         step_table(overrides)
     assert message in str(err.value)
+
+
+def test_a_step_uses_the_cpus_its_job_is_given() -> None:
+    from pipecraft.pipeline import as_dag
+    from starrynight.pipelines import Runner, well_pipeline
+
+    def workers(runner: Runner) -> dict[str, str]:
+        dag = as_dag(well_pipeline("ws", "P1", "A1", runner))
+        out = {}
+        for node in dag:
+            argv = list(node.argv)
+            if "--workers" in argv:
+                out[node.name.split("-", 1)[0]] = argv[argv.index("--workers") + 1]
+        return out
+
+    table = step_table({"cell_features": {"cpus": 8}})
+    chosen = workers(Runner(resources=table))
+    assert chosen["cell_features"] == "8" and chosen["segmentation"] == "2"
+    # a project-wide --workers (backend_options.step_workers) wins over every row
+    assert set(workers(Runner(resources=table, step_workers=1)).values()) == {"1"}
