@@ -250,3 +250,137 @@ def coverage(
     inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= shape[0] - 0.5)
     inside &= (pts[:, 1] >= -0.5) & (pts[:, 1] <= shape[1] - 0.5)
     return float(inside.mean()) if inside.size else 0.0
+
+
+@dataclass(frozen=True)
+class MosaicFields:
+    """Where each field of view of a mosaic was pasted, and how far that is from where it is.
+
+    A mosaic pastes every field at its position rounded to the nearest pixel and lets
+    the field whose centre is nearest own each pixel (seams midway between centres). The
+    content of a pixel owned by field ``f`` truly lies ``shift[f]`` (at most half a pixel
+    per axis) from where the mosaic shows it; at 10X that is up to one CP pixel.
+
+    Attributes
+    ----------
+    corner : numpy.ndarray
+        ``(m, 2)`` rounded top-left pixel of each field in the mosaic.
+    shift : numpy.ndarray
+        ``(m, 2)`` exact minus rounded position, pixels.
+    shape : tuple of int
+        Field height and width, pixels.
+    """
+
+    corner: np.ndarray
+    shift: np.ndarray
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_positions(cls, exact: np.ndarray, shape: tuple[int, int]) -> MosaicFields:
+        """Fields pasted at ``round(exact)`` (``(m, 2)`` top-left corners in mosaic pixels)."""
+        exact = np.asarray(exact, np.float64).reshape(-1, 2)
+        corner = np.rint(exact)
+        return cls(corner.astype(np.int64), exact - corner, (int(shape[0]), int(shape[1])))
+
+    def near(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Indices of the fields that overlap the box ``[lo, hi]`` (pixel indices)."""
+        h, w = self.shape
+        c = self.corner
+        hit = (
+            (c[:, 0] <= hi[0]) & (c[:, 0] + h > lo[0]) & (c[:, 1] <= hi[1]) & (c[:, 1] + w > lo[1])
+        )
+        return np.flatnonzero(hit)
+
+    def shifts_at(self, points: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """``(n, 2)`` shift of the field that owns each point (zero where none does).
+
+        The owner is the field containing the point whose centre is nearest, as the
+        mosaic decided it (ties, on a seam, may go either way: both fields show the
+        same content there to within their shifts).
+        """
+        p = np.asarray(points, np.float64).reshape(-1, 2)
+        out = np.zeros_like(p)
+        if not len(candidates) or not len(p):
+            return out
+        h, w = self.shape
+        corner = self.corner[candidates].astype(np.float64)
+        centre = corner + np.array([h / 2.0, w / 2.0])
+        best = np.full(len(p), np.inf)
+        for k in range(len(candidates)):
+            inside = (p[:, 0] >= corner[k, 0] - 0.5) & (p[:, 0] < corner[k, 0] + h - 0.5)
+            inside &= (p[:, 1] >= corner[k, 1] - 0.5) & (p[:, 1] < corner[k, 1] + w - 0.5)
+            d2 = (p[:, 0] + 0.5 - centre[k, 0]) ** 2 + (p[:, 1] + 0.5 - centre[k, 1]) ** 2
+            win = inside & (d2 < best)
+            best[win] = d2[win]
+            out[win] = self.shift[candidates[k]]
+        return out
+
+
+def source_coordinates(
+    affine: np.ndarray,
+    y0: int,
+    x0: int,
+    size: int,
+    cp: MosaicFields | None = None,
+    sbs: MosaicFields | None = None,
+    band: int = 128,
+) -> np.ndarray:
+    """Source mosaic indices of every pixel of a tile, corrected for both pastings.
+
+    Tile pixel ``p`` of the CP mosaic truly lies at ``p + cp_shift(p)``; its SBS
+    content truly lies at ``s = A (p + cp_shift(p))``, which the SBS mosaic shows at
+    ``s - sbs_shift(s)``. Without ``cp``/``sbs`` this is the plain affine map.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(2, size, size)`` float32 ``(y, x)`` indices into the source mosaic.
+    """
+    a = np.asarray(affine, np.float64)
+    lin, off = a[:2, :2], a[:2, 2]
+    out = np.empty((2, size, size), np.float32)
+    cols = np.arange(x0, x0 + size, dtype=np.float64)
+    cp_near = sbs_near = np.zeros(0, np.int64)
+    if cp is not None:
+        cp_near = cp.near(np.array([y0, x0]), np.array([y0 + size, x0 + size]))
+    if sbs is not None:
+        box = source_box(a, y0, x0, size, (1 << 40, 1 << 40), margin=2)
+        if box is not None:
+            sbs_near = sbs.near(np.array([box[0], box[2]]), np.array([box[1], box[3]]))
+    for r0 in range(0, size, band):
+        r1 = min(size, r0 + band)
+        yy, xx = np.meshgrid(np.arange(y0 + r0, y0 + r1, dtype=np.float64), cols, indexing="ij")
+        p = np.column_stack([yy.ravel(), xx.ravel()])
+        if cp is not None:
+            p = p + cp.shifts_at(p, cp_near)
+        s = p @ lin.T + off
+        if sbs is not None:
+            s = s - sbs.shifts_at(s, sbs_near)
+        out[0, r0:r1] = s[:, 0].reshape(r1 - r0, size)
+        out[1, r0:r1] = s[:, 1].reshape(r1 - r0, size)
+    return out
+
+
+def sample(region: np.ndarray, coords: np.ndarray, box_origin: tuple[int, int]) -> np.ndarray:
+    """Bilinear samples of ``region`` at source indices ``coords`` (zero outside it).
+
+    Parameters
+    ----------
+    region : numpy.ndarray
+        2-D source pixels; ``region[0, 0]`` is source index ``box_origin``.
+    coords : numpy.ndarray
+        ``(2, ...)`` ``(y, x)`` source indices (:func:`source_coordinates`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``coords.shape[1:]`` of ``region``'s dtype (rounded for integers).
+    """
+    c = np.asarray(coords, np.float32) - np.asarray(box_origin, np.float32).reshape(2, 1, 1)
+    out = ndimage.map_coordinates(
+        region.astype(np.float32), c, order=1, mode="constant", cval=0.0, prefilter=False
+    )
+    if np.issubdtype(region.dtype, np.integer):
+        info = np.iinfo(region.dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(region.dtype)
+    return out.astype(region.dtype)

@@ -204,6 +204,7 @@ class _Mosaic:
     origin_px: tuple[float, float]
     pixel_um: tuple[float, float]
     field_px: int
+    fields: tl.MosaicFields
     stamp: list[Any]
 
     def channel(self, label: str) -> int:
@@ -263,7 +264,11 @@ def _read_mosaic(
     return _Mosaic(
         uri, array, channels, shape, (float(y0), float(x0)),
         (float(pos[0]["pixel_size_y_um"]), float(pos[0]["pixel_size_x_um"])),
-        max(fh, fw), [list(s) if s else None for s in stamp],
+        max(fh, fw),
+        tl.MosaicFields.from_positions(
+            np.array([[p["y_px"] - y0, p["x_px"] - x0] for p in pos]), (fh, fw)
+        ),
+        [list(s) if s else None for s in stamp],
     )  # fmt: skip
 
 
@@ -326,13 +331,17 @@ def _cp_tile(m: _Mosaic, c: int, y0: int, x0: int, size: int) -> np.ndarray:
     return out
 
 
-def _sbs_tile(m: _Mosaic, c: int, affine: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
-    box = tl.source_box(affine, y0, x0, size, m.shape)
-    if box is None:
+def _sbs_tile(m: _Mosaic, c: int, coords: np.ndarray) -> np.ndarray:
+    """One SBS channel resampled at ``coords`` (:func:`tl.source_coordinates`)."""
+    size = coords.shape[1]
+    lo = np.floor(coords.reshape(2, -1).min(axis=1)).astype(int) - 1
+    hi = np.ceil(coords.reshape(2, -1).max(axis=1)).astype(int) + 2
+    ys, xs = max(0, int(lo[0])), max(0, int(lo[1]))
+    ye, xe = min(m.shape[0], int(hi[0])), min(m.shape[1], int(hi[1]))
+    if ys >= ye or xs >= xe:
         return np.zeros((size, size), np.uint16)
-    ys, ye, xs, xe = box
     region = np.asarray(m.array[c, ys:ye, xs:xe])
-    return tl.warp_tile(region, affine, y0, x0, size, (ys, xs))
+    return tl.sample(region, coords, (ys, xs))
 
 
 def tile_well(
@@ -416,13 +425,17 @@ def tile_well(
         uris = {i.name: workspace.cropped_path(ws, plate, well, i.name, site) for i in images}
         done = all(s is not None for s in storage.stat_many(list(uris.values())))
         if not done:
+            # Where every tile pixel's SBS content lies in the SBS mosaic, once per tile;
+            # both mosaics' half-pixel pastings are undone (at 10X up to a CP pixel).
+            coords = tl.source_coordinates(affine, y0, x0, grid.tile_size, cp.fields, sbs.fields)
             for img in images:
                 c = labels[img.name]
                 if img.arm == "cp":
                     pixels = _cp_tile(cp, c, y0, x0, grid.tile_size)
                 else:
-                    pixels = _sbs_tile(sbs, c, affine, y0, x0, grid.tile_size)
+                    pixels = _sbs_tile(sbs, c, coords)
                 write_tiff(uris[img.name], pixels)
+            del coords
         size = grid.tile_size
         inside = max(0, min(cp.shape[0], y0 + size) - y0) * max(0, min(cp.shape[1], x0 + size) - x0)
         row_out = {
