@@ -4,6 +4,7 @@ PCPIP tile grid, and the analysis LoadData over the tiles."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import shutil
@@ -19,7 +20,7 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.measure import label, regionprops
 from skimage.transform import AffineTransform, warp
 
-from starrynight import workspace
+from starrynight import storage, workspace
 from starrynight.algorithms import tiles as tl
 from starrynight.cellprofiler import loaddata as ld
 from starrynight.cellprofiler import run as cprun
@@ -31,6 +32,7 @@ from tests.starrynight.cellprofiler_helpers import (
     require_cellprofiler,
     requires_cellprofiler,
 )
+from tests.starrynight.test_storage import s3_endpoint  # noqa: F401 - the moto server fixture
 
 P, W = "Plate1", "A1"
 SPEC = SampleSpec(
@@ -300,6 +302,25 @@ def test_bad_input_is_one_clear_line(built, tiled, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "--transform stage" in err
     code, out, err = _run(["cp", "tiles", "-w", no_merge, *u, "--transform", "stage"], capsys)
     assert code == 0 and "SBS placed by the stage positions (no registration)" in out, err
+
+
+def test_tiles_of_a_workspace_on_s3_are_the_same(tiled, s3_endpoint):  # noqa: F811
+    ws, _ = tiled
+    storage.s3_client().create_bucket(Bucket="tiles")
+    remote = "s3://tiles/ws"
+    for part in ("experiment", "geometry", "mosaics", "merge", "index"):
+        for f in Path(ws, part).rglob("*"):
+            if f.is_file():
+                rel = f.relative_to(ws).as_posix()
+                storage.write_bytes(storage.join(remote, *rel.split("/")), f.read_bytes())
+    from starrynight.cellprofiler.tiles import tile_well
+
+    res = tile_well(remote, P, W)
+    assert res.written == 9
+    for site in (1, 5, 9):
+        for image in ("CorrDNA", "Cycle02_G", "Cycle01_DAPI"):
+            data = storage.read_bytes(workspace.cropped_path(remote, P, W, image, site))
+            assert np.array_equal(tifffile.imread(io.BytesIO(data)), _tile(ws, image, site))
 
 
 @requires_cellprofiler
