@@ -303,17 +303,44 @@ class MosaicFields:
         if not len(candidates) or not len(p):
             return out
         h, w = self.shape
-        corner = self.corner[candidates].astype(np.float64)
-        centre = corner + np.array([h / 2.0, w / 2.0])
-        best = np.full(len(p), np.inf)
-        for k in range(len(candidates)):
-            inside = (p[:, 0] >= corner[k, 0] - 0.5) & (p[:, 0] < corner[k, 0] + h - 0.5)
-            inside &= (p[:, 1] >= corner[k, 1] - 0.5) & (p[:, 1] < corner[k, 1] + w - 0.5)
-            d2 = (p[:, 0] + 0.5 - centre[k, 0]) ** 2 + (p[:, 1] + 0.5 - centre[k, 1]) ** 2
+        py, px = p[:, 0].astype(np.float32), p[:, 1].astype(np.float32)
+        best = np.full(len(p), np.inf, np.float32)
+        for k in candidates:
+            cy, cx = (float(v) for v in self.corner[k])
+            inside = (py >= cy - 0.5) & (py < cy + h - 0.5) & (px >= cx - 0.5) & (px < cx + w - 0.5)
+            d2 = np.square(py - np.float32(cy + h / 2.0 - 0.5))
+            d2 += np.square(px - np.float32(cx + w / 2.0 - 0.5))
             win = inside & (d2 < best)
             best[win] = d2[win]
-            out[win] = self.shift[candidates[k]]
+            out[win] = self.shift[k]
         return out
+
+
+def _grid_shifts(
+    fields: MosaicFields, rows: np.ndarray, cols: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
+    """:meth:`MosaicFields.shifts_at` on the pixel grid ``rows x cols``: ``(2, R, C)``.
+
+    On a grid, containment and distance to a centre separate by axis, so this costs a
+    few row and column vectors per field instead of every pixel's.
+    """
+    out = np.zeros((2, len(rows), len(cols)), np.float32)
+    best = np.full((len(rows), len(cols)), np.inf, np.float32)
+    h, w = fields.shape
+    for k in candidates:
+        cy, cx = fields.corner[k]
+        ry = (rows >= cy - 0.5) & (rows < cy + h - 0.5)
+        rx = (cols >= cx - 0.5) & (cols < cx + w - 0.5)
+        if not ry.any() or not rx.any():
+            continue
+        dy = ((rows + 0.5 - (cy + h / 2.0)) ** 2).astype(np.float32)
+        dx = ((cols + 0.5 - (cx + w / 2.0)) ** 2).astype(np.float32)
+        d2 = np.where(ry[:, None] & rx[None, :], dy[:, None] + dx[None, :], np.inf)
+        win = d2 < best
+        best[win] = d2[win]
+        out[0][win] = fields.shift[k, 0]
+        out[1][win] = fields.shift[k, 1]
+    return out
 
 
 def source_coordinates(
@@ -347,40 +374,82 @@ def source_coordinates(
         box = source_box(a, y0, x0, size, (1 << 40, 1 << 40), margin=2)
         if box is not None:
             sbs_near = sbs.near(np.array([box[0], box[2]]), np.array([box[1], box[3]]))
+    cols = cols.astype(np.float64)
     for r0 in range(0, size, band):
         r1 = min(size, r0 + band)
-        yy, xx = np.meshgrid(np.arange(y0 + r0, y0 + r1, dtype=np.float64), cols, indexing="ij")
-        p = np.column_stack([yy.ravel(), xx.ravel()])
+        rows = np.arange(y0 + r0, y0 + r1, dtype=np.float64)
+        py = np.broadcast_to(rows[:, None], (r1 - r0, size)).astype(np.float64)
+        px = np.broadcast_to(cols[None, :], (r1 - r0, size)).astype(np.float64)
         if cp is not None:
-            p = p + cp.shifts_at(p, cp_near)
-        s = p @ lin.T + off
+            shift = _grid_shifts(cp, rows, cols, cp_near)
+            py, px = py + shift[0], px + shift[1]
+        sy = lin[0, 0] * py + lin[0, 1] * px + off[0]
+        sx = lin[1, 0] * py + lin[1, 1] * px + off[1]
         if sbs is not None:
-            s = s - sbs.shifts_at(s, sbs_near)
-        out[0, r0:r1] = s[:, 0].reshape(r1 - r0, size)
-        out[1, r0:r1] = s[:, 1].reshape(r1 - r0, size)
+            back = sbs.shifts_at(np.column_stack([sy.ravel(), sx.ravel()]), sbs_near)
+            sy -= back[:, 0].reshape(sy.shape)
+            sx -= back[:, 1].reshape(sx.shape)
+        out[0, r0:r1] = sy
+        out[1, r0:r1] = sx
     return out
 
 
-def sample(region: np.ndarray, coords: np.ndarray, box_origin: tuple[int, int]) -> np.ndarray:
-    """Bilinear samples of ``region`` at source indices ``coords`` (zero outside it).
+@dataclass(frozen=True)
+class Resampler:
+    """Bilinear sampling of many images at one set of source indices (zero outside).
 
-    Parameters
+    The neighbours and weights are worked out once (:func:`resampler`) and reused for
+    every channel of a tile: a channel then costs four gathers and a weighted sum.
+
+    Attributes
     ----------
-    region : numpy.ndarray
-        2-D source pixels; ``region[0, 0]`` is source index ``box_origin``.
-    coords : numpy.ndarray
-        ``(2, ...)`` ``(y, x)`` source indices (:func:`source_coordinates`).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``coords.shape[1:]`` of ``region``'s dtype (rounded for integers).
+    box : tuple of int or None
+        ``(ys, ye, xs, xe)``: the part of the source the samples need (None: nothing).
+    base : numpy.ndarray
+        Flat index of each sample's top-left neighbour in the padded box.
+    fy, fx : numpy.ndarray
+        Fractional offsets from it.
+    shape : tuple of int
+        Output shape.
     """
-    c = np.asarray(coords, np.float32) - np.asarray(box_origin, np.float32).reshape(2, 1, 1)
-    out = ndimage.map_coordinates(
-        region.astype(np.float32), c, order=1, mode="constant", cval=0.0, prefilter=False
-    )
-    if np.issubdtype(region.dtype, np.integer):
-        info = np.iinfo(region.dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(region.dtype)
-    return out.astype(region.dtype)
+
+    box: tuple[int, int, int, int] | None
+    base: np.ndarray
+    fy: np.ndarray
+    fx: np.ndarray
+    shape: tuple[int, ...]
+
+    def __call__(self, region: np.ndarray) -> np.ndarray:
+        """Sample ``region`` (the source cut to :attr:`box`); same dtype, rounded."""
+        if self.box is None:
+            return np.zeros(self.shape, region.dtype)
+        # One zero pixel before and two after each axis: every neighbour is in range and
+        # samples beyond the box read zeros.
+        flat = np.pad(region.astype(np.float32), ((1, 2), (1, 2))).ravel()
+        stride = region.shape[1] + 3
+        b = self.base
+        top = flat[b] + self.fx * (flat[b + 1] - flat[b])
+        bottom = flat[b + stride] + self.fx * (flat[b + stride + 1] - flat[b + stride])
+        out = (top + self.fy * (bottom - top)).reshape(self.shape)
+        if np.issubdtype(region.dtype, np.integer):
+            info = np.iinfo(region.dtype)
+            return np.clip(np.rint(out), info.min, info.max).astype(region.dtype)
+        return out.astype(region.dtype)
+
+
+def resampler(coords: np.ndarray, shape: tuple[int, int]) -> Resampler:
+    """A :class:`Resampler` for ``(2, ...)`` source indices into a source of ``shape``."""
+    c = np.asarray(coords, np.float32)
+    out_shape = c.shape[1:]
+    cy, cx = c[0].ravel(), c[1].ravel()
+    ys, ye = max(0, int(np.floor(cy.min()))), min(shape[0], int(np.ceil(cy.max())) + 1)
+    xs, xe = max(0, int(np.floor(cx.min()))), min(shape[1], int(np.ceil(cx.max())) + 1)
+    if ys >= ye or xs >= xe:
+        return Resampler(None, np.zeros(0, np.int64), np.zeros(0), np.zeros(0), out_shape)
+    h, w = ye - ys, xe - xs
+    # Indices in the padded box, clamped to its zero border.
+    py = np.clip(cy - ys + 1, 0, h + 1)
+    px = np.clip(cx - xs + 1, 0, w + 1)
+    iy, ix = np.floor(py), np.floor(px)
+    base = iy.astype(np.int64) * (w + 3) + ix.astype(np.int64)
+    return Resampler((ys, ye, xs, xe), base, py - iy, px - ix, out_shape)

@@ -331,17 +331,12 @@ def _cp_tile(m: _Mosaic, c: int, y0: int, x0: int, size: int) -> np.ndarray:
     return out
 
 
-def _sbs_tile(m: _Mosaic, c: int, coords: np.ndarray) -> np.ndarray:
-    """One SBS channel resampled at ``coords`` (:func:`tl.source_coordinates`)."""
-    size = coords.shape[1]
-    lo = np.floor(coords.reshape(2, -1).min(axis=1)).astype(int) - 1
-    hi = np.ceil(coords.reshape(2, -1).max(axis=1)).astype(int) + 2
-    ys, xs = max(0, int(lo[0])), max(0, int(lo[1]))
-    ye, xe = min(m.shape[0], int(hi[0])), min(m.shape[1], int(hi[1]))
-    if ys >= ye or xs >= xe:
-        return np.zeros((size, size), np.uint16)
-    region = np.asarray(m.array[c, ys:ye, xs:xe])
-    return tl.sample(region, coords, (ys, xs))
+def _sbs_tile(m: _Mosaic, c: int, sampler: tl.Resampler) -> np.ndarray:
+    """One SBS channel resampled into a tile (only the box of the mosaic it needs is read)."""
+    if sampler.box is None:
+        return np.zeros(sampler.shape, np.uint16)
+    ys, ye, xs, xe = sampler.box
+    return sampler(np.asarray(m.array[c, ys:ye, xs:xe]))
 
 
 def tile_well(
@@ -428,14 +423,15 @@ def tile_well(
             # Where every tile pixel's SBS content lies in the SBS mosaic, once per tile;
             # both mosaics' half-pixel pastings are undone (at 10X up to a CP pixel).
             coords = tl.source_coordinates(affine, y0, x0, grid.tile_size, cp.fields, sbs.fields)
+            sampler = tl.resampler(coords, sbs.shape)
+            del coords
             for img in images:
                 c = labels[img.name]
                 if img.arm == "cp":
                     pixels = _cp_tile(cp, c, y0, x0, grid.tile_size)
                 else:
-                    pixels = _sbs_tile(sbs, c, coords)
+                    pixels = _sbs_tile(sbs, c, sampler)
                 write_tiff(uris[img.name], pixels)
-            del coords
         size = grid.tile_size
         inside = max(0, min(cp.shape[0], y0 + size) - y0) * max(0, min(cp.shape[1], x0 + size) - x0)
         row_out = {
