@@ -323,20 +323,26 @@ def _transform(ws: str, plate: str, well: str, how: str, sbs_cycle: int) -> dict
 # --------------------------------------------------------------------------- tiles
 
 
-def _cp_tile(m: _Mosaic, c: int, y0: int, x0: int, size: int) -> np.ndarray:
-    out = np.zeros((size, size), np.uint16)
+def _cp_tiles(m: _Mosaic, channels: list[int], y0: int, x0: int, size: int) -> np.ndarray:
+    """The CP channels of one tile, ``(len(channels), size, size)``, zero-padded.
+
+    One zarr read for all channels: their chunks are fetched and decoded concurrently.
+    """
+    out = np.zeros((len(channels), size, size), np.uint16)
     y1, x1 = min(m.shape[0], y0 + size), min(m.shape[1], x0 + size)
-    if y1 > y0 and x1 > x0:
-        out[: y1 - y0, : x1 - x0] = np.asarray(m.array[c, y0:y1, x0:x1])
+    if channels and y1 > y0 and x1 > x0:
+        sel = (channels, slice(y0, y1), slice(x0, x1))
+        out[:, : y1 - y0, : x1 - x0] = m.array.get_orthogonal_selection(sel)
     return out
 
 
-def _sbs_tile(m: _Mosaic, c: int, sampler: tl.Resampler) -> np.ndarray:
-    """One SBS channel resampled into a tile (only the box of the mosaic it needs is read)."""
-    if sampler.box is None:
-        return np.zeros(sampler.shape, np.uint16)
+def _sbs_tiles(m: _Mosaic, channels: list[int], sampler: tl.Resampler) -> np.ndarray:
+    """The SBS channels resampled into one tile; only the box of the mosaic it needs is read."""
+    if sampler.box is None or not channels:
+        return np.zeros((len(channels), *sampler.shape), np.uint16)
     ys, ye, xs, xe = sampler.box
-    return sampler(np.asarray(m.array[c, ys:ye, xs:xe]))
+    regions = m.array.get_orthogonal_selection((channels, slice(ys, ye), slice(xs, xe)))
+    return np.stack([sampler(r) for r in regions])
 
 
 def tile_well(
@@ -425,13 +431,16 @@ def tile_well(
             coords = tl.source_coordinates(affine, y0, x0, grid.tile_size, cp.fields, sbs.fields)
             sampler = tl.resampler(coords, sbs.shape)
             del coords
-            for img in images:
-                c = labels[img.name]
-                if img.arm == "cp":
-                    pixels = _cp_tile(cp, c, y0, x0, grid.tile_size)
+            for arm, mosaic in (("cp", cp), ("sbs", sbs)):
+                mine = [i for i in images if i.arm == arm]
+                channels = [labels[i.name] for i in mine]
+                if arm == "cp":
+                    stack = _cp_tiles(mosaic, channels, y0, x0, grid.tile_size)
                 else:
-                    pixels = _sbs_tile(sbs, c, sampler)
-                write_tiff(uris[img.name], pixels)
+                    stack = _sbs_tiles(mosaic, channels, sampler)
+                for img, pixels in zip(mine, stack, strict=True):
+                    write_tiff(uris[img.name], pixels)
+                del stack
         size = grid.tile_size
         inside = max(0, min(cp.shape[0], y0 + size) - y0) * max(0, min(cp.shape[1], x0 + size) - x0)
         row_out = {
