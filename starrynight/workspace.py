@@ -314,3 +314,48 @@ def screen_results_path(workspace: str, name: str) -> str:
     ``guide_profiles.parquet`` or ``screen.json`` (written last: marks it complete).
     """
     return storage.join(screen_results_dir(workspace), name)
+
+
+def cropped_well_dir(workspace: str, plate: str, well: str) -> str:
+    """Tiles of both arms of a well (PCPIP's stitch-and-crop output).
+
+    ``images_corrected_cropped/<plate>_Well<well>``: PCPIP names the folder
+    ``<Metadata_Plate>_<Metadata_Well>`` with its wells spelled ``WellA1``.
+    """
+    return storage.join(workspace, "images_corrected_cropped", f"{plate}_Well{well}")
+
+
+def cropped_path(workspace: str, plate: str, well: str, image: str, site: int) -> str:
+    """One tile of one image: ``.../<image>/<image>_Site_<N>.tiff`` (N from 1).
+
+    ``image`` is the CellProfiler image name the tile is loaded as: ``Corr<Name>``
+    (CP), ``Cycle<kk>_<Base>`` or ``Cycle<kk>_DAPI`` (SBS).
+    """
+    return storage.join(
+        cropped_well_dir(workspace, plate, well), image, f"{image}_Site_{site}.tiff"
+    )
+
+
+def tiles_dir(workspace: str, plate: str, well: str) -> str:
+    """The tile grid of a well and its report: ``tiles/<plate>-<well>``."""
+    return well_product_dir(workspace, "tiles", plate, well)
+
+
+def tiles_plan_path(workspace: str, plate: str, well: str) -> str:
+    """What the tiles on disk were cut with (grid, transform, mosaics).
+
+    ``tiles/<plate>-<well>/plan.json``, written before the tiles.
+    """
+    return storage.join(tiles_dir(workspace, plate, well), "plan.json")
+
+
+def tiles_table_path(workspace: str, plate: str, well: str) -> str:
+    """One row per tile (place in the well, coverage): ``..._tiles.parquet``."""
+    return storage.join(
+        tiles_dir(workspace, plate, well), f"Plate_{plate}_Well_{well}_tiles.parquet"
+    )
+
+
+def tiles_report_path(workspace: str, plate: str, well: str) -> str:
+    """The well's tiling report, written last: marks its tiles complete."""
+    return storage.join(tiles_dir(workspace, plate, well), f"Plate_{plate}_Well_{well}_tiles.json")

@@ -57,6 +57,8 @@ CP_ROLE_NAMES = {
 SBS_NUCLEI_NAME = "DNA"
 #: Name of the aligned cycle-1 nuclear image (PCPIP 7/9: ``Cycle01_DAPI``).
 SBS_ALIGNED_NUCLEI_NAME = "DAPI"
+#: What step ``analysis`` loads per row: tiles where cut, sites paired by number, or both.
+GRIDS = ("auto", "tiles", "sites")
 #: Grouping keys of a unit of work, in the order they appear in a unit's name.
 GROUP_KEYS = ("plate", "well", "site", "cycle")
 
@@ -69,6 +71,7 @@ _PRODUCTS = {
     "illum": ("illumination function(s)", "run 'starrynight illum calc' first"),
     "corr": ("corrected image(s)", "run 'starrynight illum apply' first"),
     "aligned": ("aligned SBS image(s)", "run 'starrynight align' first"),
+    "tiles": ("tile(s)", "run 'starrynight cp tiles' (with the same --name options) first"),
 }
 
 
@@ -284,6 +287,58 @@ def sbs_names(exp: Experiment, overrides: Mapping[str, str] | None = None) -> di
     return _arm_names("SBS", exp.sbs, overrides, _sbs_default_name)
 
 
+@dataclass(frozen=True)
+class AnalysisImage:
+    """One image PCPIP's 9_Analysis loads per site or tile.
+
+    Attributes
+    ----------
+    name : str
+        CellProfiler image name: ``Corr<Name>`` (CP), ``Cycle<kk>_<Base>`` and
+        ``Cycle<kk>_DAPI`` of the first cycle (SBS).
+    arm : str
+        ``cp`` or ``sbs``.
+    channel : str
+        The channel as written in file names.
+    cycle : int or None
+        SBS cycle (None for CP).
+    """
+
+    name: str
+    arm: str
+    channel: str
+    cycle: int | None = None
+
+
+def analysis_images(
+    exp: Experiment, overrides: Mapping[str, str] | None = None
+) -> list[AnalysisImage]:
+    """Every image of an analysis row, in column order (see :data:`STEPS` ``analysis``).
+
+    ``overrides`` (channel -> name) rename channels as ``--name`` does; the aligned
+    first-cycle nuclei are ``Cycle01_DAPI`` unless the nuclei channel is renamed
+    (``--name DAPI=DNA`` gives nf's ``Cycle01_DNA``).
+    """
+    overrides = overrides or {}
+    channels = [*(exp.cp.channels if exp.cp else []), *(exp.sbs.channels if exp.sbs else [])]
+    _check_overrides(overrides, channels)
+    step = STEPS["analysis"]
+    out = [
+        AnalysisImage(f"{step.corr_prefix}{name}", "cp", ch)
+        for ch, name in cp_names(exp, overrides).items()
+    ]
+    sbs_names(exp, overrides)  # raises for an experiment without SBS, checks clashes
+    assert exp.sbs is not None
+    roles = exp.sbs.roles
+    cycles = sorted(exp.sbs.cycles)
+    nuclei = overrides.get(roles["nuclei"], SBS_ALIGNED_NUCLEI_NAME)
+    for k in cycles:
+        out += [AnalysisImage(f"Cycle{k:02d}_{b}", "sbs", roles[b], k) for b in "ACGT"]
+        if k == cycles[0]:
+            out.append(AnalysisImage(f"Cycle{k:02d}_{nuclei}", "sbs", roles["nuclei"], k))
+    return out
+
+
 # -- rows -------------------------------------------------------------------------------
 
 
@@ -424,7 +479,7 @@ def _sbs_site_columns(
 
 def _rows(
     b: _Builder, step_name: str, exp: Experiment, cp: list[dict], sbs: list[dict],
-    overrides: Mapping[str, str],
+    overrides: Mapping[str, str], grid: str = "auto",
 ) -> list[_Row]:  # fmt: skip
     step = STEPS[step_name]
     channels = [*(exp.cp.channels if exp.cp else []), *(exp.sbs.channels if exp.sbs else [])]
@@ -448,19 +503,73 @@ def _rows(
             _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles, nuclei)
             rows.append(row)
         return rows
-    # analysis: each CP site with the SBS site of the same number, which is only the same
-    # field of view when both arms were imaged on one site grid (PCPIP 9 runs on tiles
-    # cropped from both arms' stitched wells instead).
-    _check_same_site_grid(cp, sites)
-    cp_rows = _cp_rows(b, step, cp, cp_names(exp, overrides))
-    for row in cp_rows:
-        plate, well, site = row.key["plate"], row.key["well"], row.key["site"]
-        by_cycle = sites[(plate, well, site)]  # type: ignore[index]
-        _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles, nuclei)
-    return cp_rows
+    # analysis: on a well's tiles when `cp tiles` cut them (PCPIP 9 runs on tiles cropped
+    # from both arms' stitched wells); else each CP site with the SBS site of the same
+    # number, which is only the same field of view when both arms share one site grid.
+    cp_names_ = cp_names(exp, overrides)
+    images = analysis_images(exp, overrides)
+    by_well: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for rec in cp:
+        by_well[(rec["plate"], rec["well"])].append(rec)
+    rows: list[_Row] = []
+    for (plate, well), recs in sorted(by_well.items()):
+        report = _tile_report(b.ws, plate, well) if grid != "sites" else None
+        if report is not None:
+            rows += _tile_rows(b, step, plate, well, report, images)
+            continue
+        if grid == "tiles":
+            raise UserError(
+                f"step analysis: plate {plate!r} well {well!r} has no complete tiles "
+                f"({workspace.tiles_report_path(b.ws, plate, well)} missing); run "
+                f"'starrynight cp tiles -w {b.ws} --plate {plate} --well {well}' first"
+            )
+        _check_same_site_grid(b.ws, recs, sites)
+        for row in _cp_rows(b, step, recs, cp_names_):
+            by_cycle = sites[(plate, well, row.key["site"])]  # type: ignore[index]
+            _sbs_site_columns(b, step, row, by_cycle, cycles, names, exp.sbs.roles, nuclei)
+            rows.append(row)
+    return rows
 
 
-def _check_same_site_grid(cp: list[dict], sbs_sites: Mapping[tuple[str, str, int], object]):
+def _tile_report(ws: str, plate: str, well: str) -> dict | None:
+    """The report of a well's tiles (written last by ``cp tiles``), or None."""
+    import json
+
+    uri = workspace.tiles_report_path(ws, plate, well)
+    if not storage.exists(uri):
+        return None
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except ValueError as exc:
+        raise UserError(f"{uri}: not a tiles report ({exc})") from exc
+
+
+def _tile_rows(
+    b: _Builder, step: Step, plate: str, well: str, report: dict, images: list[AnalysisImage]
+) -> list[_Row]:
+    """One analysis row per tile: site N is tile N of PCPIP's numbering (from 1)."""
+    cut = sorted(report.get("images", {}))
+    wanted = sorted(i.name for i in images)
+    if cut != wanted:
+        raise UserError(
+            f"{workspace.tiles_report_path(b.ws, plate, well)}: the tiles hold images "
+            f"{', '.join(cut)} but this CSV loads {', '.join(wanted)}; cut them again with "
+            "'starrynight cp tiles' and the same --name options"
+        )
+    rows = []
+    for site in range(1, int(report["tiles"]) + 1):
+        row = _Row({"plate": plate, "well": well, "site": site}, _meta(step, plate, well, site), [])
+        for img in images:
+            b.image(
+                row, img.name, workspace.cropped_path(b.ws, plate, well, img.name, site), "tiles"
+            )
+        rows.append(row)
+    return rows
+
+
+def _check_same_site_grid(
+    ws: str, cp: list[dict], sbs_sites: Mapping[tuple[str, str, int], object]
+) -> None:
     """Refuse to pair sites by number in a well whose CP and SBS site sets differ."""
     cp_by_well: dict[tuple[str, str], set[int]] = defaultdict(set)
     sbs_by_well: dict[tuple[str, str], set[int]] = defaultdict(set)
@@ -475,8 +584,9 @@ def _check_same_site_grid(cp: list[dict], sbs_sites: Mapping[tuple[str, str, int
                 f"step analysis: plate {plate!r} well {well!r}: CP has {len(cp_set)} site(s) "
                 f"({_span(cp_set)}) and SBS {len(sbs_set)} ({_span(sbs_set)}); the arms were "
                 "imaged on different site grids, so CP and SBS sites of the same number are "
-                "different fields of view and cannot be paired by number (run analysis on "
-                "tiles cropped from both arms' mosaics instead)"
+                "different fields of view and cannot be paired by number (cut both arms' "
+                f"mosaics into one tile grid with 'starrynight cp tiles -w {ws} --plate "
+                f"{plate} --well {well}', then write this step again)"
             )
 
 
@@ -561,7 +671,7 @@ def _raise_missing(step_name: str, missing: list[str], kinds: dict[str, str]) ->
     by_kind: dict[str, list[str]] = defaultdict(list)
     for uri in missing:
         by_kind[kinds[uri]].append(uri)
-    kind = next(k for k in ("raw", "illum", "corr", "aligned") if k in by_kind)
+    kind = next(k for k in ("raw", "illum", "corr", "aligned", "tiles") if k in by_kind)
     files = by_kind[kind]
     what, hint = _PRODUCTS[kind]
     more = f" (+{len(files) - 1} more)" if len(files) > 1 else ""
@@ -608,6 +718,7 @@ def build_units(
     workspace_mask: str | None = None,
     names: Mapping[str, str] | None = None,
     check_files: bool = True,
+    grid: str = "auto",
 ) -> tuple[dict[str, list[dict[str, object]]], int]:
     """The rows of every unit of work of a step, checked against storage.
 
@@ -628,6 +739,10 @@ def build_units(
         Channel (as written) -> CellProfiler name overrides.
     check_files : bool
         Check that every referenced file exists (on by default).
+    grid : {"auto", "tiles", "sites"}
+        Step ``analysis`` only: ``tiles`` loads every well's tiles (``cp tiles``),
+        ``sites`` pairs CP and SBS sites by number (wells on one site grid only),
+        ``auto`` the tiles of the wells that have them and sites for the others.
 
     Returns
     -------
@@ -642,6 +757,10 @@ def build_units(
     """
     if step_name not in STEPS:
         raise UserError(f"step {step_name!r} is unknown: expected one of {', '.join(STEPS)}")
+    if grid not in GRIDS:
+        raise UserError(f"--grid {grid!r}: expected one of {', '.join(GRIDS)}")
+    if grid != "auto" and step_name != "analysis":
+        raise UserError(f"--grid {grid}: only step analysis loads tiles or paired sites")
     step = STEPS[step_name]
     by = check_by(step_name, by or step.default_by)
     ws = _absolute(ws)
@@ -663,7 +782,7 @@ def build_units(
         where = f" for plate(s) {', '.join(plates)}" if plates else ""
         where += f" well(s) {', '.join(wells)}" if wells else ""
         raise UserError(f"step {step_name}: the index has no {arm} images{where}")
-    rows = _rows(b, step_name, exp, cp, sbs, names or {})
+    rows = _rows(b, step_name, exp, cp, sbs, names or {}, grid)
     kinds = {uri: kind for row in rows for uri, kind in row.needs}
     if check_files:
         missing = missing_files(kinds)
@@ -684,6 +803,7 @@ def write_loaddata(
     path_mask: str | None = None,
     workspace_mask: str | None = None,
     names: Mapping[str, str] | None = None,
+    grid: str = "auto",
 ) -> LoadDataResult:
     """Write ``loaddata/<step>/<unit>.csv`` for every unit of work (see :func:`build_units`).
 
@@ -691,7 +811,9 @@ def write_loaddata(
     same step left by an earlier grouping (of the plates written now) are removed so
     ``cp run`` does not run a site twice.
     """
-    units, checked = build_units(ws, step_name, by, plates, wells, path_mask, workspace_mask, names)
+    units, checked = build_units(
+        ws, step_name, by, plates, wells, path_mask, workspace_mask, names, grid=grid
+    )
     ws_abs = _absolute(ws)
     result = LoadDataResult(step_name, files_checked=checked)
     for unit, rows in sorted(units.items()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from starrynight.cli.options import comma_list
+from starrynight.cli.options import FORCE, comma_list, well_unit
 
 _STEP_NAMES = (
     "illum_calc_cp", "illum_apply_cp", "segcheck_cp", "illum_calc_sbs", "illum_apply_sbs",
@@ -50,6 +50,12 @@ def cp() -> None:
     help="CHANNEL=NAME: CellProfiler name of a channel (as written in file names), "
     "overriding the role-based default (DNA, Phalloidin, Mito, A/C/G/T). Repeatable.",
 )  # fmt: skip
+@click.option(
+    "--grid", type=click.Choice(["auto", "tiles", "sites"]), default="auto", show_default=True,
+    help="Step analysis: rows over the tiles 'cp tiles' cut (tiles), over CP and SBS sites "
+    "paired by number (sites; wells on one site grid only), or tiles where a well has "
+    "them and sites elsewhere (auto).",
+)  # fmt: skip
 def loaddata(
     workspace: str,
     step: str,
@@ -59,17 +65,68 @@ def loaddata(
     path_mask: str | None,
     workspace_mask: str | None,
     names: tuple[str, ...],
+    grid: str,
 ) -> None:
     """Write LoadData CSVs (PCPIP conventions) for one step into WORKSPACE/loaddata/<step>."""
     from starrynight.cellprofiler.loaddata import parse_name_overrides, write_loaddata
 
     result = write_loaddata(
         workspace, step, by or None, plates, wells, path_mask, workspace_mask,
-        parse_name_overrides(names),
+        parse_name_overrides(names), grid,
     )  # fmt: skip
     click.echo(result.line())
     for c in result.csvs:
         click.echo(f"{c.uri}\t{c.rows} row(s)")
+
+
+@cp.command("tiles")
+@well_unit
+@click.option(
+    "--tiles-per-side", type=click.IntRange(1), default=None,
+    help="PCPIP's tileperside: tiles along each side of the canvas. Default: tiles about "
+    "one CP field of view on a side (or as many as --tile-size needs).",
+)  # fmt: skip
+@click.option(
+    "--tile-size", type=click.IntRange(1), default=None,
+    help="PCPIP's final_tile_size: side of a tile in CP pixels. Default: the smallest "
+    "that covers the well with --tiles-per-side tiles.",
+)  # fmt: skip
+@click.option(
+    "--transform", type=click.Choice(["merge", "stage"]), default="merge", show_default=True,
+    help="How SBS is placed in the CP frame: the merge's similarity registered from the "
+    "nuclei of both arms, or the recorded stage positions alone.",
+)  # fmt: skip
+@click.option(
+    "--name", "names", multiple=True,
+    help="CHANNEL=NAME, as for 'cp loaddata' (tile folders and files are named after the "
+    "CellProfiler images). Repeatable.",
+)  # fmt: skip
+@FORCE
+@click.option(
+    "--workers", type=click.IntRange(1), default=2, show_default=True,
+    help="Tiles cut in parallel.",
+)  # fmt: skip
+def tiles(
+    workspace: str, plate: str, well: str, tiles_per_side: int | None, tile_size: int | None,
+    transform: str, names: tuple[str, ...], force: bool, workers: int,
+) -> None:  # fmt: skip
+    """Cut both arms' mosaics of a well into one tile grid (PCPIP's stitch and crop).
+
+    For wells whose CP and SBS arms were imaged on different site grids: PCPIP's
+    9_Analysis then runs on the tiles ('cp loaddata --step analysis').
+    """
+    from starrynight.cellprofiler.loaddata import parse_name_overrides
+    from starrynight.cellprofiler.tiles import tile_well
+
+    r = tile_well(
+        workspace, plate, well, tiles_per_side, tile_size, parse_name_overrides(names),
+        transform, force, workers,
+    )  # fmt: skip
+    for w in r.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(r.line())
+    for uri in r.outputs:
+        click.echo(uri)
 
 
 @cp.command("run")
