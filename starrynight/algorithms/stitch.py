@@ -198,12 +198,18 @@ def register_overlap(
     """Measure ``p_j - p_i`` from the overlap crops cut by :func:`overlap_boxes`.
 
     The interior of ``crop_i`` (``margin`` pixels in from every side) is matched as a
-    template inside ``crop_j`` by normalised cross-correlation over every shift of at
-    most ``margin`` pixels per axis, as ``skimage.feature.match_template`` does (one
-    FFT product, window sums from integral images); the peak is refined to sub-pixel
-    by a parabola through it on each axis. Unlike phase correlation of the two crops,
-    nothing wraps around: each tested shift compares the whole template with real
-    pixels, however thin the overlap.
+    template inside ``crop_j`` by normalised cross-correlation (Pearson correlation of
+    the template with the window it covers) over every shift of at most ``margin``
+    pixels per axis. Unlike phase correlation of the two crops, nothing wraps around:
+    each tested shift compares the whole template with real pixels, however thin the
+    overlap.
+
+    The search is coarse to fine: every shift is tested by one FFT product on crops
+    binned 2x2 as many times as the overlap allows (:data:`MAX_BINNING`, keeping at
+    least :data:`COARSE_MIN_SIDE` template pixels per side and two binned pixels of
+    search); each finer level then climbs from that peak, scoring only the shifts it
+    visits. The full-resolution peak is refined to sub-pixel by a parabola through
+    it on each axis.
 
     Parameters
     ----------
@@ -219,10 +225,10 @@ def register_overlap(
     Returns
     -------
     measured : numpy.ndarray
-        ``p_j - p_i`` (y, x) in pixels.
+        ``p_j - p_i`` (y, x) in pixels (the recorded offset when nothing correlates).
     ncc : float
         Pearson correlation of the template and the matched region at the sub-pixel
-        shift (bilinear), i.e. of the overlap as placed.
+        shift (bilinear), i.e. of the overlap as placed; nan when either is flat.
     edge : float
         1.0 when the best shift lies on the border of the searched range (the true
         correction may be larger than ``margin``), else 0.0.
@@ -231,88 +237,120 @@ def register_overlap(
         raise ValueError(f"crops must be equal 2-D shapes, got {crop_i.shape} and {crop_j.shape}")
     h, w = crop_i.shape
     m = int(max(0, min(margin, (h - 8) // 2, (w - 8) // 2)))
-    template = np.asarray(crop_i, np.float32)[m : h - m, m : w - m]
-    image = np.asarray(crop_j, np.float32)
-    ncc, lo = _search(np.asarray(crop_i, np.float32), template, image, m)
-    local = np.array(np.unravel_index(int(np.nanargmax(ncc)), ncc.shape))
-    q = lo + local
-    peak = float(ncc[local[0], local[1]])
-    sub = np.array([_vertex(ncc[:, local[1]], local[0]), _vertex(ncc[local[0], :], local[1])])
-    placed = _placed_correlation(template, image, q, sub)
+    rounded = np.array([round(float(offset[0])), round(float(offset[1]))], np.float64)
+    a = np.asarray(crop_i, np.float32)
+    b = np.asarray(crop_j, np.float32)
+    levels = [(a, b, m)]
+    while len(levels) <= _LOG2_MAX_BINNING:
+        la, lb, lm = levels[-1]
+        nm = lm // 2
+        if nm < 2 or min(la.shape) // 2 - 2 * nm < COARSE_MIN_SIDE:
+            break
+        levels.append((_bin2(la), _bin2(lb), nm))
+    ca, cb, cm = levels[-1]
+    coarse = _ncc_map(_interior(ca, cm), cb, cm)
+    if np.all(np.isnan(coarse)):
+        return rounded, float("nan"), 0.0
+    q = np.array(np.unravel_index(int(np.nanargmax(coarse)), coarse.shape))
+    scorer = None
+    for level in range(len(levels) - 1, -1, -1):
+        la, lb, lm = levels[level]
+        if level < len(levels) - 1:
+            # A binned correction c is 2c pixels one level finer.
+            q = np.clip(lm - 2 * (cm - q), 0, 2 * lm)
+        scorer = _Scorer(_interior(la, lm), lb, lm)
+        q = scorer.climb(q)
+        cm = lm
+    assert scorer is not None
+    peak = scorer.score(q)
+    if not np.isfinite(peak):
+        return rounded, float("nan"), 0.0
+    sub = np.array([scorer.vertex(q, 0), scorer.vertex(q, 1)])
+    placed = _placed_correlation(scorer.template, b, q, sub)
     if np.isfinite(placed):
         peak = placed
     # Content at u in crop_i is at u - (t - d) in crop_j, so the template (crop_i from
     # m) matches crop_j at q = m - (t - d): the correction is m - q.
     correction = m - (q + sub)
-    rounded = np.array([round(float(offset[0])), round(float(offset[1]))], np.float64)
     on_edge = float(m > 0 and (q.min() == 0 or q.max() == 2 * m))
     return rounded + correction, peak, on_edge
 
 
-#: Overlaps whose template is at least this many pixels on its short side are searched
-#: coarse-to-fine: on 2x2-binned crops first, then at full resolution around that peak.
-COARSE_MIN_SIDE = 32
+#: The coarsest search bins the overlaps by at most this factor (a power of 2).
+MAX_BINNING = 4
+_LOG2_MAX_BINNING = int(np.log2(MAX_BINNING))
+
+#: A binned template keeps at least this many pixels on its short side.
+COARSE_MIN_SIDE = 16
 
 
-def _search(
-    crop_i: np.ndarray, template: np.ndarray, image: np.ndarray, m: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """NCC of ``template`` in ``image`` on a block of offsets holding the best one.
+def _interior(a: np.ndarray, m: int) -> np.ndarray:
+    h, w = a.shape
+    return a[m : h - m, m : w - m]
 
-    Returns the block and its first offset (``q`` = first + index). Small overlaps get
-    the whole ``[0, 2m]^2`` by FFT; larger ones a 2x2-binned FFT search, then the
-    full-resolution NCC on the 3x3 offsets around its peak, moved uphill until centred
-    (a quarter of the FFT work; the full-resolution peak keeps its sub-pixel precision).
+
+class _Scorer:
+    """Pearson correlation of a template with the windows of an image, shift by shift.
+
+    Window sums for every shift in ``[0, 2m]^2`` come from one pass over the image;
+    each scored shift then costs one dot product, and scores are cached.
     """
-    if min(template.shape) < COARSE_MIN_SIDE or m < 4:
-        return _ncc_map(template, image, m), np.zeros(2, int)
-    ci, cj = _bin2(crop_i), _bin2(image)
-    mb = m // 2
-    hb, wb = ci.shape
-    coarse = _ncc_map(ci[mb : hb - mb, mb : wb - mb], cj, mb)
-    qb = np.array(np.unravel_index(int(np.nanargmax(coarse)), coarse.shape))
-    # Binned offset qb means a correction of (mb - qb) binned = 2 (mb - qb) full pixels.
-    centre = m - 2 * (mb - qb)
-    # Walk the 3x3 full-resolution block uphill until its centre is the maximum (or the
-    # search border is reached): binning leaves the peak within a pixel or two.
-    for _ in range(4):
-        lo = np.clip(centre - 1, 0, 2 * m)
-        hi = np.clip(centre + 1, 0, 2 * m)
-        block = _ncc_direct(template, image, lo, hi)
-        if np.all(np.isnan(block)):
-            break
-        best = lo + np.array(np.unravel_index(int(np.nanargmax(block)), block.shape))
-        if np.array_equal(best, centre):
-            break
-        centre = best
-    return block, lo
+
+    def __init__(self, template: np.ndarray, image: np.ndarray, m: int) -> None:
+        self.template = template
+        self.m = m
+        self.t0 = template - np.float32(template.mean())
+        self.tt = float(np.einsum("ij,ij->", self.t0, self.t0, dtype=np.float64))
+        # Centred: the window variances below are differences of large sums.
+        self.image = image - np.float32(image.mean())
+        th, tw = template.shape
+        self.n = th * tw
+        self.s1 = _window_sums(self.image, th, tw, m)
+        self.s2 = _window_sums(self.image * self.image, th, tw, m)
+        self.cache: dict[tuple[int, int], float] = {}
+
+    def score(self, q: np.ndarray) -> float:
+        y, x = int(q[0]), int(q[1])
+        if not (0 <= y <= 2 * self.m and 0 <= x <= 2 * self.m):
+            return float("nan")
+        hit = self.cache.get((y, x))
+        if hit is not None:
+            return hit
+        th, tw = self.t0.shape
+        var = float(self.s2[y, x]) - float(self.s1[y, x]) ** 2 / self.n
+        out = float("nan")
+        if var > 0 and self.tt > 0:
+            win = self.image[y : y + th, x : x + tw]
+            num = float(np.einsum("ij,ij->", self.t0, win, dtype=np.float64))
+            out = num / np.sqrt(var * self.tt)
+        self.cache[(y, x)] = out
+        return out
+
+    def climb(self, q: np.ndarray) -> np.ndarray:
+        """From ``q``, move to the best of the four neighbours until ``q`` is best."""
+        q = np.asarray(q, int)
+        steps = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
+        for _ in range(4 * self.m + 4):
+            here = self.score(q)
+            scores = [self.score(q + s) for s in steps]
+            k = int(np.nanargmax(scores)) if not np.all(np.isnan(scores)) else -1
+            if k < 0 or not (scores[k] > here or np.isnan(here)):
+                break
+            q = q + steps[k]
+        return q
+
+    def vertex(self, q: np.ndarray, axis: int) -> float:
+        """Sub-pixel offset of the peak at ``q`` along ``axis`` (parabola through 3)."""
+        step = np.zeros(2, int)
+        step[axis] = 1
+        values = np.array([self.score(q - step), self.score(q), self.score(q + step)])
+        return _vertex(values, 1) if np.all(np.isfinite(values)) else 0.0
 
 
 def _bin2(a: np.ndarray) -> np.ndarray:
     h, w = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
     v = a[:h, :w]
     return 0.25 * (v[0::2, 0::2] + v[1::2, 0::2] + v[0::2, 1::2] + v[1::2, 1::2])
-
-
-def _ncc_direct(
-    template: np.ndarray, image: np.ndarray, lo: np.ndarray, hi: np.ndarray
-) -> np.ndarray:
-    """Pearson correlation of ``template`` with ``image`` at offsets ``lo..hi`` (inclusive)."""
-    th, tw = template.shape
-    t0 = (template - np.float32(template.mean())).ravel()
-    tt = float(np.dot(t0, t0))
-    n = th * tw
-    out = np.full((hi[0] - lo[0] + 1, hi[1] - lo[1] + 1), np.nan)
-    for a in range(out.shape[0]):
-        for b in range(out.shape[1]):
-            y, x = lo[0] + a, lo[1] + b
-            win = image[y : y + th, x : x + tw]
-            flat = np.ascontiguousarray(win).ravel()
-            s1 = float(flat.sum(dtype=np.float64))
-            var = float(np.dot(flat, flat)) - s1 * s1 / n
-            if var > 0 and tt > 0:
-                out[a, b] = float(np.dot(t0, flat)) / np.sqrt(var * tt)
-    return out
 
 
 def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
