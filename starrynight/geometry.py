@@ -26,6 +26,7 @@ import contextlib
 import csv
 import io
 import math
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -392,7 +393,11 @@ Box = tuple[slice, slice]
 
 
 def read_boxes(
-    uri: str, index: int, boxes: Sequence[Box], shape: tuple[int, int] | None = None
+    uri: str,
+    index: int,
+    boxes: Sequence[Box],
+    shape: tuple[int, int] | None = None,
+    dtype: np.typing.DTypeLike = None,
 ) -> list[np.ndarray]:
     """Read rectangles of one frame of a TIFF, decoding no more of it than they need.
 
@@ -412,11 +417,13 @@ def read_boxes(
         ``(rows, columns)`` with explicit, in-bounds starts and stops.
     shape : tuple of int, optional
         The frame's expected ``(height, width)`` (e.g. from the header of frame 0).
+    dtype : numpy dtype, optional
+        Give the boxes this dtype (converted while copied); default the file's.
 
     Returns
     -------
     list of numpy.ndarray
-        One new (owned, native byte order) array per box, in the file's dtype.
+        One new (owned, native byte order) array per box.
 
     Raises
     ------
@@ -436,41 +443,48 @@ def read_boxes(
                     raise InputFileError(
                         uri, f"frame {index} is {tuple(page.shape)}, expected {tuple(shape)}"
                     )
+                want = np.dtype(dtype if dtype is not None else page.dtype).newbyteorder("=")
                 if page.ndim != 2 or page.samplesperpixel != 1 or page.imagedepth != 1:
                     whole = page.asarray()
-                    return [np.array(whole[b]) for b in boxes]
+                    return [np.array(whole[b], dtype=want) for b in boxes]
                 if page.compression == 1 and page.is_contiguous:
-                    return _raw_boxes(uri, fh, page, boxes)
-                return _segment_boxes(fh, page, boxes)
+                    return _raw_boxes(uri, fh, page, boxes, want)
+                return [b.astype(want, copy=False) for b in _segment_boxes(fh, page, boxes)]
         except InputFileError:
             raise
         except Exception as exc:
             raise InputFileError(uri, f"not a readable TIFF ({_first_line(exc)})") from exc
 
 
-def _raw_boxes(uri: str, fh: IO[bytes], page: tifffile.TiffPage, boxes: Sequence[Box]) -> list:
+_scratch = threading.local()
+
+
+def _row_buffer(nbytes: int) -> np.ndarray:
+    """This thread's reusable byte buffer: fresh large allocations fault in every page."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = _scratch.buf = np.empty(nbytes, np.uint8)
+    return buf[:nbytes]
+
+
+def _raw_boxes(
+    uri: str, fh: IO[bytes], page: tifffile.TiffPage, boxes: Sequence[Box], dtype: np.dtype
+) -> list[np.ndarray]:
     """Boxes of an uncompressed contiguous frame: one read of the rows they span."""
     _h, w = page.shape
-    dtype = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
+    stored = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
     if not boxes:
         return []
     r0 = min(b[0].start for b in boxes)
     r1 = max(b[0].stop for b in boxes)
-    nbytes = (r1 - r0) * w * dtype.itemsize
-    fh.seek(int(page.dataoffsets[0]) + r0 * w * dtype.itemsize)
-    buf = bytearray(nbytes)
-    got = fh.readinto(buf) if hasattr(fh, "readinto") else None
-    if got is None:
-        data = fh.read(nbytes)
-        got = len(data)
-        buf[:got] = data
+    nbytes = (r1 - r0) * w * stored.itemsize
+    fh.seek(int(page.dataoffsets[0]) + r0 * w * stored.itemsize)
+    buf = _row_buffer(nbytes)
+    got = fh.readinto(memoryview(buf))  # type: ignore[attr-defined]
     if got != nbytes:
         raise InputFileError(uri, "truncated image data")
-    rows = np.frombuffer(buf, dtype).reshape(r1 - r0, w)
-    out = []
-    for br, bc in boxes:
-        out.append(np.array(rows[br.start - r0 : br.stop - r0, bc], dtype=dtype.newbyteorder("=")))
-    return out
+    rows = buf.view(stored).reshape(r1 - r0, w)
+    return [np.array(rows[br.start - r0 : br.stop - r0, bc], dtype=dtype) for br, bc in boxes]
 
 
 def _segment_boxes(fh: IO[bytes], page: tifffile.TiffPage, boxes: Sequence[Box]) -> list:
