@@ -254,25 +254,39 @@ def register_overlap(
     q = np.array(np.unravel_index(int(np.nanargmax(coarse)), coarse.shape))
     # Sub-pixel peak of this level: the next level starts its climb there.
     qf = q + np.array([_vertex(coarse[:, q[1]], q[0]), _vertex(coarse[q[0], :], q[1])])
-    # The coarsest level scored every shift; each finer one climbs from the last peak.
-    # At full resolution (one level alone) the climb checks the map's peak again
-    # and gives the neighbours for the parabola.
+    # The coarsest level scored every shift on the whole overlap; each finer one
+    # climbs from the last peak on the overlap's most textured stretch only (at most
+    # FINE_MAX_PIXELS of template), which pins the sub-pixel peak as well as the whole
+    # strip does at a fraction of the cost. With one level alone the climb checks the
+    # map's peak again and gives the neighbours for the parabola.
+    fine_a, fine_b = _textured_stretch(a, b, m, _interior(ca, cm), 2 ** (len(levels) - 1))
+    fine = [(fine_a, fine_b, m)]
+    for _ in range(len(levels) - 2):
+        fine.append((_bin2(fine[-1][0]), _bin2(fine[-1][1]), fine[-1][2] // 2))
+    scorer = None
     for level in range(len(levels) - 2, -1, -1):
-        la, lb, lm = levels[level]
+        la, lb, lm = fine[level]
         # A binned correction c is 2c pixels one level finer.
         q = np.clip(np.rint(lm - 2 * (cm - qf)).astype(int), 0, 2 * lm)
         scorer = _Scorer(_interior(la, lm), lb, lm)
         q = scorer.climb(q)
         qf = q + np.array([scorer.vertex(q, 0), scorer.vertex(q, 1)])
         cm = lm
-    if len(levels) == 1:
+    if scorer is None:
         scorer = _Scorer(_interior(a, m), b, m)
         q = scorer.climb(q)
     peak = scorer.score(q)
     if not np.isfinite(peak):
         return rounded, float("nan"), 0.0
     sub = np.array([scorer.vertex(q, 0), scorer.vertex(q, 1)])
-    placed = _placed_correlation(scorer.template, b, q, sub)
+    # The overlap as placed: the whole of it, on the 2x2-binned crops when they exist
+    # (a quarter of the pixels; binning changes a correlation far less than a shift).
+    if len(levels) > 1:
+        ha, hb, hm = levels[1]
+        at = hm - (m - (q + sub)) / 2
+        placed = _placed_correlation(_interior(ha, hm), hb, np.rint(at), at - np.rint(at))
+    else:
+        placed = _placed_correlation(scorer.template, b, q, sub)
     if np.isfinite(placed):
         peak = placed
     # Content at u in crop_i is at u - (t - d) in crop_j, so the template (crop_i from
@@ -288,6 +302,34 @@ _LOG2_MAX_BINNING = int(np.log2(MAX_BINNING))
 
 #: A binned template keeps at least this many pixels on its short side.
 COARSE_MIN_SIDE = 16
+
+
+#: Template pixels scored at the finer levels (the most textured stretch of the overlap).
+FINE_MAX_PIXELS = 24_000
+
+
+def _textured_stretch(
+    a: np.ndarray, b: np.ndarray, m: int, coarse_template: np.ndarray, factor: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both crops cut, along the overlap's long axis, to its most textured stretch.
+
+    The stretch holds at most :data:`FINE_MAX_PIXELS` template pixels; its place is
+    where the coarse template varies most (sum of squared deviations over a sliding
+    window). Both crops are cut alike, so shifts keep their meaning.
+    """
+    h, w = a.shape
+    axis = 0 if h - 2 * m > w - 2 * m else 1
+    long, short = (h - 2 * m, w - 2 * m) if axis == 0 else (w - 2 * m, h - 2 * m)
+    length = (max(FINE_MAX_PIXELS // max(short, 1), 4 * factor) // factor) * factor
+    if long <= length:
+        return a, b
+    dev = coarse_template - np.float32(coarse_template.mean())
+    energy = np.einsum("ij,ij->" + "ij"[axis], dev, dev).astype(np.float64)
+    span = length // factor
+    sums = np.convolve(energy, np.ones(span), mode="valid")
+    start = int(np.argmax(sums)) * factor
+    cut = slice(start, start + length + 2 * m)
+    return (a[cut], b[cut]) if axis == 0 else (a[:, cut], b[:, cut])
 
 
 def _interior(a: np.ndarray, m: int) -> np.ndarray:
@@ -354,9 +396,13 @@ class _Scorer:
 
 
 def _bin2(a: np.ndarray) -> np.ndarray:
+    """2x2 mean (an odd last row or column is dropped), float32."""
     h, w = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
-    v = a[:h, :w]
-    return 0.25 * (v[0::2, 0::2] + v[1::2, 0::2] + v[0::2, 1::2] + v[1::2, 1::2])
+    # Pairs of whole rows first (contiguous reads), then pairs of columns of the half.
+    rows = np.add(a[0:h:2, :w], a[1:h:2, :w], dtype=np.float32)
+    out = np.add(rows[:, 0::2], rows[:, 1::2])
+    out *= np.float32(0.25)
+    return out
 
 
 def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
