@@ -168,7 +168,7 @@ def main() -> None:
     err0 = errors_px(recorded, truth, ps)
     print(f"{n} sites of {args.size}^2 px, {info['pairs']} pairs, workers {args.workers}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"load average (1, 5, 15 min) at the end of the timed runs: {load} on {os.cpu_count()} cores")
+    print(f"load average (1, 5, 15 min) after the timed runs: {load}, {os.cpu_count()} cores")
     print(f"read nuclear channel once:   {read_s:7.2f} s  (baseline)")
     print(
         f"ours (geometry step):        {ours_s:7.2f} s  ratio {ours_s / read_s:.2f}  "
