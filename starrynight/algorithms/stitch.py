@@ -8,8 +8,9 @@ ASHLAR do.
 
 1. :func:`neighbour_pairs` lists the pairs whose recorded fields overlap enough.
 2. :func:`overlap_boxes` cuts the overlap out of both tiles at the recorded offset;
-   :func:`register_overlap` phase-correlates the two crops (sub-pixel) and measures the
-   Pearson correlation of the overlap after the shift.
+   :func:`register_overlap` matches them by normalised cross-correlation, coarse to
+   fine (sub-pixel), and measures the Pearson correlation of the overlap after the
+   shift.
 3. :func:`solve_positions` solves ``p_j - p_i = t_ij`` for all accepted pairs by
    weighted least squares, dropping the pair with the largest residual while it exceeds
    a bound, and leaves every site without an accepted pair at its recorded position.

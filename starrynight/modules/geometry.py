@@ -7,8 +7,9 @@ overlapping neighbours on the nuclear channel (illumination-corrected when the
 functions exist) and solving all positions together (:mod:`starrynight.algorithms.stitch`).
 
 Sites are streamed in the order of their recorded position: each image is read once,
-only the crops its pairs need are kept until the partner arrives, so memory holds
-about one row of overlaps, not the well.
+and only the overlap boxes its pairs need (:func:`starrynight.geometry.read_boxes`);
+those crops are kept until the partner arrives, so memory holds about one row of
+overlaps, not the well.
 
 Outputs (all validated before anything is written; the report is written last and
 marks the well complete):
