@@ -18,6 +18,7 @@ process for each of ``--memory-grids``.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,8 @@ def main() -> None:
     arm = report.arms[0]
     c, h, w = arm.shape
     print(f"{arm.sites} sites -> {c} x {h} x {w} px, {arm.levels} levels, chunk {args.chunk}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min) after the timed runs: {load}, {os.cpu_count()} cores")
     print(f"read every tile + write level 0: {base:7.2f} s  (baseline)")
     print(f"ours (mosaic step):              {seconds:7.2f} s  ratio {seconds / base:.2f}")
     for g in [int(x) for x in args.memory_grids.split(",") if x]:

@@ -26,6 +26,7 @@ import contextlib
 import csv
 import io
 import math
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -384,3 +385,136 @@ def read_plane(uri: str, index: int) -> np.ndarray:
             raise
         except Exception as exc:
             raise InputFileError(uri, f"not a readable TIFF ({_first_line(exc)})") from exc
+
+
+# ------------------------------------------------------------------ reading regions
+
+Box = tuple[slice, slice]
+
+
+def read_boxes(
+    uri: str,
+    index: int,
+    boxes: Sequence[Box],
+    shape: tuple[int, int] | None = None,
+    dtype: np.typing.DTypeLike = None,
+) -> list[np.ndarray]:
+    """Read rectangles of one frame of a TIFF, decoding no more of it than they need.
+
+    Microscopes mostly write uncompressed frames: their pixels are read as one ranged
+    read of the rows the boxes span (local or S3), never decoded. Compressed or tiled
+    frames (e.g. converted OME-TIFFs) have only the strips or tiles that touch a box
+    read and decoded. Anything else (several samples per pixel, volumes) falls back to
+    decoding the whole frame.
+
+    Parameters
+    ----------
+    uri : str
+        Local path or ``s3://`` URI.
+    index : int
+        Frame (page) of the file.
+    boxes : sequence of (slice, slice)
+        ``(rows, columns)`` with explicit, in-bounds starts and stops.
+    shape : tuple of int, optional
+        The frame's expected ``(height, width)`` (e.g. from the header of frame 0).
+    dtype : numpy dtype, optional
+        Give the boxes this dtype (converted while copied); default the file's.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One new (owned, native byte order) array per box.
+
+    Raises
+    ------
+    InputFileError
+        When the file is unreadable, truncated, has no frame ``index`` or one of
+        another shape.
+    """
+    with open_ranged(uri) as fh:
+        try:
+            with tifffile.TiffFile(fh, is_ome=False) as tif:
+                if index >= len(tif.pages):
+                    raise InputFileError(
+                        uri, f"expected at least {index + 1} frames, found {len(tif.pages)}"
+                    )
+                page = tif.pages[index]
+                if shape is not None and tuple(page.shape[-2:]) != tuple(shape):
+                    raise InputFileError(
+                        uri, f"frame {index} is {tuple(page.shape)}, expected {tuple(shape)}"
+                    )
+                want = np.dtype(dtype if dtype is not None else page.dtype).newbyteorder("=")
+                if page.ndim != 2 or page.samplesperpixel != 1 or page.imagedepth != 1:
+                    whole = page.asarray()
+                    return [np.array(whole[b], dtype=want) for b in boxes]
+                if page.compression == 1 and page.is_contiguous:
+                    return _raw_boxes(uri, fh, page, boxes, want)
+                return [b.astype(want, copy=False) for b in _segment_boxes(fh, page, boxes)]
+        except InputFileError:
+            raise
+        except Exception as exc:
+            raise InputFileError(uri, f"not a readable TIFF ({_first_line(exc)})") from exc
+
+
+_scratch = threading.local()
+
+
+def _row_buffer(nbytes: int) -> np.ndarray:
+    """This thread's reusable byte buffer: fresh large allocations fault in every page."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = _scratch.buf = np.empty(nbytes, np.uint8)
+    return buf[:nbytes]
+
+
+def _raw_boxes(
+    uri: str, fh: IO[bytes], page: tifffile.TiffPage, boxes: Sequence[Box], dtype: np.dtype
+) -> list[np.ndarray]:
+    """Boxes of an uncompressed contiguous frame: one read of the rows they span."""
+    _h, w = page.shape
+    stored = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
+    if not boxes:
+        return []
+    r0 = min(b[0].start for b in boxes)
+    r1 = max(b[0].stop for b in boxes)
+    nbytes = (r1 - r0) * w * stored.itemsize
+    fh.seek(int(page.dataoffsets[0]) + r0 * w * stored.itemsize)
+    buf = _row_buffer(nbytes)
+    got = fh.readinto(memoryview(buf))  # type: ignore[attr-defined]
+    if got != nbytes:
+        raise InputFileError(uri, "truncated image data")
+    rows = buf.view(stored).reshape(r1 - r0, w)
+    return [np.array(rows[br.start - r0 : br.stop - r0, bc], dtype=dtype) for br, bc in boxes]
+
+
+def _segment_boxes(fh: IO[bytes], page: tifffile.TiffPage, boxes: Sequence[Box]) -> list:
+    """Boxes of a compressed (or tiled) frame: decode only the segments that touch one."""
+    h, w = page.shape
+    if page.is_tiled:
+        sh, sw = page.tilelength, page.tilewidth
+    else:
+        sh, sw = page.rowsperstrip or h, w
+    across = -(-w // sw)
+    out = [np.empty((b[0].stop - b[0].start, b[1].stop - b[1].start), page.dtype) for b in boxes]
+    wanted: set[int] = set()
+    for br, bc in boxes:
+        for ty in range(br.start // sh, -(-br.stop // sh)):
+            for tx in range(bc.start // sw, -(-bc.stop // sw)):
+                wanted.add(ty * across + tx)
+    decode = page.decode
+    for k in sorted(wanted):
+        fh.seek(int(page.dataoffsets[k]))
+        data = fh.read(int(page.databytecounts[k]))
+        seg, idx, _shape = decode(data, k, jpegtables=page.jpegtables)
+        y0, x0 = int(idx[2]), int(idx[3])
+        if seg is None:  # an empty segment: tifffile's fill value
+            seg = np.zeros((1, sh, sw, 1), page.dtype)
+        tile = seg[0, : min(sh, h - y0), : min(sw, w - x0), 0]
+        for (br, bc), dst in zip(boxes, out, strict=True):
+            ya, yb = max(br.start, y0), min(br.stop, y0 + tile.shape[0])
+            xa, xb = max(bc.start, x0), min(bc.stop, x0 + tile.shape[1])
+            if ya < yb and xa < xb:
+                dst[ya - br.start : yb - br.start, xa - bc.start : xb - bc.start] = tile[
+                    ya - y0 : yb - y0, xa - x0 : xb - x0
+                ]
+    return out

@@ -7,8 +7,9 @@ overlapping neighbours on the nuclear channel (illumination-corrected when the
 functions exist) and solving all positions together (:mod:`starrynight.algorithms.stitch`).
 
 Sites are streamed in the order of their recorded position: each image is read once,
-only the crops its pairs need are kept until the partner arrives, so memory holds
-about one row of overlaps, not the well.
+and only the overlap boxes its pairs need (:func:`starrynight.geometry.read_boxes`);
+those crops are kept until the partner arrives, so memory holds about one row of
+overlaps, not the well.
 
 Outputs (all validated before anything is written; the report is written last and
 marks the well complete):
@@ -24,9 +25,9 @@ marks the well complete):
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
-import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,9 +39,16 @@ import pyarrow.parquet as pq
 
 from starrynight import geometry as geo
 from starrynight import storage, workspace
+from starrynight.algorithms import illum as alg_illum
 from starrynight.algorithms import stitch
 from starrynight.errors import InputFileError, UserError
-from starrynight.modules.illum import ImageRow, arm_channels, load_functions, plate_rows
+from starrynight.modules.illum import (
+    ImageRow,
+    LoadedFunction,
+    arm_channels,
+    load_functions,
+    plate_rows,
+)
 
 POSITIONS_SCHEMA = pa.schema(
     [
@@ -303,21 +311,23 @@ def _place_group(
         loaded = load_functions(ws, plate, [nuclei], cycle, required=False)
         function = loaded[nuclei] if loaded else None
     margin = max(2, math.ceil(options.max_shift_um / min(pixel_size)))
+    if function is not None and function.gain.shape != shape:
+        raise InputFileError(
+            function.uri, f"function is {function.gain.shape} but the {label} fields are {shape}"
+        )
 
-    def read(k: int) -> np.ndarray:
+    def read(k: int, boxes: Sequence[geo.Box]) -> list[np.ndarray]:
         row = rows[k]
         if nuclei not in row.channels:
             raise InputFileError(row.uri, f"no {nuclei} frame: the file name lists {row.channels}")
-        plane = geo.read_plane(row.uri, row.channels.index(nuclei))
-        if plane.shape != shape:
-            raise InputFileError(row.uri, f"frame is {plane.shape}, header said {shape}")
-        if function is not None:
-            if function.gain.shape != plane.shape:
-                raise InputFileError(
-                    row.uri, f"frame is {plane.shape} but {function.uri} is {function.gain.shape}"
-                )
-            return function.apply(plane)
-        return plane
+        frame = row.channels.index(nuclei)
+        if function is None:
+            return geo.read_boxes(row.uri, frame, boxes, shape, np.float32)
+        crops = geo.read_boxes(row.uri, frame, boxes, shape)
+        return [
+            function_apply(function, c, box).astype(np.float32)
+            for c, box in zip(crops, boxes, strict=True)
+        ]
 
     order = sorted(range(len(rows)), key=lambda k: (recorded_px[k][0], recorded_px[k][1]))
     measurements = measure_streaming(order, pairs, shape, read, margin, workers)
@@ -331,15 +341,39 @@ def _place_group(
     )  # fmt: skip
 
 
+def function_apply(function: LoadedFunction, crop: np.ndarray, box: geo.Box) -> np.ndarray:
+    """Correct a crop of a field with the same crop of its illumination function."""
+    return alg_illum.apply_gain(crop, function.gain[box], function.dark, clip=function.clip)
+
+
+def retain_freed_memory(limit_bytes: int = 32 << 20) -> None:
+    """Let glibc keep freed blocks below ``limit_bytes`` for reuse (process-wide).
+
+    Registration and banding allocate many short-lived arrays of 0.1-5 MB. By default
+    glibc maps each one fresh from the kernel and unmaps it when freed, so every
+    allocation faults in its pages again: measured, that doubled the cost of a pair.
+    Raising the mmap and trim thresholds keeps at most about ``2 * limit_bytes`` of
+    freed memory in the heap, independent of the number of sites. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, limit_bytes)
+    mallopt(m_trim_threshold, 2 * limit_bytes)
+
+
 def measure_streaming(
     order: Sequence[int],
     pairs: Sequence[stitch.Pair],
     shape: tuple[int, int],
-    read: Callable[[int], np.ndarray],
+    read: Callable[[int, Sequence[geo.Box]], list[np.ndarray]],
     margin: int,
     workers: int = 2,
 ) -> list[stitch.PairMeasurement]:
-    """Register every pair, reading each site once in ``order`` and keeping only crops.
+    """Register every pair, reading each site once in ``order``, and only its overlaps.
 
     Parameters
     ----------
@@ -350,7 +384,8 @@ def measure_streaming(
     shape : tuple of int
         Tile shape.
     read : callable
-        ``read(site_index) -> 2-D array`` (called from worker threads).
+        ``read(site_index, boxes) -> [2-D float32 array per box]`` (called from worker
+        threads): the site's overlap crops, cut by :func:`stitch.overlap_boxes`.
     margin : int
         Search bound of :func:`stitch.register_overlap`, pixels.
     workers : int
@@ -361,6 +396,7 @@ def measure_streaming(
     list of PairMeasurement
         In the order of ``pairs``.
     """
+    retain_freed_memory()
     needs: dict[int, list[tuple[int, int]]] = {}
     boxes = [stitch.overlap_boxes(p.offset, shape) for p in pairs]
     for n, p in enumerate(pairs):
@@ -368,36 +404,38 @@ def measure_streaming(
         needs.setdefault(p.j, []).append((n, 1))
     crops: dict[int, list[np.ndarray | None]] = {}
     results: list[stitch.PairMeasurement | None] = [None] * len(pairs)
-    lock = threading.Lock()
+
+    def load(k: int) -> list[tuple[tuple[int, int], np.ndarray]]:
+        wanted = needs.get(k, [])
+        return list(zip(wanted, read(k, [boxes[n][side] for n, side in wanted]), strict=True))
 
     def measure(n: int, a: np.ndarray, b: np.ndarray) -> None:
-        m = stitch.measure_crops(a, b, pairs[n], margin)
-        with lock:
-            results[n] = m
+        results[n] = stitch.measure_crops(a, b, pairs[n], margin)
 
+    # Reads run a few sites ahead; registrations queue behind them on the same threads.
+    # Only crops waiting for their partner are held: about one row of overlaps.
     ahead = max(2, 2 * workers)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reads: deque[tuple[int, Future]] = deque()
+        reads: deque[Future] = deque()
         pending: deque[Future] = deque()
-        todo = iter(order)
+        todo = iter([k for k in order if k in needs])
         for k in todo:
-            reads.append((k, pool.submit(read, k)))
+            reads.append(pool.submit(load, k))
             if len(reads) >= ahead:
                 break
         while reads:
-            k, fut = reads.popleft()
-            image = fut.result()
+            got = reads.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                reads.append((nxt, pool.submit(read, nxt)))
-            for n, side in needs.get(k, []):
+                reads.append(pool.submit(load, nxt))
+            for (n, side), crop in got:
                 slot = crops.setdefault(n, [None, None])
-                slot[side] = np.array(image[boxes[n][side]], dtype=np.float32)
+                slot[side] = crop
                 if slot[0] is not None and slot[1] is not None:
                     pending.append(pool.submit(measure, n, slot[0], slot[1]))
                     del crops[n]
-            del image
-            while len(pending) > ahead:
+            del got
+            while len(pending) > 4 * ahead:
                 pending.popleft().result()
         for f in pending:
             f.result()

@@ -126,6 +126,10 @@ def test_headers_frames_and_mosaics_on_s3(bucket, tmp_path):  # noqa: F811 (fixt
     h = geo.read_ome_header(uri)
     assert h.position_um == (20.0, 10.0) and h.pixel_size_um == (0.65, 0.65)
     np.testing.assert_array_equal(geo.read_plane(uri, 1), planes[1])
+    # Overlap boxes by ranged reads, as the refinement reads them.
+    boxes = [(slice(0, 10), slice(0, 50)), (slice(3, 40), slice(41, 50))]
+    for box, crop in zip(boxes, geo.read_boxes(uri, 1, boxes, (40, 50), np.float32), strict=True):
+        np.testing.assert_array_equal(crop, planes[1][box].astype(np.float32))
 
     tile = f"s3://{bucket}/ws/t.tiff"
     single = tmp_path / "t.tiff"

@@ -141,3 +141,38 @@ def test_no_pairs_keeps_everything_recorded():
     assert sol.status == [stitch.SITE_RECORDED] * 2
     assert sol.components == 2
     assert np.isnan(sol.residual_rms)
+
+
+@pytest.fixture(scope="module")
+def texture():
+    """A smooth random scene: the sub-pixel shifts below are exact (spline-shifted)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    return ndimage.gaussian_filter(rng.normal(0, 1, (160, 900)), 2.0) * 1000 + 3000
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (5.3, -11.7), (-9.45, 2.2)])
+def test_wide_overlaps_register_coarse_to_fine(texture, shift):
+    from scipy import ndimage
+
+    # A 110 x 760 overlap with a 16 px search: binned twice, then refined on a stretch.
+    crop_i = texture[20:130, 60:820]
+    moved = ndimage.shift(texture, shift, order=3, mode="nearest")
+    crop_j = moved[20:130, 60:820]
+    measured, ncc, edge = stitch.register_overlap(crop_i, crop_j, (0.0, 700.0), margin=16)
+    # Content at u in tile i is at u + shift in the shifted copy: p_j - p_i = -shift.
+    np.testing.assert_allclose(measured - (0.0, 700.0), -np.array(shift), atol=0.1)
+    assert ncc > 0.95 and edge == 0.0
+
+
+def test_the_fine_stretch_is_found_on_a_mostly_flat_overlap(texture):
+    from scipy import ndimage
+
+    flat = np.full_like(texture, 3000.0)
+    flat[:, 600:760] = texture[:, 600:760]  # texture only in one stretch
+    moved = ndimage.shift(flat, (3.4, -6.6), order=3, mode="nearest")
+    measured, _, _ = stitch.register_overlap(
+        flat[20:130, 60:820], moved[20:130, 60:820], (0.0, 0.0), margin=16
+    )
+    np.testing.assert_allclose(measured, (-3.4, 6.6), atol=0.1)
