@@ -311,7 +311,14 @@ def segment_nuclei(image: np.ndarray, params: NucleiParams | None = None) -> np.
             # Room to grow first: a dim nucleus's half-maximum edge lies outside the
             # shared threshold's outline (refinement only removes pixels).
             grown = segmentation.expand_labels(labels, distance=p.diameter / 4.0)
-            labels = refine_outlines(grown, smooth, background, p.edge_fraction)
+            refined = refine_outlines(grown, smooth, background, p.edge_fraction)
+            # The outline is redrawn, the decision "nucleus or not" stays with the
+            # size limits of the first outline: a sliver cut by the image border
+            # would otherwise shrink below them and vanish.
+            shrunk = np.bincount(refined.ravel(), minlength=labels.max() + 1) < min_area
+            back = shrunk[labels] & (labels > 0)
+            refined[back] = labels[back]
+            labels = refined
     return filter_by_area(labels, min_area, max_area)
 
 
