@@ -113,22 +113,47 @@ def spacing_um(spec) -> float:
     return 3.4 * spec.nucleus_radius * spec.cp_pixel_um
 
 
-def block_cells(spec, plate: int, well: int, by: int, bx: int, n_barcodes: int) -> Cells:
-    """The cells of one block of the well, from the block's own random stream."""
-    rng = np.random.default_rng([spec.seed, 53, plate, well, by + 100_000, bx + 100_000])
+#: Spots a cell carries, drawn uniformly in ``[MIN_SPOTS, MAX_SPOTS]``.
+MIN_SPOTS, MAX_SPOTS = 3, 6
+#: Candidate positions drawn per spot; those in a neighbour's territory are refused.
+SPOT_CANDIDATES = 4
+
+
+def _block_rng(spec, plate: int, well: int, by: int, bx: int) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, 53, plate, well, by + 100_000, bx + 100_000])
+
+
+def _block_centres(
+    rng: np.random.Generator, spec, by: int, bx: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first draws of a block's stream: which lattice points hold a cell, and where."""
     sp = spacing_um(spec)
-    r_um = spec.nucleus_radius * spec.cp_pixel_um
     a = np.arange(BLOCK_CELLS)
     gy, gx = np.meshgrid(a, a, indexing="ij")
-    n = gy.size
-    keep = rng.random(n) > 0.2
-    jitter = rng.uniform(-0.15, 0.15, size=(n, 2)) * sp
+    keep = rng.random(gy.size) > 0.2
+    jitter = rng.uniform(-0.15, 0.15, size=(gy.size, 2)) * sp
     centre = (
         np.column_stack(
             [(by * BLOCK_CELLS + gy.ravel() + 0.5) * sp, (bx * BLOCK_CELLS + gx.ravel() + 0.5) * sp]
         )
         + jitter
     )
+    return keep, centre
+
+
+def block_cells(spec, plate: int, well: int, by: int, bx: int, n_barcodes: int) -> Cells:
+    """The cells of one block of the well, from the block's own random stream.
+
+    Each cell carries :data:`MIN_SPOTS` to :data:`MAX_SPOTS` amplicons in a ring of its
+    cytoplasm, and only where no other cell's centre is nearer (the territory its
+    expanded-nucleus mask covers): rolling-circle products stay inside the cell that
+    made them, so a spot is never drawn over a neighbour, whichever block that
+    neighbour comes from.
+    """
+    rng = _block_rng(spec, plate, well, by, bx)
+    r_um = spec.nucleus_radius * spec.cp_pixel_um
+    keep, centre = _block_centres(rng, spec, by, bx)
+    n = keep.size
     ry = r_um * rng.uniform(0.8, 1.1, n)
     rx = ry * rng.uniform(0.7, 1.0, n)
     angle = rng.uniform(0, np.pi, n)
@@ -138,12 +163,32 @@ def block_cells(spec, plate: int, well: int, by: int, bx: int, n_barcodes: int) 
     theta = rng.uniform(0, 2 * np.pi, n)
     k = 2 * np.pi / (r_um * rng.uniform(0.5, 0.9, n))
     wave = np.column_stack([k * np.sin(theta), k * np.cos(theta), rng.uniform(0, 2 * np.pi, n)])
-    counts = rng.integers(3, 7, n)
-    owner = np.repeat(np.arange(n), counts)
-    phi = rng.uniform(0, 2 * np.pi, owner.size)
-    rad = r_um * rng.uniform(1.3, 2.2, owner.size)
-    spot_pos = centre[owner] + np.column_stack([rad * np.sin(phi), rad * np.cos(phi)])
-    spot_amp = rng.lognormal(0, 0.3, owner.size)
+    counts = rng.integers(MIN_SPOTS, MAX_SPOTS + 1, n)
+    m = MAX_SPOTS * SPOT_CANDIDATES
+    phi = rng.uniform(0, 2 * np.pi, (n, m))
+    rad = r_um * rng.uniform(1.3, 2.2, (n, m))
+    amp = rng.lognormal(0, 0.3, (n, m))
+    candidates = centre[:, None, :] + np.stack([rad * np.sin(phi), rad * np.cos(phi)], axis=-1)
+    # Every cell that could be nearer: this block's and its eight neighbours'.
+    others = [centre[keep]]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                k_n, c_n = _block_centres(_block_rng(spec, plate, well, by + dy, bx + dx),
+                                          spec, by + dy, bx + dx)  # fmt: skip
+                others.append(c_n[k_n])
+    dist = np.hypot(*(candidates[:, :, None, :] - np.concatenate(others)[None, None]).T).T
+    own_col = np.cumsum(keep) - 1  # this block's kept cells come first in ``others``
+    rows = np.flatnonzero(keep)
+    dist[rows, :, own_col[rows]] = np.inf
+    # Nearest-centre territory with a margin (0.3 nucleus radii): the mask a cell gets
+    # is grown from its elliptic nucleus, whose edge is not equidistant from its
+    # neighbours' centres.
+    allowed = rad < dist.min(axis=2) - 0.3 * r_um
+    take = allowed & (np.cumsum(allowed, axis=1) <= counts[:, None])
+    owner = np.nonzero(take)[0]
+    spot_pos = candidates[take]
+    spot_amp = amp[take]
     ids = (((by + 100_000) * 1_000_003 + (bx + 100_000)) * (BLOCK_CELLS**2) + np.arange(n)).astype(
         np.int64
     )

@@ -12,7 +12,8 @@ Arrays of SBS images are ``(cycles, 4, H, W)`` with the base channels in the ord
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -246,6 +247,92 @@ def spot_filter(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     for i, img in enumerate(flat):
         out[i] = -ndi.gaussian_laplace(img, sigma) * sigma**2
     return out.reshape(images.shape)
+
+
+#: Gaussian scales (pixels) :func:`estimate_spot_sigma` tries: 0.35 to 5.6 pixels.
+SPOT_SIGMAS = tuple(float(0.35 * 2 ** (i / 3)) for i in range(13))
+#: Spots an estimate measures (the brightest); fewer than :data:`MIN_SPOTS_FOR_SCALE`
+#: and it gives up.
+SCALE_SPOTS = 400
+MIN_SPOTS_FOR_SCALE = 20
+#: Largest side (pixels) of the central crop measured: hundreds of spots at any
+#: magnification, at a fixed cost per site.
+SCALE_CROP = 512
+
+
+def estimate_spot_sigma(
+    images: np.ndarray, sigmas: tuple[float, ...] = SPOT_SIGMAS
+) -> float | None:
+    """Gaussian sigma (pixels) of the amplicon spots of an SBS site.
+
+    Spots are a few pixels wide at 10X and twice as many at 20X; a detector tuned in
+    pixels for one magnification misses or merges them at the other. Scale selection
+    (Lindeberg): the scale-normalised response ``-sigma**2 * LoG`` of a Gaussian blob of
+    width ``s`` peaks at ``sigma = s``. Each of the :data:`SCALE_SPOTS` strongest local
+    maxima (over space and scale) of the brightest base channel (a central crop of at
+    most :data:`SCALE_CROP` pixels) votes for the scale of its peak (refined by a
+    parabola in log sigma); the median vote is the estimate.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(..., 4, H, W)`` base-channel images (e.g. every cycle of a site) or one
+        ``(H, W)`` image; the brightest channel of the first cycle is measured.
+    sigmas : tuple of float
+        Scales tried, increasing and geometric.
+
+    Returns
+    -------
+    float or None
+        The sigma, or None when fewer than :data:`MIN_SPOTS_FOR_SCALE` spots peak
+        inside the range (a blank or spot-free image: nothing to measure).
+    """
+    img = np.asarray(images, np.float32)
+    while img.ndim > 3:
+        img = img[0]
+    score = img.max(axis=0) if img.ndim == 3 else img
+    if score.ndim == 2:
+        y0, x0 = (max(0, (n - SCALE_CROP) // 2) for n in score.shape)
+        score = score[y0 : y0 + SCALE_CROP, x0 : x0 + SCALE_CROP]
+    if score.ndim != 2 or float(score.max()) <= float(score.min()):
+        return None
+    # Differences of Gaussians of a fixed ratio approximate the scale-normalised LoG at
+    # the geometric mean of their sigmas, and give exactly 0 on a flat background; the
+    # blur is done in Fourier space because a sampled kernel of sub-pixel sigma is no
+    # Gaussian (nor is a sampled LoG's sum zero).
+    spectrum = np.fft.rfft2(score - float(np.median(score)))
+    levels = [
+        np.fft.irfft2(ndi.fourier_gaussian(spectrum, s, n=score.shape[1]), s=score.shape)
+        for s in sigmas
+    ]
+    stack = np.stack([a - b for a, b in itertools.pairwise(levels)])
+    stack = stack.astype(np.float32)
+    centres = np.sqrt(np.asarray(sigmas[:-1]) * np.asarray(sigmas[1:]))
+    # Spots are found on each level's own noise scale (a wide spot spreads the same
+    # photons thinner, below the noise of the finest level), measured robustly on a
+    # sparse grid of pixels (plenty for a median).
+    flat = stack[:, ::4, ::4].reshape(len(stack), -1)
+    med = np.median(flat, axis=1)
+    mad = np.median(np.abs(flat - med[:, None]), axis=1) * 1.4826
+    if not (mad > 0).all():
+        return None
+    z = ((stack - med[:, None, None]) / mad[:, None, None]).max(axis=0)
+    peaks = feature.peak_local_max(
+        z, min_distance=2, num_peaks=SCALE_SPOTS, threshold_abs=8.0, exclude_border=True
+    )
+    profile = stack[:, peaks[:, 0], peaks[:, 1]]  # (scales, spots)
+    k = profile.argmax(axis=0)
+    inner = (k > 0) & (k < len(centres) - 1)
+    if int(inner.sum()) < MIN_SPOTS_FOR_SCALE:
+        return None
+    k, prof = k[inner], profile[:, inner]
+    cols = np.arange(prof.shape[1])
+    lo, mid, hi = prof[k - 1, cols], prof[k, cols], prof[k + 1, cols]
+    curvature = lo - 2 * mid + hi
+    offset = np.where(curvature < 0, 0.5 * (lo - hi) / np.where(curvature < 0, curvature, -1), 0)
+    logs = np.log(centres)
+    step = float(logs[1] - logs[0])
+    return float(np.exp(np.median(logs[k] + np.clip(offset, -0.5, 0.5) * step)))
 
 
 def detect_spots(
@@ -705,18 +792,24 @@ def assign_cells(
 # --------------------------------------------------------------------------- site
 
 
+#: Spot sigma (pixels) used when none is given and a site has too few spots to measure.
+FALLBACK_SPOT_SIGMA = 1.0
+
+
 @dataclass(frozen=True)
 class SpotParams:
     """Tuning of :func:`read_site`.
 
     Attributes
     ----------
-    sigma : float
-        LoG scale in pixels (about the spot's PSF sigma).
+    sigma : float or None
+        LoG scale in pixels (about the spot's PSF sigma). ``None`` measures it on the
+        site's images (:func:`estimate_spot_sigma`), so one setting serves 10X and 20X
+        and any binning.
     threshold_sd : float
         Spot score threshold in robust standard deviations above the median.
-    min_distance : int
-        Minimum spot spacing in pixels.
+    min_distance : int or None
+        Minimum spot spacing in pixels; ``None``: 1.5 sigma (2 px at sigma 1).
     max_distance : int
         Mismatches allowed between a read and its barcode.
     compensate : bool
@@ -731,23 +824,49 @@ class SpotParams:
         (see :func:`assign_cells`); below, the cell is a tie.
     """
 
-    sigma: float = 1.0
+    sigma: float | None = None
     threshold_sd: float = 8.0
-    min_distance: int = 2
+    min_distance: int | None = None
     max_distance: int = 1
     compensate: bool = True
     min_count: int = 1
     min_quality: float = 0.0
     min_odds: float = 2.0
 
+    def resolve(self, sbs: np.ndarray) -> tuple[SpotParams, str]:
+        """These parameters with a sigma and spacing, and where the sigma came from.
+
+        Returns
+        -------
+        tuple of (SpotParams, str)
+            ``"given"``, ``"estimated"`` (from ``sbs``) or ``"fallback"``
+            (:data:`FALLBACK_SPOT_SIGMA`: too few spots to measure).
+        """
+        sigma, source = self.sigma, "given"
+        if sigma is None:
+            sigma = estimate_spot_sigma(sbs)
+            source = "estimated"
+            if sigma is None:
+                sigma, source = FALLBACK_SPOT_SIGMA, "fallback"
+        spacing = self.min_distance
+        if spacing is None:
+            spacing = max(1, int(np.floor(1.5 * sigma + 0.5)))
+        return replace(self, sigma=float(sigma), min_distance=spacing), source
+
 
 @dataclass(frozen=True)
 class SiteReads:
-    """Spots of one site and the barcode of each of its cells."""
+    """Spots of one site and the barcode of each of its cells.
+
+    ``spot_sigma`` is the LoG scale (pixels) the spots were found with and
+    ``spot_sigma_source`` where it came from (see :meth:`SpotParams.resolve`).
+    """
 
     spots: dict[str, np.ndarray | list[str]]
     cells: CellCalls
     crosstalk: np.ndarray
+    spot_sigma: float = FALLBACK_SPOT_SIGMA
+    spot_sigma_source: str = "given"
 
 
 def imaged_in_all_cycles(sbs: np.ndarray, margin: int = 0) -> np.ndarray:
@@ -798,6 +917,8 @@ def read_site(
         raise ValueError(f"expected (cycles, 4, H, W), got {sbs.shape}")
     if sbs.shape[0] != library.length:
         raise ValueError(f"{sbs.shape[0]} cycles but barcodes of {library.length} bases")
+    p, sigma_source = p.resolve(sbs)
+    assert p.sigma is not None and p.min_distance is not None
     filtered = spot_filter(sbs, p.sigma)
     covered = imaged_in_all_cycles(sbs, margin=int(np.ceil(3 * p.sigma)) + 1)
     spots = detect_spots(
@@ -806,7 +927,8 @@ def read_site(
         min_distance=p.min_distance,
         mask=(cells > 0) & covered,
     )
-    values = spot_intensities(filtered, spots)
+    # The local maximum tolerates a residual misalignment of about a spot's width.
+    values = spot_intensities(filtered, spots, radius=max(1, int(np.floor(0.75 * p.sigma + 0.5))))
     if p.compensate:
         values, mats = compensate_cycles(values)
     else:
@@ -839,4 +961,4 @@ def read_site(
         "barcode_index": idx,
         "distance": dist,
     }
-    return SiteReads(table, calls, mats)
+    return SiteReads(table, calls, mats, p.sigma, sigma_source)

@@ -5,8 +5,9 @@ IdentifySecondaryObjects: Gaussian smoothing, an Otsu threshold with a correctio
 factor made local (so a dim corner of a vignetted field keeps its nuclei), declumping
 by a marker-controlled watershed on smoothed intensity times distance (markers are its
 maxima, so touching nuclei with a dim seam between them split even when their union is
-convex), then size limits. Cells grow from the nuclei by a watershed on the cell-stain
-image inside its foreground.
+convex), each outline redrawn at the nucleus's own half-maximum edge (one shared threshold
+draws bright nuclei too large and dim ones too small), then size limits. Cells grow from
+the nuclei by a watershed on the cell-stain image inside its foreground.
 
 Every length scale follows the nucleus diameter. When none is given it is estimated
 from the image (:func:`estimate_diameter`): the median equivalent diameter of the
@@ -59,6 +60,11 @@ class NucleiParams:
         (see :func:`nuclear_foreground`) instead of one value for the whole image.
     local_scale : float
         Size of "local", in nucleus diameters (Gaussian sigma of the local means).
+    edge_fraction : float or None
+        Redraw each nucleus's outline where the smoothed stain crosses this fraction
+        of the way from the local background to the nucleus's own brightness (see
+        :func:`refine_outlines`); 0.5 is the half-maximum edge. ``None`` (or 0) keeps
+        the outline of the shared threshold.
     """
 
     diameter: float | None = None
@@ -68,6 +74,7 @@ class NucleiParams:
     max_area: float | None = None
     local_threshold: bool = True
     local_scale: float = 4.0
+    edge_fraction: float | None = 0.5
 
     def area_limits(self) -> tuple[float, float]:
         """Return ``(min_area, max_area)`` in pixels.
@@ -296,7 +303,82 @@ def segment_nuclei(image: np.ndarray, params: NucleiParams | None = None) -> np.
     # Flooding the same surface the markers came from puts the dividing line in the
     # dim seam between two nuclei (flooding -distance cut by shape alone).
     labels = segmentation.watershed(-surface, markers, mask=foreground)
+    if p.edge_fraction:
+        sigma = (p.local_scale if p.local_threshold else 8.0) * p.diameter
+        background, weight = _local_mean(smooth, ~foreground, sigma)
+        if (~foreground).any():
+            background = np.where(weight > 0.02, background, float(smooth[~foreground].mean()))
+            # Room to grow first: a dim nucleus's half-maximum edge lies outside the
+            # shared threshold's outline (refinement only removes pixels).
+            grown = segmentation.expand_labels(labels, distance=p.diameter / 4.0)
+            refined = refine_outlines(grown, smooth, background, p.edge_fraction)
+            # The outline is redrawn, the decision "nucleus or not" stays with the
+            # size limits of the first outline: a sliver cut by the image border
+            # would otherwise shrink below them and vanish.
+            shrunk = np.bincount(refined.ravel(), minlength=labels.max() + 1) < min_area
+            back = shrunk[labels] & (labels > 0)
+            refined[back] = labels[back]
+            labels = refined
     return filter_by_area(labels, min_area, max_area)
+
+
+#: Percentile of a nucleus's smoothed stain taken as its brightness: its bright
+#: interior, not the one hottest pixel.
+BRIGHTNESS_PERCENTILE = 95.0
+
+
+def refine_outlines(
+    labels: np.ndarray, smooth: np.ndarray, background: np.ndarray, fraction: float
+) -> np.ndarray:
+    """Redraw each object's outline at its own edge, whatever its brightness.
+
+    One shared threshold draws a bright nucleus too large (its blurred rim is above
+    it) and a dim one too small; annotators and the eye put the edge where the stain
+    falls off, which for a blurred object is near half its height. Each object keeps
+    the pixels of its region where ``smooth`` exceeds ``background + fraction *
+    (brightness - background)``, with ``brightness`` the
+    :data:`BRIGHTNESS_PERCENTILE` of its pixels: the per-object threshold of
+    CellProfiler's adaptive methods taken to one object. Holes are filled and, where
+    the cut leaves pieces, the largest is kept. Pixels can only be removed, so
+    neighbours never overlap: give room to grow first (e.g.
+    :func:`skimage.segmentation.expand_labels`).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Objects to refine (e.g. watershed regions of a generous foreground).
+    smooth : numpy.ndarray
+        Smoothed stain, same shape.
+    background : numpy.ndarray
+        Local background level, same shape.
+    fraction : float
+        Edge height between background (0) and the object's brightness (1).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32`` labels with the ids of ``labels``; an object with no pixel above
+        its level keeps its region unchanged.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"edge fraction must be in [0, 1), got {fraction}")
+    out = np.zeros(labels.shape, np.int32)
+    for i, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        region = labels[box] == i
+        values = smooth[box]
+        bright = float(np.percentile(values[region], BRIGHTNESS_PERCENTILE))
+        bg = background[box]
+        keep = region & (values > bg + fraction * (bright - bg))
+        keep = ndi.binary_fill_holes(keep) & region
+        pieces, n = ndi.label(keep)
+        if n > 1:
+            keep = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+        elif n == 0:
+            keep = region
+        out[box][keep] = i
+    return out
 
 
 def segment_cells(

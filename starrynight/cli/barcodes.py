@@ -38,10 +38,10 @@ def barcodes() -> None:
 )
 @click.option(
     "--spot-sigma",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Laplacian-of-Gaussian scale in pixels (about the spot radius / 1.4).",
+    type=click.FloatRange(min=0.3),
+    default=None,
+    help="Laplacian-of-Gaussian scale in pixels (about the spot radius / 1.4) "
+    "[measured on each site's images; recorded as spot_sigma in cells.parquet].",
 )
 @click.option(
     "--no-compensation",

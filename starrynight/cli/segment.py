@@ -25,6 +25,12 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--threshold-factor", type=float, default=0.85, show_default=True,
             help="Multiplies the Otsu threshold of the nuclear stain.",
         ),
+        click.option(
+            "--edge-fraction", type=click.FloatRange(0.0, 0.95), default=0.5,
+            show_default=True,
+            help="Redraw each nucleus's outline at this fraction of the way from the local "
+            "background to its own brightness (0.5: half maximum; 0: keep the threshold's).",
+        ),
         click.option("--min-area", type=float, help="Smallest nucleus in pixels [0.1 x disc]."),
         click.option("--max-area", type=float, help="Largest nucleus in pixels [10 x disc]."),
         click.option(
@@ -45,6 +51,7 @@ def _params(kw: dict[str, Any]) -> SegmentParams:
     nuclei = NucleiParams(
         diameter=kw["diameter"],
         threshold_factor=kw["threshold_factor"],
+        edge_fraction=kw["edge_fraction"] or None,
         min_area=kw["min_area"],
         max_area=kw["max_area"],
     )

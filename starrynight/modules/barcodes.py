@@ -3,7 +3,8 @@
 Inputs are the aligned SBS images (:func:`starrynight.workspace.aligned_path`, every
 cycle in the frame of cycle 1, uncovered pixels 0) and Barcodes.csv. Per site: nuclei
 from the cycle-1 nuclear stain, cells as nuclei grown by a fixed distance (SBS has no
-cell stain), then spots, reads and cell calls (:func:`algorithms.barcodes.read_site`).
+cell stain), then spots, reads and cell calls (:func:`algorithms.barcodes.read_site`; the spot
+scale is measured on each site's images unless given, and recorded per cell row).
 Per well: ``spots.parquet`` and ``cells.parquet``; SBS masks per site (needed by the
 analysis join).
 """
@@ -56,6 +57,10 @@ CELLS_SCHEMA = pa.schema(
         ("confidence", pa.float32()),
         ("status", pa.string()),
         ("reason", pa.string()),
+        # The spot scale (LoG sigma, pixels) the site was read with and its source:
+        # "estimated" from the site's images, "given", or "fallback".
+        ("spot_sigma", pa.float32()),
+        ("spot_sigma_source", pa.string()),
     ]
 )
 
@@ -227,6 +232,8 @@ def _call_job(task: SiteTask) -> dict[str, Any]:
         "confidence": calls.confidence,
         "status": ["assigned" if i >= 0 else "unassigned" for i in idx],
         "reason": calls.reason,
+        "spot_sigma": np.full(n, reads.spot_sigma, np.float32),
+        "spot_sigma_source": [reads.spot_sigma_source] * n,
     }
     s = reads.spots
     m = len(s["y"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from starrynight.algorithms import barcodes as bc
 from tests.starrynight import sbs_synthetic
@@ -190,3 +191,41 @@ def test_dye_crosstalk_site_calls_right_without_ties() -> None:
         counted += n
     right, wrong, _ = totals / counted
     assert right >= 0.95 and wrong <= 0.01, (right, wrong)
+
+
+@pytest.mark.parametrize("width", [0.8, 1.3, 2.6])
+def test_spot_sigma_is_measured_on_the_image(width: float) -> None:
+    # Point amplicons deposited at sub-pixel positions (bilinear: variance + 1/6 px^2),
+    # blurred by a Gaussian PSF of ``width`` pixels, on a noisy camera offset.
+    rng = np.random.default_rng(1)
+    img = np.zeros((256, 256))
+    pts = rng.uniform(10, 246, (150, 2))
+    for (y, x), a in zip(pts, rng.lognormal(0, 0.3, 150) * 1000, strict=True):
+        y0, x0, fy, fx = int(y), int(x), y % 1, x % 1
+        img[y0 : y0 + 2, x0 : x0 + 2] += a * np.outer([1 - fy, fy], [1 - fx, fx])
+    img = ndi.gaussian_filter(img, width) + 100 + rng.normal(0, 3, img.shape)
+    assert bc.estimate_spot_sigma(img) == pytest.approx(np.hypot(width, 6**-0.5), rel=0.08)
+    assert bc.estimate_spot_sigma(np.zeros((64, 64))) is None
+    assert bc.estimate_spot_sigma(rng.normal(0, 1, (64, 64))) is None
+    p, source = bc.SpotParams().resolve(np.zeros((1, 4, 64, 64)))
+    assert (p.sigma, p.min_distance, source) == (bc.FALLBACK_SPOT_SIGMA, 2, "fallback")
+    assert bc.SpotParams(sigma=3.0).resolve(img)[0].min_distance == 5
+
+
+def test_barcodes_are_read_at_any_magnification() -> None:
+    # The same site imaged with pixels half as large (20X instead of 10X): spots and
+    # cells twice as many pixels across. The measured spot scale follows; a fixed
+    # 1-pixel detector tuned for 10X loses cells.
+    rng = np.random.default_rng(0)
+    lib = sbs_synthetic.random_library(rng, 400, 7, min_distance=1)
+    sbs, cells, truth = sbs_synthetic.synthetic_site(rng, lib, size=256, n_cells=60)
+    big = ndi.zoom(sbs, (1, 1, 2, 2), order=1)
+    big_cells = np.repeat(np.repeat(cells, 2, axis=0), 2, axis=1)
+    native = bc.read_site(sbs, cells, lib)
+    scaled = bc.read_site(big, big_cells, lib)
+    assert native.spot_sigma_source == scaled.spot_sigma_source == "estimated"
+    assert scaled.spot_sigma / native.spot_sigma == pytest.approx(2.0, rel=0.1)
+    right, wrong, _, n = sbs_synthetic.score_calls(scaled.cells, truth, big_cells, 48)
+    assert n > 40 and right >= 0.95 and wrong <= 0.02, (right, wrong, n)
+    fixed = bc.read_site(big, big_cells, lib, bc.SpotParams(sigma=1.0))
+    assert sbs_synthetic.score_calls(fixed.cells, truth, big_cells, 48)[0] < right - 0.05

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
 from skimage.draw import disk
 from skimage.transform import resize
 
@@ -21,7 +22,7 @@ def test_real_nuclei_f1_at_iou_half() -> None:
     truth = tifffile.imread(DATA / "mask2d.tif")
     score = seg.match_labels(seg.segment_nuclei(image), truth, 0.5)
     assert score.tp + score.fn == 125
-    assert score.f1 >= 0.78, score
+    assert score.f1 >= 0.85, score  # issue 22's target is 0.80; 0.79 before per-nucleus edges
 
 
 def _degraded(image: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,9 +47,9 @@ def test_scale_is_estimated_and_adapts_to_upscaled_vignetted_noisy_images() -> N
     assert d1 == pytest.approx(true_d, rel=0.1)
     assert d2 == pytest.approx(2 * true_d, rel=0.15)
     score = seg.match_labels(seg.segment_nuclei(worse), worse_truth, 0.5)
-    assert score.f1 >= 0.75, score
+    assert score.f1 >= 0.8, score  # target 0.75
     # The fixed 20 px scale (and one global threshold) of before fall well short.
-    fixed = seg.NucleiParams(diameter=20.0, local_threshold=False)
+    fixed = seg.NucleiParams(diameter=20.0, local_threshold=False, edge_fraction=None)
     assert seg.match_labels(seg.segment_nuclei(worse, fixed), worse_truth, 0.5).f1 < 0.7
 
 
@@ -66,6 +67,30 @@ def test_estimate_diameter_measures_isolated_discs_and_ignores_clumps(radius: in
     resolved = seg.resolve_diameter(seg.NucleiParams(), np.zeros((64, 64)))
     assert resolved.diameter == seg.FALLBACK_DIAMETER
     assert seg.resolve_diameter(seg.NucleiParams(diameter=7), img).diameter == 7
+
+
+def test_outlines_follow_each_nucleus_not_one_threshold() -> None:
+    # A bright and a dim nucleus of the same size, blurred: one shared threshold draws the
+    # bright one too large and the dim one too small; their own half-maximum edges do not.
+    truth = np.zeros((80, 140), np.int32)
+    truth[disk((40, 35), 12)] = 1
+    truth[disk((40, 105), 12)] = 2
+    image = ndi.gaussian_filter(np.choose(truth, [50.0, 2000.0, 800.0]), 2.5)
+    area = np.pi * 12**2
+    shared = seg.segment_nuclei(image, seg.NucleiParams(diameter=24, edge_fraction=None))
+    own = seg.segment_nuclei(image, seg.NucleiParams(diameter=24))
+    sizes = lambda lab: [float((lab == lab[40, x]).sum()) / area for x in (35, 105)]  # noqa: E731
+    big, small = sizes(shared)
+    assert big > 1.15 and small < 0.8
+    assert sizes(own) == [pytest.approx(1.0, abs=0.1)] * 2
+    # Refinement only removes pixels, keeps ids, and an object with nothing above its
+    # level keeps its region.
+    regions = np.zeros((10, 10), np.int32)
+    regions[2:8, 2:8] = 3
+    flat = np.full((10, 10), 5.0)
+    assert (seg.refine_outlines(regions, flat, np.zeros_like(flat), 0.5) == regions).all()
+    with pytest.raises(ValueError, match="edge fraction"):
+        seg.refine_outlines(regions, flat, flat, 1.0)
 
 
 def _two_touching_discs() -> tuple[np.ndarray, np.ndarray]:
