@@ -195,8 +195,12 @@ def plate_profiles(
     guides_uri = workspace.plate_guide_profiles_path(ws, plate)
     outputs = [cells_uri, guides_uri, report_uri]
     uris = _plate_well_tables(ws, plate)
-    params = {"control_label": control_label, "outlier_z": outlier_z,
-              "outlier_fraction": outlier_fraction, "allow_no_controls": allow_no_controls}
+    params = {
+        "control_label": control_label,
+        "outlier_z": outlier_z,
+        "outlier_fraction": outlier_fraction,
+        "allow_no_controls": allow_no_controls,
+    }
     inputs = _fingerprints(uris)
     rep = _read_report(report_uri)
     if not force and rep and rep.get("inputs") == inputs and rep.get("params") == params:

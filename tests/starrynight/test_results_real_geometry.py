@@ -50,8 +50,10 @@ def test_planted_genes_are_hits_on_real_geometry(tmp_path: Path) -> None:
             _cli(args)
         # The families the planted phenotypes move; the others cost minutes here.
         analyse_well(ws, P, well, families=("shape", "intensity"))
-    for args in (["results", "profiles", "-w", ws, "--plate", P, "--control-label", CONTROL_GENE],
-                 ["results", "hits", "-w", ws, "--unit", "cell", "--null-size", "5000"]):
+    for args in (
+        ["results", "profiles", "-w", ws, "--plate", P, "--control-label", CONTROL_GENE],
+        ["results", "hits", "-w", ws, "--unit", "cell", "--null-size", "5000"],
+    ):
         _cli(args)
     hits = pq.read_table(workspace.screen_results_path(ws, "hits.parquet")).to_pandas()
     genes = {p.split(":")[0] for p in PLANTED}
