@@ -23,7 +23,7 @@ install: $(STAMP)  ## Create .venv and install the project with its dev tools.
 # data dir of `conductor serve`) as project "demo", so `make serve` shows its results.
 demo: install  ## Generate the sample screen and run the whole asset graph on it through Dagster.
 	rm -rf $(DEMO_DIR)
-	$(BIN)/starrynight sample generate -o $(DEMO_DIR)/data
+	$(BIN)/starrynight sample generate -o $(DEMO_DIR)/data --phenotypes default
 	$(BIN)/python -m dagster_defs.driver -d $(DEMO_DIR)/data/sample -w $(DEMO_DIR)/workspace \
 	  --dagster-home $(DEMO_DIR)/dagster_home
 	@$(BIN)/conductor db upgrade >/dev/null
