@@ -1,7 +1,8 @@
 """Screen results: per-plate normalised profiles and per-screen hits (the I/O around
 :mod:`starrynight.algorithms.profiles`).
 
-Two steps, each one call, one CLI command and one future Dagster asset:
+Two steps, each one call, one CLI command and one Dagster asset
+(``dagster_defs/assets/results.py``):
 
 - :func:`plate_profiles` (per plate, downstream of every well's ``features/<plate>-<well>/
   cells.parquet``): filters the cells, robust z-scores them against the plate's own
