@@ -30,7 +30,7 @@ def test_results_pages(ui: TestClient, tmp_path: Path, results_ws: Path) -> None
     dataset.mkdir()
     pid = _create(ui, dataset, results_ws, "screen")
     html = ui.get(f"/ui/projects/{pid}/results").text
-    assert 'aria-sort="ascending"' in html and "<svg class=\"volcano\"" in html
+    assert 'aria-sort="ascending"' in html and '<svg class="volcano"' in html
     assert html.count('<circle class="hit"') >= 5
     rows = re.findall(r'<tr(?: class="hit")?>\s*<td><a href="[^"]+">(\w+)</a>', html)
     assert len(rows) == 15
@@ -44,8 +44,9 @@ def test_results_pages(ui: TestClient, tmp_path: Path, results_ws: Path) -> None
     assert "Cells_Intensity_F0" in gene.text
     png = ui.get(f"/ui/projects/{pid}/results/genes/G01/montage.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     img = Image.open(io.BytesIO(png.content))
     assert img.size[1] == 2 * 64 + 2  # gene row and control row

@@ -54,6 +54,7 @@ def test_no_results_yet_is_an_empty_table(
 ) -> None:
     pid = _project(client, tmp_path, dataset, None)
     body = client.get(f"/api/v1/projects/{pid}/results").json()
-    assert body["status"] == "none" and body["genes"] == [] and "no screen results" in body["message"]
+    assert body["status"] == "none" and body["genes"] == []
+    assert "no screen results" in body["message"]
     assert client.get(f"/api/v1/projects/{pid}/results/genes/G01").status_code == 404
     assert client.get("/api/v1/projects/999/results").status_code == 404
