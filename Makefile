@@ -23,8 +23,11 @@ install: $(STAMP)  ## Create .venv and install the project with its dev tools.
 # data dir of `conductor serve`) as project "demo", so `make serve` shows its results.
 demo: install  ## Generate the sample screen and run the whole asset graph on it through Dagster.
 	rm -rf $(DEMO_DIR)
-	$(BIN)/starrynight sample generate -o $(DEMO_DIR)/data
-	$(BIN)/python -m dagster_defs.driver -d $(DEMO_DIR)/data/sample -w $(DEMO_DIR)/workspace \
+	$(BIN)/starrynight sample generate -o $(DEMO_DIR)/data --phenotypes default
+	@# One plate of two wells has too few guide profiles per gene for --unit guide: compare cells.
+	@echo '{"results": {"unit": "cell"}}' > $(DEMO_DIR)/project.json
+	STARRYNIGHT_PROJECT_FILE=$(DEMO_DIR)/project.json \
+	  $(BIN)/python -m dagster_defs.driver -d $(DEMO_DIR)/data/sample -w $(DEMO_DIR)/workspace \
 	  --dagster-home $(DEMO_DIR)/dagster_home
 	@$(BIN)/conductor db upgrade >/dev/null
 	@$(BIN)/conductor project add demo --replace -d $(DEMO_DIR)/data/sample \

@@ -201,3 +201,38 @@ class FileList(BaseModel):
     prefix: str
     items: list[FileOut]
     truncated: bool
+
+
+class GeneResult(BaseModel):
+    """One gene of the screen's results (``results/screen/hits.parquet``)."""
+
+    gene_symbol: str
+    n_cells: int
+    n_guides: int
+    mAP: float | None = Field(description="copairs mean average precision against controls.")
+    p_value: float | None
+    q_value: float | None = Field(description="Benjamini-Hochberg corrected p.")
+    hit: bool
+    guide_consistency: float | None = None
+    activity_status: str = Field(description="scored, or why the gene could not be.")
+    top_features: str | None = Field(None, description="The features that move most, with z.")
+
+
+class ScreenResultsOut(BaseModel):
+    """The screen's gene table, or why there is none yet (``status``, ``message``)."""
+
+    status: Literal["scored", "no_usable_plates", "none"]
+    message: str
+    plates: list[str]
+    excluded: dict[str, str] = Field(description="Plates left out, with the reason.")
+    control_label: str
+    threshold: float
+    unit: str
+    n_hits: int
+    genes: list[GeneResult]
+
+
+class GeneResultOut(GeneResult):
+    """One gene with its largest feature shifts (median robust z against controls)."""
+
+    feature_shifts: dict[str, float]

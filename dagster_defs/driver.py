@@ -359,6 +359,20 @@ def summary(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
     return lines
 
 
+def results_line(instance: dg.DagsterInstance) -> str | None:
+    """The screen's hits as its latest ``screen_hits`` materialisation recorded them."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("screen_hits"))
+    if event is None or event.asset_materialization is None:
+        return None
+    md = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    if md.get("status") != "scored":
+        return f"hits:      none ({md.get('message', md.get('status'))})"
+    return (
+        f"hits:      {md['hits']} of {md['genes']} genes ({md['cells']} cells, plates "
+        f"{md['plates']}): {md['hit genes']}"
+    )
+
+
 @click.command()
 @click.option("--dataset", "-d", help="Dataset root (default: STARRYNIGHT_DATASET_URI).")
 @click.option("--workspace", "-w", help="Workspace (default: STARRYNIGHT_WORKSPACE_URI).")
@@ -415,8 +429,11 @@ def main(
         click.echo(f"\n{len(result.runs)} run(s) in {time.perf_counter() - t0:.1f}s")
         for line in summary(defs, instance):
             click.echo(line)
+        hits = results_line(instance)
+        if hits:
+            click.echo(f"\n{hits}")
     click.echo(f"\ndataset:   {settings['dataset_uri']}")
-    click.echo(f"outputs:   {settings['workspace_uri']} (features/, segmentation/, illum/, ...)")
+    click.echo(f"outputs:   {settings['workspace_uri']} (features/, results/, illum/, ...)")
     click.echo(f"instance:  {os.environ['DAGSTER_HOME']} (browse it with `make ui`)")
     if result.failed:
         sys.exit(1)

@@ -45,6 +45,7 @@ _PROJECT_KEYS = {
     "stable_seconds",
     "tick_seconds",
     "qc",
+    "results",
     "resources",
 }
 
@@ -78,6 +79,31 @@ class QCThresholds(dg.Config):
     )
 
 
+class ResultsSettings(dg.Config):
+    """How the screen's results are computed (``results`` in the project file)."""
+
+    control_label: str = Field(
+        "NTC", description="gene_symbol of the non-targeting control guides (Barcodes.csv)."
+    )
+    unit: str = Field(
+        "guide",
+        description="Profiles compared for mAP: guide (well x sgRNA medians) or cell.",
+    )
+    threshold: float = Field(0.05, description="q-value below which a gene is a hit.")
+    null_size: int = Field(10000, description="Permutations of the mAP null distribution.")
+
+    def profiles_args(self) -> list[str]:
+        """``results profiles`` options of these settings."""
+        return ["--control-label", self.control_label]
+
+    def hits_args(self) -> list[str]:
+        """``results hits`` options of these settings."""
+        return [
+            "--control-label", self.control_label, "--unit", self.unit,
+            "--threshold", repr(self.threshold), "--null-size", str(self.null_size),
+        ]  # fmt: skip
+
+
 class StarryNightProject(dg.ConfigurableResource):
     """Where a project's data lives and how it is judged."""
 
@@ -91,6 +117,9 @@ class StarryNightProject(dg.ConfigurableResource):
         60.0, description="A new plate starts once no file changed for this many seconds."
     )
     qc: QCThresholds = Field(default_factory=QCThresholds, description="Asset check limits.")
+    results: ResultsSettings = Field(
+        default_factory=ResultsSettings, description="Control label, unit and hit threshold."
+    )
 
     def require(self) -> tuple[str, str]:
         """``(dataset_uri, workspace_uri)``, or a Dagster failure saying what to set."""
@@ -302,6 +331,8 @@ def build_resources(settings: Mapping[str, Any]) -> dict[str, Any]:
         project_kw["stable_seconds"] = float(settings["stable_seconds"])
     if settings.get("qc"):
         project_kw["qc"] = QCThresholds(**settings["qc"])
+    if settings.get("results"):
+        project_kw["results"] = ResultsSettings(**settings["results"])
     backend = PipecraftBackend(
         kind=settings.get("backend", "local"),
         step_resources=dict(settings.get("resources") or {}),

@@ -182,6 +182,23 @@ STEPS: tuple[Step, ...] = (
         "analysis", lambda ws, p, w: [wsp.gene_summary_path(ws, p)], needs=("cell_features",),
         site_parallel=False,
     ),
+    # A plate without non-targeting control cells cannot be normalised: with
+    # --allow-no-controls its report says so (status no_controls) and the screen leaves
+    # it out and lists it, instead of one plate failing the screen's results.
+    Step(
+        "plate_profiles", "plate", ("results", "profiles"),
+        "A plate's cells filtered and robust z-scored to its own non-targeting controls; "
+        "median profile per well x sgRNA (results/<plate>/).",
+        "results", lambda ws, p, w: [wsp.plate_profiles_report_path(ws, p)],
+        needs=("cell_features",), site_parallel=False, extra_args=("--allow-no-controls",),
+    ),
+    Step(
+        "screen_hits", "project", ("results", "hits"),
+        "Per-gene profiles across plates, phenotypic activity (copairs mAP, p, q), hits "
+        "and their top features, volcano plot (results/screen/).",
+        "results", lambda ws, p, w: [wsp.screen_results_path(ws, "screen.json")],
+        needs=("plate_profiles",), site_parallel=False, extra_args=("--allow-no-controls",),
+    ),
 )  # fmt: skip
 
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}

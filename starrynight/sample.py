@@ -378,7 +378,10 @@ def _generate_real(
     merged: dict[str, list] = {"positions": [], "cells": [], "sbs_cells": [], "shifts": []}
     n_files = 0
     workers = min(spec.workers, len(jobs))
-    run = functools.partial(sg.generate_field, spec=spec, barcodes=barcodes)
+    run = functools.partial(
+        sg.generate_field, spec=spec, barcodes=barcodes,
+        phenotypes=parse_phenotypes(spec.phenotypes),
+    )  # fmt: skip
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(run, jobs, chunksize=1)

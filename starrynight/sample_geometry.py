@@ -29,6 +29,7 @@ relative to cycle 1) and the nuclei/cell masks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -221,6 +222,30 @@ def cells_near(spec, plate: int, well: int, lo: np.ndarray, hi: np.ndarray, n_ba
     return Cells(**fields)
 
 
+def plant_phenotypes(
+    spec, cells: Cells, barcodes: list[tuple[str, str]], phenotypes: list[tuple[str, str, float]]
+) -> Cells:
+    """``cells`` with the spec's planted phenotypes applied (a changed copy).
+
+    The well-frame counterpart of :func:`starrynight.sample.plant_phenotypes`, applied to
+    the cells before any field is rendered, so every CP field and SBS cycle that sees a
+    cell sees the same changed cell: ``nucleus_grow`` widens the nucleus by ``amount``
+    CP pixels (its cell, the nucleus expanded, grows with it), ``nucleus_dim`` and
+    ``cytoplasm_dim`` scale its stain brightness. Draws no random numbers.
+    """
+    genes = np.array([g for _, g in barcodes], dtype=object)[cells.barcode]
+    radii, brightness, cyto = cells.radii.copy(), cells.brightness.copy(), cells.cyto.copy()
+    for gene, effect, amount in phenotypes:
+        hit = genes == gene
+        if effect == "nucleus_dim":
+            brightness[hit] *= amount
+        elif effect == "cytoplasm_dim":
+            cyto[hit] *= amount
+        else:
+            radii[hit] += amount * spec.cp_pixel_um
+    return dataclasses.replace(cells, radii=radii, brightness=brightness, cyto=cyto)
+
+
 @dataclass
 class Render:
     """A field rendered on a window ``margin`` pixels wider than the image on each side."""
@@ -407,8 +432,16 @@ def _expose(signal: np.ndarray, illum: np.ndarray, margin: int, spec, photons, r
     return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
 
 
-def generate_field(job: FieldJob, spec, barcodes: list[tuple[str, str]]) -> dict:
-    """Render and write one site (CP: one file; SBS: every cycle) and its ground truth."""
+def generate_field(
+    job: FieldJob,
+    spec,
+    barcodes: list[tuple[str, str]],
+    phenotypes: list[tuple[str, str, float]] | None = None,
+) -> dict:
+    """Render and write one site (CP: one file; SBS: every cycle) and its ground truth.
+
+    ``phenotypes`` are the spec's, parsed (``starrynight.sample.parse_phenotypes``).
+    """
 
     plan = well_plan(spec, job.plate_index, job.well_index)
     plate, well = spec.plates[job.plate_index], spec.wells[job.well_index]
@@ -427,6 +460,8 @@ def generate_field(job: FieldJob, spec, barcodes: list[tuple[str, str]]) -> dict
     r_px = spec.nucleus_radius * spec.cp_pixel_um / frames[0].pixel
     lo, hi = _world_box(frames, n, margin)
     cells = cells_near(spec, job.plate_index, job.well_index, lo, hi, len(barcodes))
+    if phenotypes:
+        cells = plant_phenotypes(spec, cells, barcodes, phenotypes)
     field_um = n * frames[0].pixel
     out: dict = {"positions": [], "cells": [], "sbs_cells": [], "shifts": [], "n_files": 0}
     first_rc = None

@@ -74,7 +74,7 @@ def mount(app: FastAPI) -> None:
     (``{project_id}`` in it is replaced by the project's id). Dagster and the code
     location are loaded in a background thread meanwhile (:func:`warm_up`).
     """
-    from conductor.web import configure, platemap, projects, qc, runs, session
+    from conductor.web import configure, platemap, projects, qc, results, runs, session
 
     app.state.dagster_ui_url = os.environ.get("CONDUCTOR_DAGSTER_UI_URL", DEFAULT_DAGSTER_UI)
     settings = getattr(app.state, "settings", None)
@@ -82,7 +82,7 @@ def mount(app: FastAPI) -> None:
         warm = threading.Thread(target=warm_up, args=(settings,), name="canvas-warm-up")
         warm.daemon = True
         warm.start()
-    for module in (session, projects, configure, platemap, runs, qc):
+    for module in (session, projects, configure, platemap, runs, qc, results):
         app.include_router(module.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="canvas-static")
 

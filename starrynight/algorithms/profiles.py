@@ -64,14 +64,20 @@ class FilterCounts:
 
 
 def normalize_to_controls(
-    features: np.ndarray, controls: np.ndarray, block_rows: int = 65536
+    features: np.ndarray,
+    controls: np.ndarray,
+    block_rows: int = 65536,
+    min_mad_fraction: float = 1e-3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Robust z-score every row against the control rows, in place.
 
     ``(x - median) / (1.4826 * MAD)`` of the controls, as pycytominer's
     ``mad_robustize``. A feature without spread in the controls (MAD 0) or without
     finite control values cannot be scaled: its column becomes NaN (and is dropped
-    later as missing) instead of dividing by pycytominer's 1e-18 epsilon.
+    later as missing) instead of dividing by pycytominer's 1e-18 epsilon. So does a
+    feature whose control MAD is below ``min_mad_fraction`` of the controls' standard
+    deviation: most controls share one value and a few differ (large-scale granularity
+    is 0 in most cells), and dividing by the rounding-noise MAD gives z-scores of 1e13.
 
     Parameters
     ----------
@@ -81,11 +87,15 @@ def normalize_to_controls(
         Boolean mask of the control rows (at least one).
     block_rows : int
         Rows transformed at a time (bounds the temporary memory).
+    min_mad_fraction : float
+        Smallest control MAD, as a fraction of the controls' standard deviation, that
+        scales a feature.
 
     Returns
     -------
     tuple of numpy.ndarray
-        Control median and scaled MAD per feature.
+        Control median and scaled MAD per feature; the MAD is NaN for a feature that
+        could not be scaled.
     """
     from pycytominer.operations.transform import RobustMAD
 
@@ -94,15 +104,21 @@ def normalize_to_controls(
     with warnings.catch_warnings():
         # All-NaN control columns: reported through the NaN MAD returned, not a warning.
         warnings.simplefilter("ignore")
-        scaler = RobustMAD(epsilon=0.0).fit(pd.DataFrame(features[controls]))
+        control_rows = features[controls]
+        scaler = RobustMAD(epsilon=0.0).fit(pd.DataFrame(control_rows))
+        spread = np.nanstd(control_rows, axis=0, dtype=np.float64)
+    del control_rows
     median = scaler.median.to_numpy(np.float64)
-    mad = scaler.mad.to_numpy(np.float64)
-    usable = np.isfinite(median) & np.isfinite(mad) & (mad > 0)
+    mad = scaler.mad.to_numpy(np.float64).copy()
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(median) & np.isfinite(mad) & (mad > 0)
+        usable &= ~(mad < min_mad_fraction * spread)
     for start in range(0, features.shape[0], block_rows):
         block = features[start : start + block_rows]
         with np.errstate(divide="ignore", invalid="ignore"):
             block[:] = scaler.transform(pd.DataFrame(block)).to_numpy(block.dtype)
         block[:, ~usable] = np.nan
+    mad[~usable] = np.nan
     return median, mad
 
 

@@ -15,6 +15,13 @@ CONTROL = click.option(
 )  # fmt: skip
 
 
+ALLOW_NO_CONTROLS = click.option(
+    "--allow-no-controls", is_flag=True,
+    help="A plate without control cells is reported (status no_controls) and left out of "
+    "the screen instead of being an error.",
+)  # fmt: skip
+
+
 @click.group()
 def results() -> None:
     """Screen results: normalised per-gene profiles and hits with statistics."""
@@ -32,17 +39,24 @@ def results() -> None:
     "--outlier-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True,
     help="A cell is an outlier when more than this fraction of its features are extreme.",
 )  # fmt: skip
-@click.option("--force", is_flag=True, help="Recompute when the plate's profiles exist.")
+@ALLOW_NO_CONTROLS
+@click.option("--force", is_flag=True, help="Recompute when the plate's profiles are current.")
 def profiles(**kw: Any) -> None:
     """Filter a plate's cells and robust z-score them against its own controls."""
     from starrynight.modules.results import plate_profiles
 
     res = plate_profiles(
         kw["workspace"], kw["plate"], control_label=kw["control_label"],
-        outlier_z=kw["outlier_z"], outlier_fraction=kw["outlier_fraction"], force=kw["force"],
+        outlier_z=kw["outlier_z"], outlier_fraction=kw["outlier_fraction"],
+        allow_no_controls=kw["allow_no_controls"], force=kw["force"],
     )  # fmt: skip
     c = res.counts
     done = " (already done)" if res.skipped else ""
+    if res.status != "profiled":
+        click.echo(f"{res.plate}{done}: not profiled: {res.message}")
+        for uri in res.outputs:
+            click.echo(uri)
+        return
     click.echo(
         f"{res.plate}{done}: {c.kept} of {c.total} cells kept (no gene {c.no_gene}, field edge "
         f"{c.field_edge}, well edge {c.well_edge}, outliers {c.outliers}); {res.n_controls} "
@@ -94,7 +108,8 @@ def profiles(**kw: Any) -> None:
 )  # fmt: skip
 @click.option("--top", "top_k", type=click.IntRange(1), default=5, show_default=True,
               help="Features listed per gene.")  # fmt: skip
-@click.option("--force", is_flag=True, help="Recompute when the screen's results exist.")
+@ALLOW_NO_CONTROLS
+@click.option("--force", is_flag=True, help="Recompute when the screen's results are current.")
 def hits(**kw: Any) -> None:
     """Aggregate to sgRNA and gene across plates, score activity (copairs mAP), call hits."""
     from starrynight.modules.results import screen_hits
@@ -105,9 +120,17 @@ def hits(**kw: Any) -> None:
         null_size=kw["null_size"], seed=kw["seed"],
         max_cells_per_gene=kw["max_cells_per_gene"], max_control_cells=kw["max_control_cells"],
         na_cutoff=kw["na_cutoff"], corr_threshold=kw["corr_threshold"],
-        blocklist=kw["blocklist"], top_k=kw["top_k"], force=kw["force"],
+        blocklist=kw["blocklist"], top_k=kw["top_k"],
+        allow_no_controls=kw["allow_no_controls"], force=kw["force"],
     )  # fmt: skip
     done = " (already done)" if res.skipped else ""
+    for plate, why in res.excluded.items():
+        click.echo(f"plate {plate} left out: {why}", err=True)
+    if res.status != "scored":
+        click.echo(f"screen{done}: not scored: {res.message}")
+        for uri in res.outputs:
+            click.echo(uri)
+        return
     click.echo(
         f"screen{done} ({', '.join(res.plates)}; unit {res.unit}): {res.n_hits} hit(s) at q < "
         f"{kw['threshold']:g} among {res.n_scored} scored of {res.n_genes} gene(s); "

@@ -1,7 +1,8 @@
 """Screen results: per-plate normalised profiles and per-screen hits (the I/O around
 :mod:`starrynight.algorithms.profiles`).
 
-Two steps, each one call, one CLI command and one future Dagster asset:
+Two steps, each one call, one CLI command and one Dagster asset
+(``dagster_defs/assets/results.py``):
 
 - :func:`plate_profiles` (per plate, downstream of every well's ``features/<plate>-<well>/
   cells.parquet``): filters the cells, robust z-scores them against the plate's own
@@ -37,7 +38,7 @@ from starrynight.modules.segment import write_table
 #: Per-cell columns carried through to the normalised table (when present).
 CELL_META = ("plate", "well", "site", "cell", "sgRNA", "gene_symbol")
 #: Non-feature columns of the per-cell table (besides ``barcode_*``).
-NON_FEATURES = {*CELL_META, "sbs_cell", "barcode", "field_edge", "well_edge"}
+NON_FEATURES = {*CELL_META, "sbs_site", "sbs_cell", "barcode", "field_edge", "well_edge"}
 #: Profile units for phenotypic activity.
 UNITS = ("guide", "cell")
 
@@ -53,6 +54,10 @@ class PlateProfiles:
     unscalable: list[str]
     outputs: list[str]
     skipped: bool = False
+    #: ``profiled``, or ``no_controls`` (with ``allow_no_controls``: nothing written but
+    #: the report, which says why in ``message``).
+    status: str = "profiled"
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,11 @@ class ScreenHits:
     outputs: list[str]
     skipped: bool = False
     hits: list[str] = field(default_factory=list)
+    #: ``scored``, or ``no_usable_plates`` (every plate lacked controls; see ``excluded``).
+    status: str = "scored"
+    message: str = ""
+    #: Plates left out, with the reason (a plate without control cells).
+    excluded: dict[str, str] = field(default_factory=dict)
 
 
 def _plate_well_tables(ws: str, plate: str) -> list[str]:
@@ -147,6 +157,7 @@ def plate_profiles(
     control_label: str = prof.CONTROL_LABEL,
     outlier_z: float = 10.0,
     outlier_fraction: float = 0.1,
+    allow_no_controls: bool = False,
     force: bool = False,
 ) -> PlateProfiles:
     """Filter, normalise to the plate's controls, and write a plate's cell and guide profiles.
@@ -162,8 +173,13 @@ def plate_profiles(
     outlier_z, outlier_fraction : float
         A cell is an outlier when more than ``outlier_fraction`` of its features have
         ``|z| > outlier_z``.
+    allow_no_controls : bool
+        A plate without control cells is not an error: its report says so (status
+        ``no_controls``) and no profiles are written, so :func:`screen_hits` leaves the
+        plate out and lists it. What the Dagster asset uses: one plate without controls
+        must not stop the screen.
     force : bool
-        Recompute when the plate's report exists.
+        Recompute even when the report records the same inputs and parameters.
 
     Returns
     -------
@@ -172,19 +188,29 @@ def plate_profiles(
     Raises
     ------
     UserError
-        No analysed wells, no feature columns, or no control cells on the plate.
+        No analysed wells, no feature columns, or no control cells on the plate (unless
+        ``allow_no_controls``).
     """
     report_uri = workspace.plate_profiles_report_path(ws, plate)
     cells_uri = workspace.plate_cell_profiles_path(ws, plate)
     guides_uri = workspace.plate_guide_profiles_path(ws, plate)
     outputs = [cells_uri, guides_uri, report_uri]
-    if not force and storage.exists(report_uri):
-        rep = json.loads(storage.read_bytes(report_uri))
+    uris = _plate_well_tables(ws, plate)
+    params = {
+        "control_label": control_label,
+        "outlier_z": outlier_z,
+        "outlier_fraction": outlier_fraction,
+        "allow_no_controls": allow_no_controls,
+    }
+    inputs = _fingerprints(uris)
+    rep = _read_report(report_uri)
+    if not force and rep and rep.get("inputs") == inputs and rep.get("params") == params:
+        status = rep.get("status", "profiled")
         return PlateProfiles(
             plate, prof.FilterCounts(**rep["filters"]), rep["n_controls"], rep["n_features"],
-            rep["unscalable_features"], outputs, skipped=True,
+            rep["unscalable_features"], outputs if status == "profiled" else [report_uri],
+            skipped=True, status=status, message=rep.get("message", ""),
         )  # fmt: skip
-    uris = _plate_well_tables(ws, plate)
     meta, matrix, features = _read_cells(uris)
     if not features:
         raise UserError(f"plate {plate!r}: {uris[0]} has no numeric feature columns")
@@ -197,11 +223,32 @@ def plate_profiles(
     controls = kept & (genes == control_label).to_numpy()
     if not controls.any():
         seen = sorted(set(genes.dropna()))
-        raise UserError(
+        message = (
             f"plate {plate!r}: no cells of the non-targeting control {control_label!r} among "
             f"{int(kept.sum())} usable cells (genes: {', '.join(seen[:8]) or 'none'}"
             f"{', ...' if len(seen) > 8 else ''}); set the control label (--control-label)"
         )
+        if not allow_no_controls:
+            raise UserError(message)
+        counts = prof.FilterCounts(
+            total=total, no_gene=int(no_gene.sum()), field_edge=int(field_edge.sum()),
+            well_edge=int(well_edge.sum()), outliers=0,
+        )  # fmt: skip
+        # Profiles of an earlier run (other cells, another label) would be read as current.
+        for stale in (cells_uri, guides_uri):
+            if storage.exists(stale):
+                storage.remove(stale)
+        _write_json(
+            report_uri,
+            {"plate": plate, "status": "no_controls", "message": message,
+             "control_label": control_label, "wells": uris, "inputs": inputs,
+             "params": params, "filters": asdict(counts), "kept": 0, "n_controls": 0,
+             "n_features": len(features), "unscalable_features": []},
+        )  # fmt: skip
+        return PlateProfiles(
+            plate, counts, 0, len(features), [], [report_uri], status="no_controls",
+            message=message,
+        )  # fmt: skip
     _, mad = prof.normalize_to_controls(matrix, controls)
     unscalable = [f for f, m in zip(features, mad, strict=True) if not (np.isfinite(m) and m > 0)]
     if len(unscalable) == len(features):
@@ -234,7 +281,8 @@ def plate_profiles(
     _write_json(
         report_uri,
         {
-            "plate": plate, "control_label": control_label, "wells": uris,
+            "plate": plate, "status": "profiled", "message": "",
+            "control_label": control_label, "wells": uris, "inputs": inputs, "params": params,
             "filters": asdict(counts), "kept": counts.kept, "n_controls": n_controls,
             "n_features": len(features), "unscalable_features": unscalable,
             "outlier_rule": {"z": outlier_z, "fraction": outlier_fraction},
@@ -243,6 +291,25 @@ def plate_profiles(
         },
     )  # fmt: skip
     return PlateProfiles(plate, counts, n_controls, len(features), unscalable, outputs)
+
+
+def _fingerprints(uris: list[str]) -> dict[str, list[int] | None]:
+    """``uri -> [size, mtime_ns]``: what a report records of the files it was made from."""
+    return {
+        u: list(st) if st is not None else None
+        for u, st in zip(uris, storage.stat_many(uris), strict=True)
+    }
+
+
+def _read_report(uri: str) -> dict[str, Any] | None:
+    """A JSON report, or None when absent or unreadable (then the step recomputes)."""
+    if not storage.exists(uri):
+        return None
+    try:
+        rep = json.loads(storage.read_bytes(uri))
+    except (UserError, ValueError):
+        return None
+    return rep if isinstance(rep, dict) else None
 
 
 def _flag(meta: pd.DataFrame, name: str) -> np.ndarray:
@@ -278,16 +345,22 @@ def _write_cells(
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
 
 
-def _profiled_plates(ws: str) -> list[str]:
+def plate_reports(ws: str) -> dict[str, dict[str, Any]]:
+    """The profiles report of every plate that has one, by plate (sorted).
+
+    A report's ``status`` is ``profiled`` or ``no_controls`` (then ``message`` says why).
+    """
     root = storage.join(ws, "results")
     if not storage.exists(root):
-        return []
-    plates = []
+        return {}
+    reports = {}
     for entry in storage.list_files(root):
         folder, _, name = entry.key.partition("/")
         if folder != "screen" and name == f"{folder}_profiles.json":
-            plates.append(folder)
-    return sorted(plates)
+            rep = _read_report(storage.join(root, entry.key))
+            if rep is not None:
+                reports[folder] = rep
+    return dict(sorted(reports.items()))
 
 
 def screen_hits(
@@ -306,6 +379,7 @@ def screen_hits(
     corr_threshold: float = 0.9,
     blocklist: tuple[str, ...] = (),
     top_k: int = 5,
+    allow_no_controls: bool = False,
     force: bool = False,
 ) -> ScreenHits:
     """Select features, aggregate to sgRNA and gene across plates, score and call hits.
@@ -335,8 +409,13 @@ def screen_hits(
         Extra glob patterns of features to drop.
     top_k : int
         Features listed per gene in ``top_features``.
+    allow_no_controls : bool
+        When every profiled plate lacked control cells, write a report saying so (status
+        ``no_usable_plates``) instead of raising. Plates without controls are left out
+        (and listed in the report's ``excluded``) either way when ``plates`` is not given.
     force : bool
-        Recompute when ``results/screen/screen.json`` exists for the same plates and unit.
+        Recompute even when ``results/screen/screen.json`` records the same plates'
+        profiles and the same parameters.
 
     Returns
     -------
@@ -345,23 +424,63 @@ def screen_hits(
     if unit not in UNITS:
         raise UserError(f"unit {unit!r}: expected one of {', '.join(UNITS)}")
     report_uri = workspace.screen_results_path(ws, "screen.json")
-    names = ("hits.parquet", "hits.csv", "gene_profiles.parquet", "guide_profiles.parquet")
+    names = ("hits.parquet", "hits.csv", "gene_profiles.parquet", "guide_profiles.parquet",
+             "volcano.png")  # fmt: skip
     outputs = [workspace.screen_results_path(ws, n) for n in names] + [report_uri]
-    available = _profiled_plates(ws)
-    plates = sorted(plates) if plates else available
-    if not force and storage.exists(report_uri):
-        rep = json.loads(storage.read_bytes(report_uri))
-        # Done only for the same plates and unit: a new plate's profiles redo the screen.
-        if rep["plates"] == plates and rep["unit"] == unit:
-            return ScreenHits(
-                rep["plates"], rep["unit"], rep["n_genes"], rep["n_scored"], rep["n_hits"],
-                rep["n_features"], rep["dropped"], outputs, skipped=True, hits=rep["hits"],
-            )  # fmt: skip
+    reports = plate_reports(ws)
+    available = [p for p, r in reports.items() if r.get("status", "profiled") == "profiled"]
+    excluded = {p: str(r.get("message", "")) for p, r in reports.items() if p not in available}
+    if plates:
+        plates = sorted(plates)
+        for p in plates:
+            if p in excluded:
+                raise UserError(f"{excluded[p]}; leave plate {p!r} out of --plates")
+        excluded = {}
+    else:
+        plates = available
+    params = {"unit": unit, "control_label": control_label, "threshold": threshold,
+              "null_size": null_size, "seed": seed, "max_cells_per_gene": max_cells_per_gene,
+              "max_control_cells": max_control_cells, "selection_rows": selection_rows,
+              "na_cutoff": na_cutoff, "corr_threshold": corr_threshold,
+              "blocklist": list(blocklist), "top_k": top_k}  # fmt: skip
+    # The plates' reports change whenever their profiles are rewritten.
+    inputs = _fingerprints(
+        [workspace.plate_profiles_report_path(ws, p) for p in [*plates, *excluded]]
+    )
+    rep = _read_report(report_uri)
+    if (not force and rep and rep.get("plates") == plates and rep.get("inputs") == inputs
+            and rep.get("params") == params):  # fmt: skip
+        return ScreenHits(
+            rep["plates"], rep["unit"], rep["n_genes"], rep["n_scored"], rep["n_hits"],
+            rep["n_features"], rep["dropped"],
+            outputs if rep.get("status", "scored") == "scored" else [report_uri],
+            skipped=True, hits=rep["hits"], status=rep.get("status", "scored"),
+            message=rep.get("message", ""), excluded=rep.get("excluded", {}),
+        )  # fmt: skip
+    if not plates and excluded and allow_no_controls:
+        message = (
+            f"no plate has cells of the non-targeting control {control_label!r} "
+            f"({', '.join(excluded)}): nothing can be scored"
+        )
+        for stale in outputs[:-1]:
+            if storage.exists(stale):
+                storage.remove(stale)
+        _write_json(
+            report_uri,
+            {"status": "no_usable_plates", "message": message, "plates": [],
+             "excluded": excluded, "unit": unit, "control_label": control_label,
+             "inputs": inputs, "params": params, "n_genes": 0, "n_scored": 0, "n_hits": 0,
+             "hits": [], "n_features": 0, "dropped": {}},
+        )  # fmt: skip
+        return ScreenHits([], unit, 0, 0, 0, 0, {}, [report_uri], status="no_usable_plates",
+                          message=message, excluded=excluded)  # fmt: skip
     missing = sorted(set(plates) - set(available))
     if not plates or missing:
+        why = "; ".join(excluded.values())
         raise UserError(
             f"no profiles for plate(s) {', '.join(missing) or '(none found)'} under "
-            f"{storage.join(ws, 'results')}; run `starrynight results profiles` first"
+            f"{storage.join(ws, 'results')}; "
+            + (why if why else "run `starrynight results profiles` first")
         )
     rng = np.random.default_rng(seed)
     guide_tables, samples = [], []
@@ -425,11 +544,14 @@ def screen_hits(
     storage.write_bytes(outputs[1], buf.getvalue().to_pybytes())
     write_table(outputs[2], _profile_table(gene_keys, gene_prof, kept))
     write_table(outputs[3], _profile_table(g_keys, g_prof, kept))
+    storage.write_bytes(outputs[4], volcano_png(hits, threshold))
     hit_genes = hits.loc[hits["hit"], "gene_symbol"].tolist()
     scored = int(hits["activity_status"].eq("scored").sum())
     _write_json(
         report_uri,
         {
+            "status": "scored", "message": "", "excluded": excluded, "inputs": inputs,
+            "params": params,
             "plates": plates, "unit": unit, "control_label": control_label,
             "threshold": threshold, "null_size": null_size, "seed": seed,
             "n_genes": len(hits), "n_scored": scored, "n_hits": len(hit_genes),
@@ -439,8 +561,50 @@ def screen_hits(
     )  # fmt: skip
     return ScreenHits(
         plates, unit, len(hits), scored, len(hit_genes), len(kept), dropped, outputs,
-        hits=hit_genes,
+        hits=hit_genes, excluded=excluded,
     )  # fmt: skip
+
+
+def volcano_png(hits: pd.DataFrame, threshold: float = 0.05) -> bytes:
+    """The volcano-style plot of a hits table: mAP against -log10 q, hits named.
+
+    Parameters
+    ----------
+    hits : pandas.DataFrame
+        :func:`screen_hits`' table (``gene_symbol``, ``mAP``, ``q_value``, ``hit``).
+    threshold : float
+        The q-value of a hit, drawn as a dashed line.
+
+    Returns
+    -------
+    bytes
+        A PNG (matplotlib, Agg; no pyplot state).
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    scored = hits[np.isfinite(hits["q_value"].astype(float))]
+    y = -np.log10(np.clip(scored["q_value"].astype(float).to_numpy(), 1e-300, 1))
+    x = scored["mAP"].astype(float).to_numpy()
+    hit = scored["hit"].astype(bool).to_numpy()
+    ax.scatter(x[~hit], y[~hit], s=14, c="#8a8a8a", label="not a hit")
+    ax.scatter(x[hit], y[hit], s=18, c="#c0392b", label=f"hit (q < {threshold:g})")
+    for gx, gy, name in zip(x[hit], y[hit], scored["gene_symbol"][hit], strict=True):
+        ax.annotate(str(name), (gx, gy), xytext=(3, 3), textcoords="offset points", fontsize=7)
+    ax.axhline(-np.log10(threshold), color="#c0392b", lw=0.8, ls="--")
+    ax.set_xlabel("mAP against non-targeting controls")
+    ax.set_ylabel("-log10 q")
+    ax.set_title(f"{int(hit.sum())} hit(s) of {len(hits)} gene(s)")
+    if len(scored):
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
 
 
 def _profile_table(keys: pd.DataFrame, values: np.ndarray, features: list[str]) -> pa.Table:

@@ -17,6 +17,8 @@ from starrynight.pipelines.steps import (
     illum_pipeline,
     node_name,
     nodes_of,
+    plate_profiles_pipeline,
+    screen_hits_pipeline,
     well_pipeline,
 )
 
@@ -31,5 +33,7 @@ __all__ = [
     "illum_pipeline",
     "node_name",
     "nodes_of",
+    "plate_profiles_pipeline",
+    "screen_hits_pipeline",
     "well_pipeline",
 ]

@@ -92,6 +92,11 @@ DEFAULTS: Mapping[str, StepResources] = {
     "merge": StepResources(cpus=1, memory_mb=2048, time_min=60, max_memory_mb=8192),
     # per plate: one row per gene from every well's cell table
     "gene_summary": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
+    # per plate: the plate's feature matrix in float32 (1,000,000 cells x 500 features
+    # is 2 GB; bench/bench_results.py); per screen: per-well guide profiles and sampled
+    # cells only
+    "plate_profiles": StepResources(cpus=1, memory_mb=8192, time_min=120, max_memory_mb=32768),
+    "screen_hits": StepResources(cpus=2, memory_mb=4096, time_min=120, max_memory_mb=16384),
     DEFAULT_STEP: StepResources(cpus=1, memory_mb=2048, time_min=None, max_memory_mb=8192),
 }
 

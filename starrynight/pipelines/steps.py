@@ -313,3 +313,44 @@ def gene_summary_pipeline(ws: str, plate: str, runner: Runner | None = None) -> 
         ),
         check_inputs=False,
     )
+
+
+def plate_profiles_pipeline(
+    ws: str, plate: str, runner: Runner | None = None, options: Iterable[str] = ()
+) -> Pipeline:
+    """Normalised cell and guide profiles of one plate (``results profiles``).
+
+    ``options`` are further ``results profiles`` options (e.g. ``--control-label``).
+    """
+    r = runner or Runner()
+    row = registry.step("plate_profiles")
+    return Pipeline(
+        f"plate_profiles-{_safe(plate)}",
+        r.command(
+            node_name("plate_profiles", plate),
+            [*row.command, "-w", ws, "--plate", plate, *row.extra_args, *options],
+            outputs=_outputs("plate_profiles", ws, plate),
+        ),
+        check_inputs=False,
+    )
+
+
+def screen_hits_pipeline(
+    ws: str, runner: Runner | None = None, options: Iterable[str] = ()
+) -> Pipeline:
+    """Gene profiles, phenotypic activity and hits of every profiled plate (``results hits``).
+
+    ``options`` are further ``results hits`` options (``--unit``, ``--control-label``...).
+    """
+    r = runner or Runner()
+    row = registry.step("screen_hits")
+    return Pipeline(
+        "screen_hits",
+        r.command(
+            "screen_hits-screen",
+            [*row.command, "-w", ws, *row.extra_args, *options],
+            outputs=_outputs("screen_hits", ws),
+            step="screen_hits",
+        ),
+        check_inputs=False,
+    )

@@ -11,6 +11,7 @@ docs/screenshots).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -188,6 +189,24 @@ def test_core_flow_in_chromium(server: str, browser_page, small_sample, tmp_path
     expect(image).to_be_visible()
     assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", image.element_handle())
     _shot(page, tmp_path, "06-qc")
+
+    # Results: the run computed the screen's hits; sort the table, open a gene from it.
+    page.get_by_role("link", name="Results", exact=True).click()
+    expect(page.get_by_role("heading", name="Screen results")).to_be_visible()
+    expect(page.locator("#results-summary")).to_contain_text("hit")
+    expect(page.locator("svg.volcano circle").first).to_be_attached()
+    page.locator("#genes thead").get_by_role("link", name="Cells").click()
+    expect(page.locator("#genes th[aria-sort]")).to_contain_text("Cells")
+    cells = [int(t) for t in page.locator("#genes tbody tr td:nth-child(2)").all_inner_texts()]
+    assert cells and cells == sorted(cells)
+    _shot(page, tmp_path, "07-results")
+    page.locator("#genes tbody tr td:first-child a").first.click()
+    expect(page.get_by_role("heading", name=re.compile(r"^Gene "))).to_be_visible()
+    expect(page.locator("#shifts tbody tr").first).to_be_visible()
+    montage = page.locator("#montage")
+    expect(montage).to_be_visible()
+    assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", montage.element_handle())
+    _shot(page, tmp_path, "08-gene")
 
     # An API error reads as a message on the page.
     page.goto(f"{server}/ui/projects/999/plates")

@@ -43,8 +43,9 @@ def test_full_graph_materialises_every_partition_then_nothing_to_do(project, ins
     assert instance.get_latest_materialization_event(dg.AssetKey("experiment")) is not None
     # one run per plate (catalog + illumination), three per well (a blocking check ends a
     # run: geometry's before the merge, the merge's before the per-cell table), one
-    # summary per plate
-    assert len(result.runs) <= 2 + 4 * 3 + 2 + 1
+    # summary (and profiles) per plate, one for the screen's hits
+    assert len(result.runs) <= 2 + 4 * 3 + 2 + 1 + 1
+    assert instance.get_latest_materialization_event(dg.AssetKey("screen_hits")) is not None
     # metadata: paths, counts, an inline preview image, QC checks that ran
     seg = instance.get_latest_materialization_event(dg.AssetKey("segmentation"))
     md = seg.asset_materialization.metadata

@@ -159,7 +159,49 @@ def test_plate_without_controls_names_plate_and_label(tmp_path: Path) -> None:
     assert not Path(workspace.plate_profiles_report_path(str(tmp_path), "P9")).exists()
     # The label is configurable.
     res = plate_profiles(str(tmp_path), "P9", control_label="nontargeting")
-    assert res.n_controls > 50
+    assert res.n_controls > 50 and res.status == "profiled"
+
+
+def test_no_controls_allowed_is_reported_and_left_out(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(3)
+    _write(tmp_path, _cells("P9", "B3", rng, control="nontargeting"))
+    ws = str(tmp_path)
+    main(["results", "profiles", "-w", ws, "--plate", "P9", "--allow-no-controls"])
+    out = capsys.readouterr().out
+    assert "P9: not profiled: plate 'P9': no cells of the non-targeting control 'NTC'" in out
+    report = json.loads(Path(workspace.plate_profiles_report_path(ws, "P9")).read_text())
+    assert report["status"] == "no_controls"
+    assert not Path(workspace.plate_guide_profiles_path(ws, "P9")).exists()
+    # The only plate lacks controls: an error without the flag, a report with it.
+    with pytest.raises(UserError, match="'NTC'"):
+        screen_hits(ws)
+    res = screen_hits(ws, allow_no_controls=True)
+    assert res.status == "no_usable_plates" and list(res.excluded) == ["P9"]
+    # Naming that plate is a mistake; a second plate with controls is scored, P9 listed.
+    with pytest.raises(UserError, match="leave plate 'P9' out"):
+        screen_hits(ws, ["P9"])
+    for well in ("A1", "A2"):
+        _write(tmp_path, _cells("P1", well, rng))
+        _write(tmp_path, _cells("P2", well, rng))
+    for plate in ("P1", "P2"):
+        plate_profiles(ws, plate)
+    res = screen_hits(ws, null_size=500, allow_no_controls=True)
+    assert res.status == "scored" and res.plates == ["P1", "P2"] and "P9" in res.excluded
+    assert Path(workspace.screen_results_path(ws, "volcano.png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reruns_skip_until_an_input_changes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    _write(tmp_path, _cells("P1", "A1", rng))
+    ws = str(tmp_path)
+    first = plate_profiles(ws, "P1")
+    assert not first.skipped and plate_profiles(ws, "P1").skipped
+    # A well analysed later (or again) makes the plate's profiles stale.
+    _write(tmp_path, _cells("P1", "A2", rng))
+    again = plate_profiles(ws, "P1")
+    assert not again.skipped and again.counts.total > first.counts.total
+    # Other parameters are another result, too.
+    assert not plate_profiles(ws, "P1", outlier_z=8.0).skipped
 
 
 def test_all_nan_features_are_a_clear_error(tmp_path: Path) -> None:
