@@ -17,6 +17,7 @@ from starrynight.pipelines.steps import (
     illum_pipeline,
     node_name,
     nodes_of,
+    plate_step_pipeline,
     well_pipeline,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "illum_pipeline",
     "node_name",
     "nodes_of",
+    "plate_step_pipeline",
     "well_pipeline",
 ]
