@@ -90,6 +90,10 @@ DEFAULTS: Mapping[str, StepResources] = {
     "merge": StepResources(cpus=1, memory_mb=2048, time_min=60, max_memory_mb=8192),
     # per plate: one row per gene from every well's cell table
     "gene_summary": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
+    # per plate: the QC reports read the wells' small tables and a sample of site images
+    # (not measured yet: sized like the gene summary, which also reads every well's table)
+    "qc_painting": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
+    "qc_barcoding": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
     DEFAULT_STEP: StepResources(cpus=1, memory_mb=2048, time_min=None, max_memory_mb=8192),
 }
 
