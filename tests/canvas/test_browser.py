@@ -176,7 +176,8 @@ def test_core_flow_in_chromium(server: str, browser_page, small_sample, tmp_path
     # plate and the gate; launch what precedes the gates and watch it on the run page.
     page.get_by_role("link", name="Runs", exact=True).click()
     page.get_by_role("button", name="Launch run").click()
-    expect(page.get_by_role("alert")).to_contain_text("plate Plate1: the painting QC gate is closed")
+    refused = page.get_by_role("alert")
+    expect(refused).to_contain_text("plate Plate1: the painting QC gate is closed")
     for asset in BEFORE_GATES:
         page.get_by_label(asset, exact=True).check()
     page.get_by_role("button", name="Launch run").click()
