@@ -223,7 +223,7 @@ def test_core_flow_in_chromium(server: str, browser_page, small_sample, tmp_path
 
     # QC gallery: an illumination heat-map is served and decoded by the browser.
     page.get_by_role("link", name="QC", exact=True).click()
-    page.get_by_role("link", name="Illumination functions").click()
+    page.get_by_role("link", name="Illumination functions", exact=True).click()
     image = page.locator(".gallery img").first
     expect(image).to_be_visible()
     assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", image.element_handle())
