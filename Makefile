@@ -31,7 +31,7 @@ demo: install  ## Generate the sample screen and run the whole asset graph on it
 	  --dagster-home $(DEMO_DIR)/dagster_home
 	@$(BIN)/conductor db upgrade >/dev/null
 	@$(BIN)/conductor project add demo --replace -d $(DEMO_DIR)/data/sample \
-	  -w $(DEMO_DIR)/workspace --dagster-home $(DEMO_DIR)/dagster_home
+	  -w $(DEMO_DIR)/workspace --dagster-home $(DEMO_DIR)/dagster_home --gates none
 	@echo "Canvas: 'make serve', then http://127.0.0.1:8000/ (project demo)"
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 over the demo's instance (run `make demo` first).

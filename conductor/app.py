@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from conductor import db
-from conductor.api import configure, files, health, partitions, projects, results, runs
+from conductor.api import configure, files, gates, health, partitions, projects, results, runs
 from conductor.errors import EXPECTED, http_error
 from conductor.middleware import AccessLog, BodyLimit, JsonFormatter
 from conductor.settings import Settings
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.execution_options(isolation_level="AUTOCOMMIT")
     )
 
-    for module in (health, projects, configure, runs, partitions, files, results):
+    for module in (health, projects, configure, runs, partitions, files, results, gates):
         app.include_router(module.router, prefix=API)
     mount_canvas(app)  # the Canvas pages under /ui (conductor/web)
     # The expected kinds are handled inside the app; Exception (a bug) by the outermost

@@ -153,6 +153,9 @@ def project() -> None:
               help="Adopt this existing Dagster instance (e.g. the one `make demo` filled) "
               "instead of starting an empty one.")  # fmt: skip
 @click.option("--replace", is_flag=True, help="Forget a project of the same name first.")
+@click.option("--gates", default="painting,barcoding", show_default=True,
+              help="QC gates a reviewer approves per plate before what follows runs "
+              "(comma list, or 'none' to run through).")  # fmt: skip
 def project_add(
     name: str,
     dataset: str,
@@ -160,6 +163,7 @@ def project_add(
     experiment_type: str,
     dagster_home: str | None,
     replace: bool,
+    gates: str,
 ) -> None:
     """Register a project; print its id and Dagster instance folder.
 
@@ -185,6 +189,7 @@ def project_add(
             dataset_uri=_location(dataset),
             workspace_uri=_location(workspace),
             experiment_type=experiment_type,
+            qc_gates=[] if gates.strip() == "none" else [g.strip() for g in gates.split(",")],
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -43,6 +52,8 @@ class Project(Base):
     grammar: Mapped[str | None] = mapped_column(Text, nullable=True)
     backend: Mapped[str] = mapped_column(String(20), default="local")
     backend_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: QC gates held for a reviewer (``painting``, ``barcoding``); empty: none.
+    qc_gates: Mapped[list[str]] = mapped_column(JSON, default=list)
     configured_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
@@ -75,3 +86,19 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     project: Mapped[Project] = relationship(back_populates="runs")
+
+
+class GateDecision(Base):
+    """One reviewer's approval or closing of a plate's QC gate (the audit trail; the
+    workspace's gate file, :mod:`starrynight.gates`, is what Dagster reads)."""
+
+    __tablename__ = "gate_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    plate: Mapped[str] = mapped_column(String(200))
+    gate: Mapped[str] = mapped_column(String(20))
+    approved: Mapped[bool] = mapped_column(Boolean)
+    decided_by: Mapped[str] = mapped_column(String(100))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -23,7 +23,7 @@ from starrynight import storage
 from starrynight.errors import UserError
 
 MARKER = ".conductor-workspace"
-NOT_NULL = ("name", "dataset_uri", "workspace_uri", "experiment_type", "backend")
+NOT_NULL = ("name", "dataset_uri", "workspace_uri", "experiment_type", "backend", "qc_gates")
 
 
 def get_project(session: Session, project_id: int) -> Project:

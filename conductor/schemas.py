@@ -12,6 +12,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 PARTITION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 ExperimentType = Literal["ops", "cellpainting"]
 Backend = Literal["local", "snakemake", "aws_batch", "slurm"]
+Gate = Literal["painting", "barcoding"]
 
 
 class _Strict(BaseModel):
@@ -40,6 +41,11 @@ class ProjectCreate(_Strict):
     )
     backend: Backend = "local"
     backend_options: dict[str, Any] = Field(default_factory=dict)
+    qc_gates: list[Gate] = Field(
+        default_factory=lambda: ["painting", "barcoding"],
+        description="QC gates a reviewer must approve per plate before what follows runs "
+        "(default both; [] runs through).",
+    )
 
     @field_validator("dataset_uri", "workspace_uri")
     @classmethod
@@ -57,6 +63,7 @@ class ProjectUpdate(_Strict):
     grammar: str | None = Field(default=None, max_length=2000)
     backend: Backend | None = None
     backend_options: dict[str, Any] | None = None
+    qc_gates: list[Gate] | None = None
 
     @field_validator("dataset_uri", "workspace_uri")
     @classmethod
@@ -77,6 +84,7 @@ class ProjectOut(BaseModel):
     grammar: str | None
     backend: str
     backend_options: dict[str, Any]
+    qc_gates: list[str]
     configured_at: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -236,3 +244,36 @@ class GeneResultOut(GeneResult):
     """One gene with its largest feature shifts (median robust z against controls)."""
 
     feature_shifts: dict[str, float]
+
+
+class GateDecisionIn(_Strict):
+    """A reviewer's decision on one plate's gate."""
+
+    approved: bool = Field(description="true: approve (what follows may run); false: close.")
+    comment: str = Field(default="", max_length=5000, description="Why (kept with it).")
+
+
+class GateDecisionOut(BaseModel):
+    """One recorded decision."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    plate: str
+    gate: str
+    approved: bool
+    decided_by: str
+    comment: str
+    decided_at: datetime
+
+
+class GateOut(BaseModel):
+    """A plate's gate now: on or off for the project, open or closed, and its history."""
+
+    plate: str
+    gate: str
+    enabled: bool
+    state: str  # approved | closed
+    open: bool  # approved for the current report (or the gate is off)
+    report: bool  # the report exists
+    reason: str
+    history: list[GateDecisionOut]

@@ -13,6 +13,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from starrynight import registry
+
+
+def gate_assets() -> list[dg.AssetKey]:
+    """The QC report assets whose blocking checks are gates (registry group ``qc``)."""
+    return [dg.AssetKey(s.name) for s in registry.STEPS if s.group == "qc"]
+
 
 def follow_upstream() -> dg.AutomationCondition:
     """Eager materialisation driven by upstream data-version changes."""
@@ -33,6 +40,13 @@ def follow_upstream() -> dg.AutomationCondition:
         # ...and no upstream blocking check failed (a well the geometry could not place,
         # a merge below the minimum match rate stops what follows it).
         & dg.AutomationCondition.all_deps_blocking_checks_passed()
+        # ...and no QC gate upstream is made again in this tick: Dagster counts a check
+        # about to run as passing, but a new report closes its gate (its approval was of
+        # the previous pictures), and what follows the gate is in other runs (plate x
+        # well), which the check could not stop.
+        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
+        .allow(dg.AssetSelection.assets(*gate_assets()))
+        .with_label("no_gate_report_requested")
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("follow_upstream")

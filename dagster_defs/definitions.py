@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_defs.assets import all_assets
+from dagster_defs.assets import all_asset_checks, all_assets
 from dagster_defs.resources import build_resources, load_settings
 from dagster_defs.sensors import TICK_SECONDS, make_automation_sensor, make_new_plate_sensor
 
@@ -26,6 +26,7 @@ def build_defs(settings: Mapping[str, Any] | None = None) -> dg.Definitions:
     tick = int(settings.get("tick_seconds") or TICK_SECONDS)
     return dg.Definitions(
         assets=all_assets(),
+        asset_checks=all_asset_checks(),
         sensors=[make_new_plate_sensor(tick), make_automation_sensor(tick)],
         resources=resources,
         executor=dg.in_process_executor,

@@ -62,6 +62,7 @@ class RunRecord:
     success: bool
     seconds: float
     error: str = ""
+    checks: list[str] = field(default_factory=list)  # a check-only run's checks
 
 
 @dataclass
@@ -81,21 +82,32 @@ def execute(
     selection: list[dg.AssetKey],
     partition_key: str | None,
     tags: Mapping[str, str] | None = None,
+    checks: list[dg.AssetCheckKey] | None = None,
 ) -> RunRecord:
-    """Execute one run of ``selection`` for ``partition_key`` on ``instance``."""
+    """Execute one run of ``selection`` (with their checks) for ``partition_key`` on
+    ``instance``; with ``checks`` and an empty ``selection``, a run of only those checks."""
     t0 = time.perf_counter()
     tags = {**(tags or {}), DRIVER_TAG: driver_tag()}
-    result = dg.materialize(
-        list(defs.assets or ()),
-        selection=selection,
-        partition_key=partition_key,
-        instance=instance,
-        resources=defs.resources,
-        raise_on_error=False,
-        tags=tags,
-        # The run's own event log keeps every line; the console only needs problems.
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
+    # The run's own event log keeps every line; the console only needs problems.
+    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    if checks and not selection:
+        result = _execute_checks(defs, instance, checks, partition_key, tags, run_config)
+    else:
+        chosen: Any = selection
+        if checks:
+            chosen = dg.AssetSelection.assets(*selection).without_checks() | (
+                dg.AssetSelection.checks(*checks)
+            )
+        result = dg.materialize(
+            [*(defs.assets or ()), *(defs.asset_checks or ())],  # type: ignore[list-item]
+            selection=chosen,
+            partition_key=partition_key,
+            instance=instance,
+            resources=defs.resources,
+            raise_on_error=False,
+            tags=tags,
+            run_config=run_config,
+        )
     errors = [
         (e.step_failure_data.error.message if e.step_failure_data.error else "failed").strip()
         for e in result.get_step_failure_events()
@@ -107,6 +119,36 @@ def execute(
         result.success,
         time.perf_counter() - t0,
         "; ".join(errors),
+        sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in checks or ()),
+    )
+
+
+def _execute_checks(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    checks: list[dg.AssetCheckKey],
+    partition_key: str | None,
+    tags: Mapping[str, str],
+    run_config: Mapping[str, Any],
+) -> dg.ExecuteInProcessResult:
+    """A run of only ``checks`` (no asset): what a sensor's check-only request launches.
+
+    ``materialize`` takes its partitions from the selected assets, and a job of only
+    checks has no partitions definition in Dagster 1.13; the partition goes in the run's
+    ``dagster/partition`` tag, as the daemon launches such a run.
+    """
+    job = dg.Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=[
+            dg.define_asset_job("__starrynight_checks", selection=dg.AssetSelection.checks(*checks))
+        ],
+        resources=defs.resources,
+    ).resolve_job_def("__starrynight_checks")
+    if partition_key is not None:
+        tags = {**tags, "dagster/partition": partition_key}
+    return job.execute_in_process(
+        run_config=run_config, instance=instance, raise_on_error=False, tags=tags
     )
 
 
@@ -298,8 +340,13 @@ def drive(
         if resume:
             _store_cursors(instance, sensor_cursor, automation_cursor)
 
-    def run(selection: list[dg.AssetKey], pk: str | None, tags: Mapping[str, str]) -> None:
-        rec = execute(defs, instance, selection, pk, tags)
+    def run(
+        selection: list[dg.AssetKey],
+        pk: str | None,
+        tags: Mapping[str, str],
+        checks: list[dg.AssetCheckKey] | None = None,
+    ) -> None:
+        rec = execute(defs, instance, selection, pk, tags, checks)
         out.runs.append(rec)
         if on_run:
             on_run(rec)
@@ -316,7 +363,8 @@ def drive(
             for req in tick.dynamic_partitions_requests or []:
                 instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
             for rr in tick.run_requests or []:
-                run(list(rr.asset_selection), rr.partition_key, rr.tags)
+                checks = list(rr.asset_check_keys) if rr.asset_check_keys is not None else None
+                run(list(rr.asset_selection or ()), rr.partition_key, rr.tags, checks)
                 ran += 1
         evaluation = evaluate_automation(defs, instance, automation_cursor)
         for pk, selection in _automation_runs(evaluation, keys).items():
@@ -420,7 +468,8 @@ def main(
     def show(rec: RunRecord) -> None:
         state = "ok" if rec.success else f"FAILED: {rec.error}"
         click.echo(
-            f"run {rec.run_id[:8]} {rec.partition or '-':<12} {','.join(rec.assets)} "
+            f"run {rec.run_id[:8]} {rec.partition or '-':<12} "
+            f"{','.join(rec.assets or rec.checks)} "
             f"{rec.seconds:.1f}s {state}"
         )
 

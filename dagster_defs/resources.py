@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
 from pipecraft import AwsBatchBackend, Backend, LocalBackend, SlurmBackend, SnakemakeBackend
 from pipecraft.errors import PipecraftError
@@ -77,6 +77,21 @@ class QCThresholds(dg.Config):
     min_match_rate: float = Field(
         0.5, description="Merge: below this share of matched CP cells the well is blocked."
     )
+    gates: list[str] = Field(
+        default_factory=list,
+        description="QC gates this project holds for a reviewer's approval: painting, "
+        "barcoding (default none: every step runs through).",
+    )
+
+    @field_validator("gates")
+    @classmethod
+    def _known_gates(cls, value: list[str]) -> list[str]:
+        from starrynight.gates import GATES
+
+        unknown = [g for g in value if g not in GATES]
+        if unknown:
+            raise ValueError(f"unknown gate(s) {unknown}: expected some of {list(GATES)}")
+        return value
 
 
 class ResultsSettings(dg.Config):
@@ -317,6 +332,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         step_table(settings.get("resources"))
     except UserError as exc:
         raise ConfigError(str(exc)) from None
+    qc = settings.get("qc")
+    if qc is not None:
+        if not isinstance(qc, dict):
+            raise ConfigError(f"qc {qc!r}: expected a JSON object")
+        try:
+            QCThresholds(**qc)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"qc.{where}: {err['msg']}") from None
     return settings
 
 

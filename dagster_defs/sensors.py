@@ -19,9 +19,15 @@ SBS cycle. Each tick:
   folder whose modification time is unchanged is not listed again; on S3, which has no
   folder times, the known plates' folders are listed each tick.
 
-The cursor keeps, per plate, the listing seen at the previous tick (``waiting``) and the
+- a known plate's QC gate files (:mod:`starrynight.gates`) are read: when a reviewer's
+  decision changed since the previous tick, a check-only run of that plate's gate check
+  (``painting_approved`` / ``barcoding_approved``) is requested, so an approval lets what
+  follows the gate start (by automation) and a closing stops new work.
+
+The cursor keeps, per plate, the listing seen at the previous tick (``waiting``), the
 listing a run was last requested for (``requested``): a catalog run that fails on the
-data is not requested again until the data changes.
+data is not requested again until the data changes; and the version of each gate file a
+check run was requested for (``gates``).
 """
 
 import hashlib
@@ -33,9 +39,10 @@ import dagster as dg
 
 from dagster_defs.assets.catalog import EXPERIMENT, FOLDERS_METADATA, INDEX, INVENTORY
 from dagster_defs.assets.illum import ILLUM_CP, ILLUM_SBS
+from dagster_defs.assets.qc import GATE_CHECKS
 from dagster_defs.partitions import PLATE, plate_partitions, valid_key
 from dagster_defs.resources import StarryNightProject
-from starrynight import storage
+from starrynight import gates, storage
 from starrynight.errors import UserError
 from starrynight.inventory import normalise_root
 
@@ -143,11 +150,44 @@ def _experiment_exists(instance: dg.DagsterInstance) -> bool:
     return instance.get_latest_materialization_event(EXPERIMENT) is not None
 
 
-def _load_cursor(text: str | None) -> tuple[dict[str, list], dict[str, str]]:
+def _load_cursor(text: str | None) -> tuple[dict[str, list], dict[str, str], dict[str, str]]:
     cursor = json.loads(text) if text else {}
     if "waiting" not in cursor and "requested" not in cursor:
-        return cursor, {}  # the cursor of an older sensor: plates seen waiting
-    return cursor.get("waiting", {}), cursor.get("requested", {})
+        return cursor, {}, {}  # the cursor of an older sensor: plates seen waiting
+    return cursor.get("waiting", {}), cursor.get("requested", {}), cursor.get("gates", {})
+
+
+def _gate_requests(
+    context: dg.SensorEvaluationContext,
+    project: StarryNightProject,
+    known: set[str],
+    seen: dict[str, str],
+) -> list[dg.RunRequest]:
+    """Check-only runs of the gates of known plates whose decision changed; updates
+    ``seen`` (``"<plate>/<gate>"`` -> gate file version)."""
+    requests = []
+    for plate in sorted(known):
+        for gate, check in GATE_CHECKS.items():
+            try:
+                version = gates.gate_version(project.workspace_uri, plate, gate)
+            except UserError as exc:
+                context.log.warning(f"plate {plate} {gate} gate: cannot read it: {exc}")
+                continue
+            slot = f"{plate}/{gate}"
+            if version is None or seen.get(slot) == version:
+                continue
+            seen[slot] = version
+            context.log.info(f"plate {plate}: {gate} gate decision changed; checking it again")
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"gate-{plate}-{gate}-{version}",
+                    partition_key=plate,
+                    asset_selection=[],
+                    asset_check_keys=[check],
+                    tags={"starrynight/plate": plate, "starrynight/trigger": f"{gate}_gate"},
+                )
+            )
+    return requests
 
 
 def _digest(sig: object) -> str:
@@ -229,7 +269,7 @@ def _new_plates(
         plates = plate_folders(project.dataset_uri)
     except UserError as exc:
         return dg.SkipReason(f"cannot list the dataset: {exc}")
-    previous, requested = _load_cursor(context.cursor)
+    previous, requested, gate_seen = _load_cursor(context.cursor)
     known = set(context.instance.get_dynamic_partitions(PLATE))
     now = time.time()
     seen: dict[str, list] = {}
@@ -273,6 +313,7 @@ def _new_plates(
         if changed is None and creating:
             first = False
         requested[plate] = contents[plate]
+    run_requests += _gate_requests(context, project, known, gate_seen)
     if waiting:
         context.log.info(f"plates still being written (or empty): {waiting}")
     started = {*new, *grown}
@@ -283,6 +324,7 @@ def _new_plates(
             {
                 "waiting": {p: s for p, s in seen.items() if p not in started},
                 "requested": requested,
+                "gates": gate_seen,
             }
         ),
     )
@@ -297,12 +339,14 @@ def make_new_plate_sensor(tick_seconds: int = TICK_SECONDS) -> dg.SensorDefiniti
 
     @dg.sensor(
         name="new_plate_sensor",
-        asset_selection=[*PLATE_ASSETS, EXPERIMENT],
+        asset_selection=dg.AssetSelection.assets(*PLATE_ASSETS, EXPERIMENT)
+        | dg.AssetSelection.checks(*GATE_CHECKS.values()),
         minimum_interval_seconds=tick_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Adds a plate partition for each new, stable plate folder of the dataset "
         "and requests its catalog and illumination run; catalogs a known plate again when "
-        "an acquisition folder (an SBS cycle) or files (new wells) were added to it.",
+        "an acquisition folder (an SBS cycle) or files (new wells) were added to it; "
+        "checks a plate's QC gate again when a reviewer approved or closed it.",
     )
     def new_plate_sensor(
         context: dg.SensorEvaluationContext, project: StarryNightProject

@@ -161,19 +161,38 @@ STEPS: tuple[Step, ...] = (
         "wells", lambda ws, p, w: [wsp.mosaic_thumbnail_path(ws, p, w, "cp")],
         needs=("geometry", "corrected_cp", "aligned_sbs"), arms=("cp",), site_runner=False,
     ),
+    # The QC gates: a reviewer approves a plate's report before its expensive steps run
+    # (the Dagster asset carries the blocking check; starrynight.gates holds decisions).
+    Step(
+        "qc_painting", "plate", ("qc", "report"),
+        "Painting QC report of the plate for its gate: illumination, segmentation "
+        "overlays, cells per site (qc_reports/<plate>/painting/).",
+        "qc", lambda ws, p, w: [wsp.qc_index_path(ws, p, "painting")],
+        needs=("illum_cp", "corrected_cp", "segmentation", "geometry"), arms=("cp",),
+        site_parallel=False, site_runner=False, extra_args=("--gate", "painting"),
+    ),
+    Step(
+        "qc_barcoding", "plate", ("qc", "report"),
+        "Barcoding QC report of the plate for its gate: alignment, base frequencies, "
+        "read matching and quality (qc_reports/<plate>/barcoding/).",
+        "qc", lambda ws, p, w: [wsp.qc_index_path(ws, p, "barcoding")],
+        needs=("illum_sbs", "aligned_sbs", "barcode_calls"), arms=("sbs",),
+        site_parallel=False, site_runner=False, extra_args=("--gate", "barcoding"),
+    ),
     Step(
         "merge", "well", ("merge",),
         "Every CP cell once, matched to its SBS cell in the well frame: transform, "
         "statuses, barcode and gene (merge/<plate>-<well>/).",
         "wells", _well(wsp.merge_report_path),
-        needs=("segmentation", "barcode_calls", "geometry"), arms=("cp", "sbs"),
+        needs=("segmentation", "barcode_calls", "geometry", "qc_barcoding"),
+        arms=("cp", "sbs"),
         site_parallel=False, site_runner=False,
     ),
     Step(
         "cell_features", "well", ("analysis", "run"),
         "One row per CP cell: barcode, gene and features (features/<plate>-<well>/).",
-        "wells", _well(wsp.cell_features_path), needs=("segmentation", "barcode_calls", "merge"),
-        arms=("cp", "sbs"),
+        "wells", _well(wsp.cell_features_path),
+        needs=("segmentation", "barcode_calls", "merge", "qc_painting"), arms=("cp", "sbs"),
     ),
     Step(
         "gene_summary", "plate", ("analysis", "summary"),

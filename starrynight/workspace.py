@@ -282,6 +282,15 @@ def qc_figure_path(workspace: str, plate: str, gate: str, name: str, ext: str) -
     return storage.join(qc_report_dir(workspace, plate, gate), f"{name}.{ext}")
 
 
+def qc_gate_path(workspace: str, plate: str, gate: str) -> str:
+    """A plate's gate decision and its history: ``qc_reports/<plate>/gates/<gate>.json``.
+
+    Beside the reports the reviewer decides from (``gates`` is not a gate name, so it
+    never collides with a report folder).
+    """
+    return storage.join(workspace, "qc_reports", plate, "gates", f"{gate}.json")
+
+
 def results_plate_dir(workspace: str, plate: str) -> str:
     """Per-plate profiles: ``results/<plate>``."""
     return storage.join(workspace, "results", plate)

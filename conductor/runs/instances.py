@@ -99,6 +99,7 @@ def project_env(settings: Settings, project: Project) -> dict[str, str]:
         "workspace_uri": project.workspace_uri,
         "backend": project.backend,
         "backend_options": project.backend_options,
+        "qc": {"gates": list(project.qc_gates or [])},
     }
     choices = experiment_request_path(project.workspace_uri)
     if storage.exists(choices):

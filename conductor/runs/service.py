@@ -106,6 +106,9 @@ def launch_run(
     if body.stale_only:
         stale = partition_statuses(settings, project.id, graph, chosen_plates, wells_by_plate)
     plan = build_plan(graph, body.assets, chosen_plates, wells_by_plate, stale)
+    from conductor.gates import refuse_closed
+
+    refuse_closed(settings, project, graph, plan)
     run = Run(
         project_id=project.id,
         selection=body.model_dump(),

@@ -1,23 +1,28 @@
-"""QC gallery: illumination heat-maps, segmentation overlays, alignment, barcode rates."""
+"""QC page: the gates (per plate and gate: the report's figures, the gate's state and
+history, an approve / close form) and the gallery of per-well QC figures."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from conductor.deps import ProjectId, SessionDep
+from conductor import gates
+from conductor.deps import ProjectId, SessionDep, settings_of
 from conductor.errors import NotFound
 from conductor.projects import get_project
 from conductor.responses import png_response
 from conductor.web import qcdata, summary
-from conductor.web.render import PageRoute, render
-from conductor.web.session import Reader
+from conductor.web.render import PageRoute, field, render
+from conductor.web.session import Form, Reader, Writer
+from starrynight.gates import GATES
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 PER_PAGE = 12
 KIND_TITLES = {
+    "gates": "Gates and reports",
     "illum": "Illumination functions",
     "segcheck": "Segmentation check",
     "alignment": "Alignment",
@@ -31,7 +36,7 @@ def gallery(
     request: Request,
     session: SessionDep,
     _token: Reader,
-    kind: Literal["illum", "segcheck", "alignment", "barcodes"] = "illum",
+    kind: Literal["gates", "illum", "segcheck", "alignment", "barcodes"] = "gates",
     plate: Annotated[str, Query(max_length=100)] = "",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
@@ -43,7 +48,21 @@ def gallery(
     if plate and plate not in plates:
         raise NotFound(f"plate {plate!r} not in the index; known: {', '.join(plates)}")
     start = (page - 1) * PER_PAGE
-    if kind in ("alignment", "barcodes"):
+    reports: list[dict] = []
+    if kind == "gates":
+        settings = settings_of(request)
+        chosen = [plate] if plate else plates
+        total = len(chosen)
+        reports = [
+            {
+                **gates.gate_view(settings, session, project, p, g),
+                "figures": qcdata.report_figures(ws, p, g),
+            }
+            for p in chosen[start : start + PER_PAGE]
+            for g in GATES
+        ]
+        figures: list = []
+    elif kind in ("alignment", "barcodes"):
         # Only the tables of the shown page are read.
         tables = [t for t in qcdata.well_tables(ws, kind) if not plate or t[0] == plate]
         total = len(tables)
@@ -66,10 +85,34 @@ def gallery(
         plate=plate,
         plates=plates,
         figures=figures,
+        reports=reports,
+        message=request.query_params.get("done", ""),
         page=page,
         pages=pages,
         total=total,
         nav="qc",
+    )
+
+
+@router.post("/projects/{project_id}/qc/gates", response_class=HTMLResponse)
+def decide_gate(
+    project_id: ProjectId, request: Request, session: SessionDep, form: Form, token: Writer
+) -> Response:
+    """Approve or close one plate's gate from the form beside its report."""
+    project = get_project(session, project_id)
+    plate, gate = field(form, "plate"), field(form, "gate")
+    decision = field(form, "decision")
+    if decision not in ("approve", "close"):
+        raise NotFound(f"decision {decision!r}: expected approve or close")
+    # An unknown plate or gate, or no report yet, is answered by the error page (4xx).
+    gates.decide(
+        settings_of(request), session, project, plate, gate, decision == "approve",
+        field(form, "comment"), token,
+    )  # fmt: skip
+    done = f"{gate} gate of {plate} {'approved' if decision == 'approve' else 'closed'}"
+    return RedirectResponse(
+        f"/ui/projects/{project_id}/qc?kind=gates&plate={quote(plate)}&done={quote(done)}",
+        status_code=303,
     )
 
 

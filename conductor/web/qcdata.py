@@ -190,3 +190,30 @@ def figures(ws: str, kind: str, plate: str | None = None) -> list[Figure]:
     if kind == "segcheck":
         return segcheck_figures(ws, plate)
     raise ValueError(f"kind {kind!r}: per-well tables are read with well_figure")
+
+
+def report_figures(ws: str, plate: str, gate: str) -> list[dict[str, Any]]:
+    """The figures of a plate's QC report for ``gate`` (from its ``index.json``):
+    title, finding, whether it needs a look, the PNG and its data (workspace-relative)."""
+    from starrynight import storage
+    from starrynight import workspace as wsp
+
+    index = wsp.qc_index_path(ws, plate, gate)
+    if not storage.exists(index):
+        return []
+    try:
+        doc = json.loads(storage.read_bytes(index))
+    except ValueError:
+        return []
+    rel = f"qc_reports/{plate}/{gate}"
+    return [
+        {
+            "name": f.get("name", ""),
+            "title": f.get("title", f.get("name", "")),
+            "finding": f.get("finding", ""),
+            "attention": bool(f.get("attention")),
+            "image": f"{rel}/{f['png']}" if f.get("png") else None,
+            "data": f"{rel}/{f['parquet']}" if f.get("parquet") else None,
+        }
+        for f in doc.get("figures") or []
+    ]

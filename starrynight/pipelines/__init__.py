@@ -18,6 +18,7 @@ from starrynight.pipelines.steps import (
     node_name,
     nodes_of,
     plate_profiles_pipeline,
+    plate_step_pipeline,
     screen_hits_pipeline,
     well_pipeline,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "node_name",
     "nodes_of",
     "plate_profiles_pipeline",
+    "plate_step_pipeline",
     "screen_hits_pipeline",
     "well_pipeline",
 ]

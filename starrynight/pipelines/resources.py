@@ -97,6 +97,10 @@ DEFAULTS: Mapping[str, StepResources] = {
     # cells only
     "plate_profiles": StepResources(cpus=1, memory_mb=8192, time_min=120, max_memory_mb=32768),
     "screen_hits": StepResources(cpus=2, memory_mb=4096, time_min=120, max_memory_mb=16384),
+    # per plate: the QC reports read the wells' small tables and a sample of site images
+    # (not measured yet: sized like the gene summary, which also reads every well's table)
+    "qc_painting": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
+    "qc_barcoding": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
     DEFAULT_STEP: StepResources(cpus=1, memory_mb=2048, time_min=None, max_memory_mb=8192),
 }
 

@@ -301,18 +301,28 @@ def well_pipeline(
     return Pipeline(f"well-{_safe(f'{plate}-{well}')}", Parallel(*nodes), check_inputs=False)
 
 
-def gene_summary_pipeline(ws: str, plate: str, runner: Runner | None = None) -> Pipeline:
-    """Per-gene summary of one plate from its analysed wells."""
+def plate_step_pipeline(step: str, ws: str, plate: str, runner: Runner | None = None) -> Pipeline:
+    """One plate-level step of one plate (its registry row's command and arguments).
+
+    Its inputs are other levels' products (the plate's wells), which Dagster orders; the
+    command itself says what is missing.
+    """
+    s = registry.step(step)
     r = runner or Runner()
     return Pipeline(
-        f"gene_summary-{_safe(plate)}",
+        f"{step}-{_safe(plate)}",
         r.command(
-            node_name("gene_summary", plate),
-            [*_cmd("gene_summary"), "-w", ws, "--plate", plate],
-            outputs=_outputs("gene_summary", ws, plate),
+            node_name(step, plate),
+            [*s.command, "-w", ws, "--plate", plate, *s.extra_args],
+            outputs=_outputs(step, ws, plate),
         ),
         check_inputs=False,
     )
+
+
+def gene_summary_pipeline(ws: str, plate: str, runner: Runner | None = None) -> Pipeline:
+    """Per-gene summary of one plate from its analysed wells."""
+    return plate_step_pipeline("gene_summary", ws, plate, runner)
 
 
 def plate_profiles_pipeline(

@@ -25,7 +25,20 @@ from pathlib import Path
 import playwright.sync_api as playwright
 import pytest
 
+from starrynight import registry
 from tests.conductor.conftest import RW
+
+
+def _behind_gates() -> set[str]:
+    behind = {s.name for s in registry.STEPS if s.group == "qc"}
+    for s in registry.STEPS:  # registry order is a dependency order
+        if set(s.needs) & behind:
+            behind.add(s.name)
+    return behind - {s.name for s in registry.STEPS if s.group == "qc"}
+
+
+#: The steps a launch may include while both gates of a plate are closed.
+BEFORE_GATES = [s.name for s in registry.STEPS if s.name not in _behind_gates()]
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -160,8 +173,14 @@ def test_core_flow_in_chromium(server: str, browser_page, small_sample, tmp_path
     expect(page.get_by_role("status")).to_contain_text("Channel roles saved.")
     _shot(page, tmp_path, "02-configure")
 
-    # Launch everything and watch it finish on the live run page.
+    # A new project holds both QC gates: launching everything is refused, naming the
+    # plate and the gate; launch what precedes the gates and watch it on the run page.
     page.get_by_role("link", name="Runs", exact=True).click()
+    page.get_by_role("button", name="Launch run").click()
+    refused = page.get_by_role("alert")
+    expect(refused).to_contain_text("plate Plate1: the painting QC gate is closed")
+    for asset in BEFORE_GATES:
+        page.get_by_label(asset, exact=True).check()
     page.get_by_role("button", name="Launch run").click()
     expect(page.get_by_role("heading", name="Run 1")).to_be_visible()
     expect(page.locator("#run-status")).to_contain_text("SUCCESS", timeout=300_000)
@@ -172,6 +191,25 @@ def test_core_flow_in_chromium(server: str, browser_page, small_sample, tmp_path
     expect(page.locator("#cancel-form")).to_have_count(0)
     _shot(page, tmp_path, "03-run")
 
+    # The QC page shows each gate's report beside its state; approve both gates of the
+    # plate with a comment, then launch what is still missing (what follows the gates).
+    page.get_by_role("link", name="QC", exact=True).click()
+    expect(page.locator(".gate-state").first).to_contain_text("closed")
+    image = page.locator(".gate .gallery img").first
+    expect(image).to_be_visible()
+    for gate in ("painting", "barcoding"):
+        page.get_by_label(f"Comment on Plate1 {gate}").fill(f"{gate} pictures look right")
+        page.get_by_role("button", name=f"Approve Plate1 {gate}").click()
+        expect(page.get_by_role("status")).to_contain_text(f"{gate} gate of Plate1 approved")
+    expect(page.locator('.gate-state[data-gate="painting"]')).to_contain_text("open")
+    expect(page.locator("table.history").first).to_contain_text("painting pictures look right")
+    _shot(page, tmp_path, "03b-gates")
+    page.get_by_role("link", name="Runs", exact=True).click()
+    page.get_by_label("Only what is missing, failed or stale").check()
+    page.get_by_role("button", name="Launch run").click()
+    expect(page.get_by_role("heading", name="Run 2")).to_be_visible()
+    expect(page.locator("#run-status")).to_contain_text("SUCCESS", timeout=300_000)
+
     # Plate map: every well done for the last asset; open a well with the keyboard.
     page.get_by_role("link", name="Plate map", exact=True).click()
     well = page.get_by_role("link", name="A1: done")
@@ -180,11 +218,13 @@ def test_core_flow_in_chromium(server: str, browser_page, small_sample, tmp_path
     well.focus()
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Plate Plate1, well A1")).to_be_visible()
-    expect(page.get_by_role("link", name="Run 1")).to_be_visible()
+    # the latest run that touched the well: the one after the gates were approved
+    expect(page.get_by_role("link", name="Run 2")).to_be_visible()
     _shot(page, tmp_path, "05-well")
 
     # QC gallery: an illumination heat-map is served and decoded by the browser.
-    page.get_by_role("link", name="QC gallery", exact=True).click()
+    page.get_by_role("link", name="QC", exact=True).click()
+    page.get_by_role("link", name="Illumination functions", exact=True).click()
     image = page.locator(".gallery img").first
     expect(image).to_be_visible()
     assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", image.element_handle())

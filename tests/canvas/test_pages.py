@@ -217,7 +217,7 @@ def test_qc_gallery_shows_images_with_their_numbers(
         ws / "barcodes/Plate1-B02/cells.parquet",
         pa.table({"status": ["assigned", "assigned", "assigned", "unassigned"]}),
     )
-    illum = ui.get(f"/ui/projects/{pid}/qc").text
+    illum = ui.get(f"/ui/projects/{pid}/qc?kind=illum").text
     assert "(2 figures)" in illum
     assert "dark_level</th><td>101.5" in illum
     img = re.search(r'<img src="([^"]+)"', illum).group(1).replace("&amp;", "&")

@@ -41,10 +41,12 @@ def test_full_graph_materialises_every_partition_then_nothing_to_do(project, ins
     for key in WELL_ASSETS:
         assert instance.get_materialized_partitions(dg.AssetKey(key)) == expected, key
     assert instance.get_latest_materialization_event(dg.AssetKey("experiment")) is not None
-    # one run per plate (catalog + illumination), three per well (a blocking check ends a
-    # run: geometry's before the merge, the merge's before the per-cell table), one
-    # summary (and profiles) per plate, one for the screen's hits
-    assert len(result.runs) <= 2 + 4 * 3 + 2 + 1 + 1
+    # one run per plate (catalog + illumination), four per well (a blocking check ends a
+    # run: geometry's before the mosaic; the merge waits for the plate's barcoding report
+    # and the per-cell table for the painting report and the merge's check), one or two
+    # report runs per plate (its gates are off: their checks pass saying so), one summary
+    # (and profiles) per plate, one for the screen's hits
+    assert len(result.runs) <= 2 + 4 * 4 + 2 * 2 + 2 * 2 + 1
     assert instance.get_latest_materialization_event(dg.AssetKey("screen_hits")) is not None
     # metadata: paths, counts, an inline preview image, QC checks that ran
     seg = instance.get_latest_materialization_event(dg.AssetKey("segmentation"))
@@ -58,6 +60,8 @@ def test_full_graph_materialises_every_partition_then_nothing_to_do(project, ins
         ("aligned_sbs", "flagged_site_share_below_threshold"),
         ("segmentation", "cell_counts_plausible"),
         ("barcode_calls", "barcode_assignment_rate"),
+        ("qc_painting", "painting_approved"),
+        ("qc_barcoding", "barcoding_approved"),
     ]:
         history = instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey(asset), check), limit=100

@@ -303,3 +303,34 @@ def test_an_unreadable_mask_is_named_in_its_panel(screen: dict, tmp_path: Path) 
     table = _data(ws, PLATE, "painting", "segmentation_overlays").to_pandas().set_index("site")
     a1 = table[table.well == "A1"]
     assert bad in a1.loc[1, "problem"] and a1.loc[0, "problem"] == ""
+
+
+def test_gate_cli_approves_closes_lists_and_refuses(screen: dict, capsys, tmp_path: Path) -> None:
+    from starrynight import gates
+
+    ws = str(tmp_path / "ws")
+    shutil.copytree(screen["ws"], ws)
+    shutil.rmtree(Path(ws) / "qc_reports", ignore_errors=True)
+    for args, message in [
+        (["--plate", "Nope", "--gate", "painting"], "plate 'Nope': not in the index"),
+        (["--plate", PLATE, "--gate", "painting"], "no painting QC report yet"),
+        (["--plate", PLATE, "--gate", "merge"], "Invalid value for '--gate'"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(["qc", "approve", "-w", ws, *args, "--by", "ada"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1 or "Usage" in err
+    _invoke("qc", "report", "-w", ws, "--plate", PLATE, "--gate", "painting")
+    out = _invoke("qc", "approve", "-w", ws, "--plate", PLATE, "--gate", "painting",
+                  "--by", "ada", "--comment", "fine")  # fmt: skip
+    assert f"{PLATE} painting: approved by ada" in out
+    _invoke("qc", "close", "-w", ws, "--plate", PLATE, "--gate", "painting", "--by", "bob")
+    state = gates.read_gate(ws, PLATE, "painting")
+    assert state.state == "closed" and [d.by for d in state.history] == ["ada", "bob"]
+    assert state.history[0].comment == "fine"
+    listing = _invoke("qc", "gates", "-w", ws).splitlines()
+    mine = next(line for line in listing if line.startswith(PLATE) and "painting" in line)
+    assert "closed" in mine and "yes" in mine and "bob" in mine
+    other = next(line for line in listing if line.startswith(NO_SBS) and "barcoding" in line)
+    assert "undecided" in other and " no " in other
