@@ -191,7 +191,9 @@ def deduplicate(
 
     Two nuclei are copies of one cell when they come from different sites, lie within
     ``radius_um`` of each other and each lies in (or within ``radius_um`` of) the other's
-    field. Pairs are joined nearest first, and never so that one group holds two nuclei
+    field; where one of them is cut by its field's edge (its centroid within
+    ``radius_um / 2`` of it: a sliver, whose centroid is shifted by up to its radius),
+    within twice that. Pairs are joined nearest first, and never so that one group holds two nuclei
     of the same site (a site sees a cell once), so a tight cluster of cells in an
     overlap is not merged into one. Of each group, the copy farthest from its field's
     edge is kept: a nucleus cut by the edge has a shifted centroid and, in SBS, may lack
@@ -222,16 +224,23 @@ def deduplicate(
         radius_um = 0.5 * spacing if math.isfinite(spacing) else 0.0
     if n < 2 or radius_um <= 0 or len(np.unique(rows)) < 2:
         return Duplicates(np.ones(n, bool), kept_as, float(radius_um))
-    pairs = cKDTree(points).query_pairs(radius_um, output_type="ndarray")
+    # A nucleus the field's edge cuts to a sliver has its centroid shifted by up to its
+    # radius: it may pair with its copy at twice the reach.
+    reach = 2.0 * radius_um
+    pairs = cKDTree(points).query_pairs(reach, output_type="ndarray")
     pairs = pairs[rows[pairs[:, 0]] != rows[pairs[:, 1]]]
     if len(pairs):
         a, b = pairs[:, 0], pairs[:, 1]
+        cut = np.minimum(edge_um[a], edge_um[b]) < 0.5 * radius_um
+        near = np.linalg.norm(points[a] - points[b], axis=1) <= radius_um
+        pairs, cut = pairs[near | cut], cut[near | cut]
+        a, b = pairs[:, 0], pairs[:, 1]
         lo, size = fields.corner_um, fields.size_um
+        margin = np.where(cut, reach, radius_um)[:, None]
 
         def within(p: np.ndarray, r: np.ndarray) -> np.ndarray:
             return np.all(
-                (points[p] >= lo[r] - radius_um) & (points[p] <= lo[r] + size[r] + radius_um),
-                axis=1,
+                (points[p] >= lo[r] - margin) & (points[p] <= lo[r] + size[r] + margin), axis=1
             )
 
         pairs = pairs[within(a, rows[b]) & within(b, rows[a])]

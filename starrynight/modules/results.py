@@ -54,7 +54,8 @@ class PlateProfiles:
     unscalable: list[str]
     outputs: list[str]
     skipped: bool = False
-    #: ``profiled``, or ``no_controls`` (with ``allow_no_controls``: nothing written but
+    #: ``profiled``, or ``no_controls`` / ``controls_unusable`` (control cells none, or
+    #: none of their features varies; with ``allow_no_controls``: nothing written but
     #: the report, which says why in ``message``).
     status: str = "profiled"
     message: str = ""
@@ -174,8 +175,9 @@ def plate_profiles(
         A cell is an outlier when more than ``outlier_fraction`` of its features have
         ``|z| > outlier_z``.
     allow_no_controls : bool
-        A plate without control cells is not an error: its report says so (status
-        ``no_controls``) and no profiles are written, so :func:`screen_hits` leaves the
+        A plate without control cells, or whose control cells vary in no feature, is not
+        an error: its report says so (status ``no_controls`` / ``controls_unusable``) and
+        no profiles are written, so :func:`screen_hits` leaves the
         plate out and lists it. What the Dagster asset uses: one plate without controls
         must not stop the screen.
     force : bool
@@ -188,8 +190,8 @@ def plate_profiles(
     Raises
     ------
     UserError
-        No analysed wells, no feature columns, or no control cells on the plate (unless
-        ``allow_no_controls``).
+        No analysed wells, no feature columns, or no usable control cells on the plate
+        (unless ``allow_no_controls``).
     """
     report_uri = workspace.plate_profiles_report_path(ws, plate)
     cells_uri = workspace.plate_cell_profiles_path(ws, plate)
@@ -221,13 +223,9 @@ def plate_profiles(
     well_edge = _flag(meta, "well_edge") & ~no_gene & ~field_edge
     kept = ~(no_gene | field_edge | well_edge)
     controls = kept & (genes == control_label).to_numpy()
-    if not controls.any():
-        seen = sorted(set(genes.dropna()))
-        message = (
-            f"plate {plate!r}: no cells of the non-targeting control {control_label!r} among "
-            f"{int(kept.sum())} usable cells (genes: {', '.join(seen[:8]) or 'none'}"
-            f"{', ...' if len(seen) > 8 else ''}); set the control label (--control-label)"
-        )
+
+    def unusable(status: str, message: str) -> PlateProfiles:
+        """The plate cannot be normalised: refuse, or (allowed) report why and write no profiles."""
         if not allow_no_controls:
             raise UserError(message)
         counts = prof.FilterCounts(
@@ -240,21 +238,31 @@ def plate_profiles(
                 storage.remove(stale)
         _write_json(
             report_uri,
-            {"plate": plate, "status": "no_controls", "message": message,
+            {"plate": plate, "status": status, "message": message,
              "control_label": control_label, "wells": uris, "inputs": inputs,
-             "params": params, "filters": asdict(counts), "kept": 0, "n_controls": 0,
-             "n_features": len(features), "unscalable_features": []},
+             "params": params, "filters": asdict(counts), "kept": 0,
+             "n_controls": int(controls.sum()), "n_features": len(features),
+             "unscalable_features": []},
         )  # fmt: skip
         return PlateProfiles(
-            plate, counts, 0, len(features), [], [report_uri], status="no_controls",
-            message=message,
-        )  # fmt: skip
+            plate, counts, 0, len(features), [], [report_uri], status=status, message=message
+        )
+
+    if not controls.any():
+        seen = sorted(set(genes.dropna()))
+        message = (
+            f"plate {plate!r}: no cells of the non-targeting control {control_label!r} among "
+            f"{int(kept.sum())} usable cells (genes: {', '.join(seen[:8]) or 'none'}"
+            f"{', ...' if len(seen) > 8 else ''}); set the control label (--control-label)"
+        )
+        return unusable("no_controls", message)
     _, mad = prof.normalize_to_controls(matrix, controls)
     unscalable = [f for f, m in zip(features, mad, strict=True) if not (np.isfinite(m) and m > 0)]
     if len(unscalable) == len(features):
-        raise UserError(
+        return unusable(
+            "controls_unusable",
             f"plate {plate!r}: no feature varies among the {int(controls.sum())} "
-            f"{control_label} cells (all NaN or constant); nothing can be normalised"
+            f"{control_label} cells (all NaN or constant); nothing can be normalised",
         )
     outliers = np.zeros(total, bool)
     outliers[kept] = prof.outlier_cells(
@@ -348,7 +356,8 @@ def _write_cells(
 def plate_reports(ws: str) -> dict[str, dict[str, Any]]:
     """The profiles report of every plate that has one, by plate (sorted).
 
-    A report's ``status`` is ``profiled`` or ``no_controls`` (then ``message`` says why).
+    A report's ``status`` is ``profiled``, ``no_controls`` or ``controls_unusable`` (then
+    ``message`` says why).
     """
     root = storage.join(ws, "results")
     if not storage.exists(root):

@@ -135,6 +135,25 @@ def test_duplicates_keep_the_copy_farthest_from_the_edge():
     assert d.kept_as[0] == 1
 
 
+def test_a_sliver_cut_by_the_edge_is_its_cells_copy():
+    # The whole nucleus sits in site 0 at x = 92; site 1 (from x = 80) cuts it at its left
+    # edge to a sliver whose centroid is 0.5 px in: 11.5 px from the whole nucleus'.
+    f = mg.Fields(
+        np.array([0, 1]), np.array([[0.0, 0.0], [0.0, 80.0]]), np.ones((2, 2)),
+        np.full((2, 2), 100.0),
+    )  # fmt: skip
+    site = np.array([0, 1, 1])
+    cen = np.array([[50.0, 92.0], [50.0, 0.5], [50.0, 30.0]])
+    rows = f.rows(site)
+    pts, edge = mg.place(f, rows, cen)
+    d = mg.deduplicate(pts, rows, edge, f, radius_um=8.0)
+    assert d.keep.tolist() == [True, False, True] and d.kept_as[1] == 0
+    # The same distance between two nuclei well inside their fields: two cells.
+    cen = np.array([[50.0, 86.0], [50.0, 17.5], [50.0, 30.0]])
+    pts, edge = mg.place(f, rows, cen)
+    assert mg.deduplicate(pts, rows, edge, f, radius_um=8.0).keep.all()
+
+
 def test_a_site_never_merges_two_of_its_own_cells():
     f = mg.Fields(
         np.array([0, 1]), np.array([[0.0, 0.0], [0.0, 80.0]]), np.ones((2, 2)),

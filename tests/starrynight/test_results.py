@@ -212,6 +212,10 @@ def test_all_nan_features_are_a_clear_error(tmp_path: Path) -> None:
     _write(tmp_path, frame)
     with pytest.raises(UserError, match="no feature varies"):
         plate_profiles(str(tmp_path), "P1")
+    # Allowed (what the Dagster asset asks): a report saying why, and no profiles.
+    res = plate_profiles(str(tmp_path), "P1", allow_no_controls=True)
+    assert res.status == "controls_unusable" and "no feature varies" in res.message
+    assert not Path(workspace.plate_cell_profiles_path(str(tmp_path), "P1")).exists()
 
 
 def test_cli_results(screen: Path, capsys: pytest.CaptureFixture[str]) -> None:
