@@ -32,6 +32,7 @@ from tests.starrynight.cellprofiler_helpers import (
     require_cellprofiler,
     requires_cellprofiler,
 )
+from tests.starrynight.cli_helpers import run_cli
 from tests.starrynight.test_storage import s3_endpoint  # noqa: F401 - the moto server fixture
 
 P, W = "Plate1", "A1"
@@ -45,14 +46,7 @@ IMAGES = [
 ]  # fmt: skip
 
 
-def _run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+_run = run_cli
 
 
 @pytest.fixture(scope="module")

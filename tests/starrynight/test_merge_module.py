@@ -19,6 +19,7 @@ from starrynight.algorithms import segmentation as seg
 from starrynight.cli.main import main
 from starrynight.modules.analysis import analyse_well, summarise_plate
 from starrynight.sample import SampleSpec, generate
+from tests.starrynight.cli_helpers import run_cli
 
 P, W = "Plate1", "A1"
 SPEC = SampleSpec(
@@ -27,14 +28,7 @@ SPEC = SampleSpec(
 )  # fmt: skip
 
 
-def _run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+_run = run_cli
 
 
 @pytest.fixture(scope="module")
