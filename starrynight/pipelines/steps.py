@@ -301,11 +301,13 @@ def well_pipeline(
     return Pipeline(f"well-{_safe(f'{plate}-{well}')}", Parallel(*nodes), check_inputs=False)
 
 
-def plate_step_pipeline(step: str, ws: str, plate: str, runner: Runner | None = None) -> Pipeline:
+def plate_step_pipeline(
+    step: str, ws: str, plate: str, runner: Runner | None = None, options: Iterable[str] = ()
+) -> Pipeline:
     """One plate-level step of one plate (its registry row's command and arguments).
 
     Its inputs are other levels' products (the plate's wells), which Dagster orders; the
-    command itself says what is missing.
+    command itself says what is missing. ``options`` are further options of the command.
     """
     s = registry.step(step)
     r = runner or Runner()
@@ -313,7 +315,7 @@ def plate_step_pipeline(step: str, ws: str, plate: str, runner: Runner | None = 
         f"{step}-{_safe(plate)}",
         r.command(
             node_name(step, plate),
-            [*s.command, "-w", ws, "--plate", plate, *s.extra_args],
+            [*s.command, "-w", ws, "--plate", plate, *s.extra_args, *options],
             outputs=_outputs(step, ws, plate),
         ),
         check_inputs=False,
@@ -332,17 +334,7 @@ def plate_profiles_pipeline(
 
     ``options`` are further ``results profiles`` options (e.g. ``--control-label``).
     """
-    r = runner or Runner()
-    row = registry.step("plate_profiles")
-    return Pipeline(
-        f"plate_profiles-{_safe(plate)}",
-        r.command(
-            node_name("plate_profiles", plate),
-            [*row.command, "-w", ws, "--plate", plate, *row.extra_args, *options],
-            outputs=_outputs("plate_profiles", ws, plate),
-        ),
-        check_inputs=False,
-    )
+    return plate_step_pipeline("plate_profiles", ws, plate, runner, options)
 
 
 def screen_hits_pipeline(
