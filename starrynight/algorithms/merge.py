@@ -25,6 +25,7 @@ micrometres. Transforms are 3x3 matrices acting on ``(x, y, 1)`` as in scikit-im
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -186,6 +187,7 @@ def deduplicate(
     edge_um: np.ndarray,
     fields: Fields,
     radius_um: float | None = None,
+    area_um2: np.ndarray | None = None,
 ) -> Duplicates:
     """Keep one copy of every cell seen in two (or more) overlapping sites.
 
@@ -195,9 +197,11 @@ def deduplicate(
     ``radius_um / 2`` of it: a sliver, whose centroid is shifted by up to its radius),
     within twice that. Pairs are joined nearest first, and never so that one group holds two nuclei
     of the same site (a site sees a cell once), so a tight cluster of cells in an
-    overlap is not merged into one. Of each group, the copy farthest from its field's
-    edge is kept: a nucleus cut by the edge has a shifted centroid and, in SBS, may lack
-    cycles.
+    overlap is not merged into one; the exception is a nucleus that segmentation cut in
+    two in one site only (both pieces next to the whole copy a neighbouring site saw
+    more centrally), whose pieces all join that copy. Of each group, the copy farthest
+    from its field's edge is kept: a nucleus cut by the edge has a shifted centroid and,
+    in SBS, may lack cycles.
 
     Parameters
     ----------
@@ -212,6 +216,8 @@ def deduplicate(
         Largest distance between two copies; default half the typical nucleus spacing
         within a site (:func:`typical_spacing`), which stays below the distance to a
         neighbouring cell and above the shift of a cut nucleus's centroid.
+    area_um2 : numpy.ndarray, optional
+        ``(n,)`` nucleus areas; without them no group takes two pieces of one site.
 
     Returns
     -------
@@ -227,7 +233,8 @@ def deduplicate(
     # A nucleus the field's edge cuts to a sliver has its centroid shifted by up to its
     # radius: it may pair with its copy at twice the reach.
     reach = 2.0 * radius_um
-    pairs = cKDTree(points).query_pairs(reach, output_type="ndarray")
+    tree = cKDTree(points)
+    pairs = tree.query_pairs(reach, output_type="ndarray")
     pairs = pairs[rows[pairs[:, 0]] != rows[pairs[:, 1]]]
     if len(pairs):
         a, b = pairs[:, 0], pairs[:, 1]
@@ -256,6 +263,7 @@ def deduplicate(
             i = parent[i]
         return i
 
+    refused: list[tuple[int, int]] = []
     for a, b in pairs.tolist():
         ra, rb = root(a), root(b)
         if ra == rb:
@@ -263,10 +271,19 @@ def deduplicate(
         sa = sites.get(ra, {int(rows[ra])})
         sb = sites.get(rb, {int(rows[rb])})
         if sa & sb:
-            continue  # the groups share a site: two different cells
+            refused.append((a, b))  # the groups share a site: two different cells...
+            continue
         parent[rb] = ra
         sites[ra] = sa | sb
         sites.pop(rb, None)
+    # ...unless segmentation cut one nucleus in two in one site only (a sliver at
+    # the field's edge split off, a lobe seeded twice): see _split_fragments.
+    if area_um2 is not None:
+        pieces = _split_fragments(
+            refused, tree, points, rows, edge_um, area_um2, radius_um, root, sites
+        )
+        for i, g in pieces:
+            parent[i] = g
     keep = np.ones(n, bool)
     if sites:
         touched = np.unique(pairs)
@@ -281,6 +298,57 @@ def deduplicate(
         kept_as[grouped] = best
         keep[grouped] = best == grouped
     return Duplicates(keep, kept_as, float(radius_um))
+
+
+#: Largest area of the pieces of one nucleus in one site, as a multiple of the whole
+#: copy another site saw (segmentation noise on the outline; two cells are ~2x).
+PIECES_AREA_RATIO = 1.3
+
+
+def _split_fragments(
+    refused: list[tuple[int, int]],
+    tree: cKDTree,
+    points: np.ndarray,
+    rows: np.ndarray,
+    edge_um: np.ndarray,
+    area_um2: np.ndarray,
+    radius_um: float,
+    root: Callable[[int], int],
+    sites: dict[int, set[int]],
+) -> list[tuple[int, int]]:
+    """Lone nuclei that are a second fragment of a grouped cell: ``(nucleus, group)``.
+
+    A nucleus ``i`` left alone because the group of its nearest copy already holds a
+    nucleus ``s`` of its own site is that group's cell when ``s`` and ``i`` are two
+    pieces of one nucleus: both within ``radius_um`` of the group's copy ``w`` in
+    another site, which lies farther from its field's edge than ``i`` (that site saw
+    the nucleus whole), and the pieces together no larger than
+    :data:`PIECES_AREA_RATIO` times ``w``. Two real cells beside each other are
+    about twice ``w``'s area, so they stay apart.
+    """
+    out: list[tuple[int, int]] = []
+    taken: set[int] = set()
+    for a, b in refused:
+        for i, j in ((a, b), (b, a)):
+            if i in taken or root(i) != i or i in sites:
+                continue  # not alone
+            g = root(j)
+            if g not in sites:
+                continue
+            near = np.asarray(tree.query_ball_point(points[i], radius_um), np.int64)
+            group = near[[root(int(m)) == g for m in near.tolist()]]
+            sibling = group[rows[group] == rows[i]]
+            elsewhere = group[rows[group] != rows[i]]
+            if not len(sibling) or not len(elsewhere):
+                continue
+            whole = elsewhere[np.argmax(edge_um[elsewhere])]
+            if edge_um[whole] <= edge_um[i]:
+                continue  # the other site sees it no more whole than this one
+            if area_um2[sibling].sum() + area_um2[i] > PIECES_AREA_RATIO * area_um2[whole]:
+                continue  # two cells, not two pieces of one
+            out.append((i, g))
+            taken.add(i)
+    return out
 
 
 # --------------------------------------------------------------------------- registration
@@ -786,13 +854,16 @@ def match_cells(
 class ArmNuclei:
     """Nuclei of one arm of a well: per-site centroids and the arm's fields.
 
-    ``label`` is each nucleus's object number in its site (carried for the caller).
+    ``label`` is each nucleus's object number in its site (carried for the caller);
+    ``area_px`` lets :func:`deduplicate` join the pieces of a nucleus that
+    segmentation cut in two in one site.
     """
 
     fields: Fields
     site: np.ndarray  # (n,)
     centroid_px: np.ndarray  # (n, 2) y x, site pixels
     label: np.ndarray | None = None
+    area_px: np.ndarray | None = None  # (n,) nucleus areas, pixels
 
 
 @dataclass(frozen=True)
@@ -840,7 +911,10 @@ def place_arm(arm: ArmNuclei, duplicate_um: float | None) -> ArmPlaced:
     without a position)."""
     rows = arm.fields.rows(np.asarray(arm.site))
     points, edge = place(arm.fields, rows, arm.centroid_px)
-    dup = deduplicate(points, rows, edge, arm.fields, duplicate_um)
+    area = None
+    if arm.area_px is not None:
+        area = np.asarray(arm.area_px, np.float64) * np.prod(arm.fields.pixel_um[rows], axis=1)
+    dup = deduplicate(points, rows, edge, arm.fields, duplicate_um, area)
     return ArmPlaced(points, edge, rows, dup)
 
 

@@ -178,7 +178,7 @@ def _fields(uri: str) -> tuple[mg.Fields, pa.Table]:
 
 def _arm(
     fields: mg.Fields, site: np.ndarray, yx: np.ndarray, label: np.ndarray, what: str,
-    data_uri: str, pos_uri: str,
+    data_uri: str, pos_uri: str, area: np.ndarray | None = None,
 ) -> mg.ArmNuclei:  # fmt: skip
     try:
         fields.rows(site)
@@ -187,7 +187,7 @@ def _arm(
             f"{data_uri}: {what} site {exc.args[0]} has no position in {pos_uri} "
             "(re-run `starrynight geometry` for this well)"
         ) from None
-    return mg.ArmNuclei(fields, site, yx, label)
+    return mg.ArmNuclei(fields, site, yx, label, area)
 
 
 def _geometry_hint(ws: str, plate: str, well: str) -> str:
@@ -224,7 +224,10 @@ def _cp_nuclei(ws: str, plate: str, well: str) -> tuple[mg.ArmNuclei, pa.Table]:
     ok = np.all(np.isfinite(yx), axis=1)
     site = t["site"].to_numpy(zero_copy_only=False).astype(np.int64)[ok]
     label = t["label"].to_numpy(zero_copy_only=False).astype(np.int64)[ok]
-    return _arm(fields, site, yx[ok], label, "CP", objects_uri, pos_uri), pos
+    area = None
+    if "area" in t.column_names:
+        area = t["area"].to_numpy(zero_copy_only=False).astype(np.float64)[ok]
+    return _arm(fields, site, yx[ok], label, "CP", objects_uri, pos_uri, area), pos
 
 
 def _sbs_present(ws: str, plate: str, well: str) -> bool:

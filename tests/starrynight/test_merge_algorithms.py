@@ -166,6 +166,27 @@ def test_a_site_never_merges_two_of_its_own_cells():
     pts, edge = mg.place(f, rows, cen)
     d = mg.deduplicate(pts, rows, edge, f, radius_um=4.0)
     assert d.keep.sum() == 2 and d.kept_as[0] != d.kept_as[1]
+    # Areas say the same: two nuclei of one site, each as large as the other site's.
+    d = mg.deduplicate(pts, rows, edge, f, radius_um=4.0, area_um2=np.array([20.0, 20, 20]))
+    assert d.keep.sum() == 2 and d.kept_as[0] != d.kept_as[1]
+
+
+def test_a_nucleus_cut_in_two_in_one_site_is_one_cell():
+    # Site 0 ends at x=100; its segmentation split a nucleus there into a sliver at
+    # the edge and the rest; site 1 (from x=70) saw it whole, farther from its edge.
+    f = mg.Fields(
+        np.array([0, 1]), np.array([[0.0, 0.0], [0.0, 70.0]]), np.ones((2, 2)),
+        np.full((2, 2), 100.0),
+    )  # fmt: skip
+    site = np.array([0, 0, 1])
+    cen = np.array([[50.0, 99.0], [50.0, 95.5], [50.0, 26.0]])
+    rows = f.rows(site)
+    pts, edge = mg.place(f, rows, cen)
+    area = np.array([8.0, 20.0, 34.0])
+    d = mg.deduplicate(pts, rows, edge, f, radius_um=5.0, area_um2=area)
+    assert d.keep.tolist() == [False, False, True] and d.kept_as.tolist() == [2, 2, 2]
+    # Without areas the pieces cannot be told from two cells: both stay.
+    assert mg.deduplicate(pts, rows, edge, f, radius_um=5.0).keep.sum() == 2
 
 
 def test_match_cells_statuses():
