@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
-PYTEST_ARGS ?=
+# The suite runs on every core (at most 4 workers: its end-to-end tests start
+# processes of their own); PYTEST_ARGS="-n 0" runs it in one process.
+PYTEST_ARGS ?= -n auto --maxprocesses=4
 
 .PHONY: install demo test bench ui serve lint format postgres slurm cellprofiler chromium wrk clean
 
