@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft as sfft
 from scipy import sparse
 from scipy.sparse import csgraph
@@ -467,6 +468,10 @@ def _bin2(a: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Up to this many shifts, :func:`_ncc_map` multiplies directly instead of by FFT.
+DIRECT_MAX_SHIFTS = 121
+
+
 def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
     """Pearson correlation of ``template`` with ``image`` at offsets ``[0, 2m]^2``."""
     th, tw = template.shape
@@ -475,10 +480,16 @@ def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
     img = np.asarray(image, np.float32)
     img = img - np.float32(img.mean())
     t0 = template - np.float32(template.mean())
-    fh, fw = sfft.next_fast_len(ih, real=True), sfft.next_fast_len(iw, real=True)
-    spec = sfft.rfft2(img, s=(fh, fw))
-    spec *= np.conj(sfft.rfft2(t0, s=(fh, fw)))
-    num = sfft.irfft2(spec, s=(fh, fw))[: 2 * m + 1, : 2 * m + 1].astype(np.float64)
+    if (2 * m + 1) ** 2 <= DIRECT_MAX_SHIFTS:
+        # Few shifts (the coarse search): one pass of products over the sliding
+        # windows costs less than three FFTs of the padded crops.
+        windows = sliding_window_view(img, (th, tw))[: 2 * m + 1, : 2 * m + 1]
+        num = np.einsum("ijkl,kl->ij", windows, t0).astype(np.float64)
+    else:
+        fh, fw = sfft.next_fast_len(ih, real=True), sfft.next_fast_len(iw, real=True)
+        spec = sfft.rfft2(img, s=(fh, fw))
+        spec *= np.conj(sfft.rfft2(t0, s=(fh, fw)))
+        num = sfft.irfft2(spec, s=(fh, fw))[: 2 * m + 1, : 2 * m + 1].astype(np.float64)
     n = th * tw
     s1 = _window_sums(img, th, tw, m)
     s2 = _window_sums(img * img, th, tw, m)
