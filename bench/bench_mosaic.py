@@ -137,9 +137,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"load average (1, 5, 15 min) after the timed runs: {load}, {os.cpu_count()} cores")
     print(f"read every tile + write level 0: {base:7.2f} s  (baseline; CPU {base_cpu:.2f} s)")
-    print(
-        f"  the same, random pixels written: {rand:7.2f} s  (CPU {rand_cpu:.2f} s; not used)"
-    )
+    print(f"  the same, random pixels written: {rand:7.2f} s  (CPU {rand_cpu:.2f} s; not used)")
     print(f"ours (mosaic step):              {seconds:7.2f} s  ratio {seconds / base:.2f}")
     print(
         f"CPU s (threads + worker processes): baseline {base_cpu:.2f}, ours {cpu:.2f}, "
