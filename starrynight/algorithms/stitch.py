@@ -331,7 +331,7 @@ COARSE_MIN_SIDE = 16
 PLACED_STEP = 4
 
 #: Template pixels scored at the finer levels (the most textured stretch of the overlap).
-FINE_MAX_PIXELS = 12_000
+FINE_MAX_PIXELS = 6_000
 
 
 def _textured_stretch(
