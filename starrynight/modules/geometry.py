@@ -7,9 +7,11 @@ overlapping neighbours on the nuclear channel (illumination-corrected when the
 functions exist) and solving all positions together (:mod:`starrynight.algorithms.stitch`).
 
 Sites are streamed in the order of their recorded position: each image is read once,
-and only the overlap boxes its pairs need (:func:`starrynight.geometry.read_boxes`);
-those crops are kept until the partner arrives, so memory holds about one row of
-overlaps, not the well.
+and only the overlap boxes its pairs need (:func:`starrynight.geometry.read_boxes`;
+memory-mapped views of local uncompressed files, so only the pages registration
+samples are read); those crops are kept until the partner arrives, so memory holds
+about one row of overlaps, not the well. For local files the pairs are registered in
+``workers`` forked processes, one band of sites each (:func:`_measure_in_processes`).
 
 Outputs (all validated before anything is written; the report is written last and
 marks the well complete):

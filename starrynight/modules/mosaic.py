@@ -15,8 +15,11 @@ The mosaic is written band by band (``chunk`` rows of the full width): only the 
 of each field that the band needs are read (a ranged read of an uncompressed TIFF;
 compressed files are read whole and kept until the band passes them), and each
 band is reduced 2x2 into the next pyramid level as it goes, so the well is never held
-in memory. Output: ``mosaics/<plate>-<well>/<arm>.zarr`` (OME-NGFF 0.4, axes ``c, y, x``,
-pixel size in micrometres, channel names in ``omero``) and ``<arm>.png``.
+in memory. With local fields and ``workers`` > 1, row ranges cut at the coarsest
+level's chunk rows are drawn by forked processes, each writing chunks of its own.
+Output: ``mosaics/<plate>-<well>/<arm>.zarr`` (OME-NGFF 0.4, axes ``c, y, x``, pixel
+size in micrometres, channel names in ``omero``; chunks Blosc LZ4, see
+:func:`compressor`) and ``<arm>.png``.
 """
 
 from __future__ import annotations
