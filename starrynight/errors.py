@@ -26,6 +26,10 @@ class InputFileError(UserError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from both fields, so it crosses a process boundary intact.
+        return (type(self), (self.path, self.problem))
+
 
 #: errno values that say the environment refuses a path (not that our code is wrong).
 ENVIRONMENT_ERRNOS = frozenset(

@@ -26,6 +26,8 @@ import contextlib
 import csv
 import io
 import math
+import mmap
+import os
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -398,6 +400,7 @@ def read_boxes(
     boxes: Sequence[Box],
     shape: tuple[int, int] | None = None,
     dtype: np.typing.DTypeLike = None,
+    view: bool = False,
 ) -> list[np.ndarray]:
     """Read rectangles of one frame of a TIFF, decoding no more of it than they need.
 
@@ -419,11 +422,16 @@ def read_boxes(
         The frame's expected ``(height, width)`` (e.g. from the header of frame 0).
     dtype : numpy dtype, optional
         Give the boxes this dtype (converted while copied); default the file's.
+    view : bool
+        For a local uncompressed frame in native byte order (and no ``dtype``), return
+        read-only views into a memory map of the file instead of copies: nothing is
+        read until the boxes are used, then only the pages they touch (the map lives
+        as long as a view does). Other frames are read as usual.
 
     Returns
     -------
     list of numpy.ndarray
-        One new (owned, native byte order) array per box.
+        One array per box: new (owned, native byte order), or views (``view``).
 
     Raises
     ------
@@ -448,6 +456,9 @@ def read_boxes(
                     whole = page.asarray()
                     return [np.array(whole[b], dtype=want) for b in boxes]
                 if page.compression == 1 and page.is_contiguous:
+                    native = np.dtype(page.dtype).newbyteorder(page.parent.byteorder) == want
+                    if view and native and dtype is None and not storage.is_s3(uri):
+                        return _mapped_boxes(uri, fh, page, boxes)
                     return _raw_boxes(uri, fh, page, boxes, want)
                 return [b.astype(want, copy=False) for b in _segment_boxes(fh, page, boxes)]
         except InputFileError:
@@ -485,6 +496,23 @@ def _raw_boxes(
         raise InputFileError(uri, "truncated image data")
     rows = buf.view(stored).reshape(r1 - r0, w)
     return [np.array(rows[br.start - r0 : br.stop - r0, bc], dtype=dtype) for br, bc in boxes]
+
+
+def _mapped_boxes(
+    uri: str, fh: IO[bytes], page: tifffile.TiffPage, boxes: Sequence[Box]
+) -> list[np.ndarray]:
+    """Boxes of a local uncompressed contiguous frame as views into a memory map."""
+    h, w = page.shape
+    stored = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
+    start = int(page.dataoffsets[0])
+    size = os.fstat(fh.fileno()).st_size
+    if start + h * w * stored.itemsize > size:
+        raise InputFileError(uri, "truncated image data")
+    # The map keeps its own descriptor: it outlives the file handle, and is unmapped
+    # when the last view of it is freed.
+    mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    frame = np.frombuffer(mapped, stored, h * w, start).reshape(h, w)
+    return [frame[b] for b in boxes]
 
 
 def _segment_boxes(fh: IO[bytes], page: tifffile.TiffPage, boxes: Sequence[Box]) -> list:

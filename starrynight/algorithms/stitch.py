@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft as sfft
 from scipy import sparse
 from scipy.sparse import csgraph
@@ -195,6 +196,8 @@ def register_overlap(
     crop_j: np.ndarray,
     offset: Sequence[float],
     margin: int = 12,
+    gains: tuple[np.ndarray, np.ndarray] | None = None,
+    dark: float = 0.0,
 ) -> tuple[np.ndarray, float, float]:
     """Measure ``p_j - p_i`` from the overlap crops cut by :func:`overlap_boxes`.
 
@@ -208,20 +211,27 @@ def register_overlap(
     The search is coarse to fine: every shift is tested by one FFT product on crops
     binned 2x2 as many times as the overlap allows (:data:`MAX_BINNING`, keeping at
     least :data:`COARSE_MIN_SIDE` template pixels per side and two binned pixels of
-    search); each finer level then climbs from that peak, scoring only the shifts it
-    visits. The full-resolution peak is refined to sub-pixel by a parabola through
-    it on each axis.
+    search); from that peak a climb at full resolution, on the overlap's most textured
+    stretch only, scores just the shifts it visits. The full-resolution peak is refined
+    to sub-pixel by a parabola through it on each axis.
 
     Parameters
     ----------
     crop_i, crop_j : numpy.ndarray
         The same region of the well cut from tile ``i`` and tile ``j`` at the recorded
-        ``offset`` (equal shapes).
+        ``offset`` (equal shapes; any real dtype, best the stored one: they are
+        converted to float32 only once binned or cut to the fine stretch).
     offset : sequence of float
         Recorded ``p_j - p_i`` (y, x) that the crops were cut with (rounded inside).
     margin : int
         Largest correction searched per axis, in pixels; reduced so that the template
         keeps at least 8 pixels per side.
+    gains : tuple of numpy.ndarray, optional
+        Illumination gains of the two crops (their shape): registration then sees the
+        corrected overlaps ``(crop - dark) * gain``, computed only at the sizes it uses
+        (binned, or the fine stretch) instead of on the whole crops.
+    dark : float
+        Dark level subtracted before the gain.
 
     Returns
     -------
@@ -236,56 +246,67 @@ def register_overlap(
     """
     if crop_i.shape != crop_j.shape or crop_i.ndim != 2:
         raise ValueError(f"crops must be equal 2-D shapes, got {crop_i.shape} and {crop_j.shape}")
+    if gains is not None and not (gains[0].shape == gains[1].shape == crop_i.shape):
+        raise ValueError(f"gains must have the crops' shape {crop_i.shape}")
     h, w = crop_i.shape
     m = int(max(0, min(margin, (h - 8) // 2, (w - 8) // 2)))
     rounded = np.array([round(float(offset[0])), round(float(offset[1]))], np.float64)
-    a = np.asarray(crop_i, np.float32)
-    b = np.asarray(crop_j, np.float32)
-    levels = [(a, b, m)]
-    while len(levels) <= _LOG2_MAX_BINNING:
-        la, lb, lm = levels[-1]
-        nm = lm // 2
-        if nm < 2 or min(la.shape) // 2 - 2 * nm < COARSE_MIN_SIDE:
+    a, b = crop_i, crop_j
+    ga, gb = gains if gains is not None else (None, None)
+    # Coarse level: every f-th pixel of each axis (f = 2, 4 while the rule allows),
+    # corrected at that size only. A subsample reads a fraction of the overlap where a
+    # binned copy would read all of it; the nuclei it must match are several pixels
+    # wide, so the coarse peak is as good, and the climb below refines at full res.
+    factor, cm = 1, m
+    while factor < MAX_BINNING:
+        nm = cm // 2
+        if nm < 2 or min(h, w) // (2 * factor) - 2 * nm < COARSE_MIN_SIDE:
             break
-        levels.append((_bin2(la), _bin2(lb), nm))
-    ca, cb, cm = levels[-1]
+        factor, cm = 2 * factor, nm
+    if factor > 1:
+        step = (slice(None, None, factor), slice(None, None, factor))
+        ca = _corrected(a[step], None if ga is None else ga[step], dark)
+        cb = _corrected(b[step], None if gb is None else gb[step], dark)
+    else:
+        a, b = _corrected(a, ga, dark), _corrected(b, gb, dark)
+        ca, cb = a, b
     coarse = _ncc_map(_interior(ca, cm), cb, cm)
     if np.all(np.isnan(coarse)):
         return rounded, float("nan"), 0.0
     q = np.array(np.unravel_index(int(np.nanargmax(coarse)), coarse.shape))
-    # Sub-pixel peak of this level: the next level starts its climb there.
-    qf = q + np.array([_vertex(coarse[:, q[1]], q[0]), _vertex(coarse[q[0], :], q[1])])
-    # The coarsest level scored every shift on the whole overlap; each finer one
-    # climbs from the last peak on the overlap's most textured stretch only (at most
-    # FINE_MAX_PIXELS of template), which pins the sub-pixel peak as well as the whole
-    # strip does at a fraction of the cost. With one level alone the climb checks the
-    # map's peak again and gives the neighbours for the parabola.
-    fine_a, fine_b = _textured_stretch(a, b, m, _interior(ca, cm), 2 ** (len(levels) - 1))
-    fine = [(fine_a, fine_b, m)]
-    for _ in range(len(levels) - 2):
-        fine.append((_bin2(fine[-1][0]), _bin2(fine[-1][1]), fine[-1][2] // 2))
-    scorer = None
-    for level in range(len(levels) - 2, -1, -1):
-        la, lb, lm = fine[level]
-        # A binned correction c is 2c pixels one level finer.
-        q = np.clip(np.rint(lm - 2 * (cm - qf)).astype(int), 0, 2 * lm)
-        scorer = _Scorer(_interior(la, lm), lb, lm)
+    if factor > 1:
+        # Sub-pixel peak of the coarse map; a coarse correction c is f c pixels. The
+        # climb then scores full-resolution shifts from there on the overlap's most
+        # textured stretch only (at most FINE_MAX_PIXELS of template), which pins the
+        # sub-pixel peak as well as the whole strip does at a fraction of the cost.
+        qf = q + np.array([_vertex(coarse[:, q[1]], q[0]), _vertex(coarse[q[0], :], q[1])])
+        cut = _textured_stretch(a.shape, m, _interior(ca, cm), factor)
+        fa = _corrected(a[cut], None if ga is None else ga[cut], dark)
+        fb = _corrected(b[cut], None if gb is None else gb[cut], dark)
+        q = np.clip(np.rint(m - factor * (cm - qf)).astype(int), 0, 2 * m)
+        # The coarse peak is good to about one binned pixel: the climb needs only the
+        # shifts within ``factor + 1`` of it (window sums for those alone), and falls
+        # back to the whole range if it still reaches the border of that window.
+        scorer = _Scorer(_interior(fa, m), fb, m, around=q, reach=factor + 1)
         q = scorer.climb(q)
-        qf = q + np.array([scorer.vertex(q, 0), scorer.vertex(q, 1)])
-        cm = lm
-    if scorer is None:
+        if scorer.at_window_border(q):
+            scorer = _Scorer(_interior(fa, m), fb, m)
+            q = scorer.climb(q)
+    else:
+        # One level: the map scored every full-resolution shift; the climb checks its
+        # peak and gives the neighbours for the parabola.
         scorer = _Scorer(_interior(a, m), b, m)
         q = scorer.climb(q)
     peak = scorer.score(q)
     if not np.isfinite(peak):
         return rounded, float("nan"), 0.0
     sub = np.array([scorer.vertex(q, 0), scorer.vertex(q, 1)])
-    # The overlap as placed: the whole of it, on the 2x2-binned crops when they exist
-    # (a quarter of the pixels; binning changes a correlation far less than a shift).
-    if len(levels) > 1:
-        ha, hb, hm = levels[1]
-        at = hm - (m - (q + sub)) / 2
-        placed = _placed_correlation(_interior(ha, hm), hb, np.rint(at), at - np.rint(at))
+    # The overlap as placed: the whole of it at full resolution (bilinear at the
+    # sub-pixel shift), on every PLACED_STEP-th pixel of each axis when it is wide
+    # enough (an unbiased estimate from a fraction of the pixels).
+    if factor > 1:
+        placed_gains = None if gains is None else (_interior(ga, m), gb)
+        placed = _placed_correlation(_interior(a, m), b, q, sub, PLACED_STEP, placed_gains, dark)
     else:
         placed = _placed_correlation(scorer.template, b, q, sub)
     if np.isfinite(placed):
@@ -305,32 +326,47 @@ _LOG2_MAX_BINNING = int(np.log2(MAX_BINNING))
 COARSE_MIN_SIDE = 16
 
 
+#: The correlation of the placed overlap samples every this many pixels of each axis
+#: (a 100 x 1400 px overlap still gives about 9000 pairs of values).
+PLACED_STEP = 4
+
 #: Template pixels scored at the finer levels (the most textured stretch of the overlap).
-FINE_MAX_PIXELS = 24_000
+FINE_MAX_PIXELS = 6_000
 
 
 def _textured_stretch(
-    a: np.ndarray, b: np.ndarray, m: int, coarse_template: np.ndarray, factor: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Both crops cut, along the overlap's long axis, to its most textured stretch.
+    shape: tuple[int, int], m: int, coarse_template: np.ndarray, factor: int
+) -> tuple[slice, slice]:
+    """Where to cut both crops, along the overlap's long axis, to its most textured stretch.
 
     The stretch holds at most :data:`FINE_MAX_PIXELS` template pixels; its place is
-    where the coarse template varies most (sum of squared deviations over a sliding
-    window). Both crops are cut alike, so shifts keep their meaning.
+    where the coarse template (binned ``factor`` times) varies most (sum of squared
+    deviations over a sliding window). Both crops are cut alike, so shifts keep their
+    meaning.
     """
-    h, w = a.shape
+    h, w = shape
+    whole = (slice(0, h), slice(0, w))
     axis = 0 if h - 2 * m > w - 2 * m else 1
     long, short = (h - 2 * m, w - 2 * m) if axis == 0 else (w - 2 * m, h - 2 * m)
     length = (max(FINE_MAX_PIXELS // max(short, 1), 4 * factor) // factor) * factor
     if long <= length:
-        return a, b
+        return whole
     dev = coarse_template - np.float32(coarse_template.mean())
     energy = np.einsum("ij,ij->" + "ij"[axis], dev, dev).astype(np.float64)
     span = length // factor
     sums = np.convolve(energy, np.ones(span), mode="valid")
     start = int(np.argmax(sums)) * factor
     cut = slice(start, start + length + 2 * m)
-    return (a[cut], b[cut]) if axis == 0 else (a[:, cut], b[:, cut])
+    return (cut, whole[1]) if axis == 0 else (whole[0], cut)
+
+
+def _corrected(x: np.ndarray, gain: np.ndarray | None, dark: float) -> np.ndarray:
+    """``x`` as float32, illumination-corrected (``(x - dark) * gain``) when ``gain`` is given."""
+    if gain is None:
+        return np.asarray(x, np.float32)
+    out = np.subtract(x, np.float32(dark), dtype=np.float32)
+    out *= gain
+    return out
 
 
 def _interior(a: np.ndarray, m: int) -> np.ndarray:
@@ -341,26 +377,52 @@ def _interior(a: np.ndarray, m: int) -> np.ndarray:
 class _Scorer:
     """Pearson correlation of a template with the windows of an image, shift by shift.
 
-    Window sums for every shift in ``[0, 2m]^2`` come from one pass over the image;
-    each scored shift then costs one dot product, and scores are cached.
+    Window sums for every shift in ``[0, 2m]^2`` (or, given ``around`` and ``reach``,
+    for the square of shifts within ``reach`` of ``around`` only) come from one pass
+    over the image; each scored shift then costs one dot product, and scores are
+    cached. Shifts are always numbered in ``[0, 2m]^2``.
     """
 
-    def __init__(self, template: np.ndarray, image: np.ndarray, m: int) -> None:
+    def __init__(
+        self,
+        template: np.ndarray,
+        image: np.ndarray,
+        m: int,
+        around: np.ndarray | None = None,
+        reach: int | None = None,
+    ) -> None:
         self.template = template
         self.m = m
+        th, tw = template.shape
+        if around is None or reach is None or 2 * reach >= 2 * m:
+            self.lo, self.r = np.zeros(2, int), m
+        else:
+            self.lo = np.clip(np.asarray(around, int) - reach, 0, 2 * m - 2 * reach)
+            self.r = reach
+        y0, x0 = int(self.lo[0]), int(self.lo[1])
+        # Only the image the windows of those shifts cover.
+        image = image[y0 : y0 + th + 2 * self.r, x0 : x0 + tw + 2 * self.r]
         self.t0 = template - np.float32(template.mean())
         self.tt = _dot(self.t0, self.t0)
         # Centred: the window variances below are differences of large sums.
         self.image = image - np.float32(image.mean())
-        th, tw = template.shape
         self.n = th * tw
-        self.s1 = _window_sums(self.image, th, tw, m)
-        self.s2 = _window_sums(self.image * self.image, th, tw, m)
+        self.s1 = _window_sums(self.image, th, tw, self.r)
+        self.s2 = _window_sums(self.image * self.image, th, tw, self.r)
         self.cache: dict[tuple[int, int], float] = {}
 
+    def at_window_border(self, q: np.ndarray) -> bool:
+        """``q`` lies on the border of a reduced window but not of the whole range."""
+        if self.r == self.m:
+            return False
+        local = np.asarray(q) - self.lo
+        window = bool(local.min() <= 0 or local.max() >= 2 * self.r)
+        whole = bool(np.min(q) <= 0 or np.max(q) >= 2 * self.m)
+        return window and not whole
+
     def score(self, q: np.ndarray) -> float:
-        y, x = int(q[0]), int(q[1])
-        if not (0 <= y <= 2 * self.m and 0 <= x <= 2 * self.m):
+        y, x = int(q[0]) - int(self.lo[0]), int(q[1]) - int(self.lo[1])
+        if not (0 <= y <= 2 * self.r and 0 <= x <= 2 * self.r):
             return float("nan")
         hit = self.cache.get((y, x))
         if hit is not None:
@@ -406,6 +468,10 @@ def _bin2(a: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Up to this many shifts, :func:`_ncc_map` multiplies directly instead of by FFT.
+DIRECT_MAX_SHIFTS = 121
+
+
 def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
     """Pearson correlation of ``template`` with ``image`` at offsets ``[0, 2m]^2``."""
     th, tw = template.shape
@@ -414,10 +480,16 @@ def _ncc_map(template: np.ndarray, image: np.ndarray, m: int) -> np.ndarray:
     img = np.asarray(image, np.float32)
     img = img - np.float32(img.mean())
     t0 = template - np.float32(template.mean())
-    fh, fw = sfft.next_fast_len(ih, real=True), sfft.next_fast_len(iw, real=True)
-    spec = sfft.rfft2(img, s=(fh, fw))
-    spec *= np.conj(sfft.rfft2(t0, s=(fh, fw)))
-    num = sfft.irfft2(spec, s=(fh, fw))[: 2 * m + 1, : 2 * m + 1].astype(np.float64)
+    if (2 * m + 1) ** 2 <= DIRECT_MAX_SHIFTS:
+        # Few shifts (the coarse search): one pass of products over the sliding
+        # windows costs less than three FFTs of the padded crops.
+        windows = sliding_window_view(img, (th, tw))[: 2 * m + 1, : 2 * m + 1]
+        num = np.einsum("ijkl,kl->ij", windows, t0).astype(np.float64)
+    else:
+        fh, fw = sfft.next_fast_len(ih, real=True), sfft.next_fast_len(iw, real=True)
+        spec = sfft.rfft2(img, s=(fh, fw))
+        spec *= np.conj(sfft.rfft2(t0, s=(fh, fw)))
+        num = sfft.irfft2(spec, s=(fh, fw))[: 2 * m + 1, : 2 * m + 1].astype(np.float64)
     n = th * tw
     s1 = _window_sums(img, th, tw, m)
     s2 = _window_sums(img * img, th, tw, m)
@@ -446,9 +518,20 @@ def _window_sums(a: np.ndarray, th: int, tw: int, m: int) -> np.ndarray:
 
 
 def _placed_correlation(
-    template: np.ndarray, image: np.ndarray, q: np.ndarray, sub: np.ndarray
+    template: np.ndarray,
+    image: np.ndarray,
+    q: np.ndarray,
+    sub: np.ndarray,
+    step: int = 1,
+    gains: tuple[np.ndarray, np.ndarray] | None = None,
+    dark: float = 0.0,
 ) -> float:
-    """Pearson correlation of ``template`` with ``image`` at offset ``q + sub`` (bilinear)."""
+    """Pearson correlation of ``template`` with ``image`` at offset ``q + sub`` (bilinear).
+
+    With ``step`` > 1 only every ``step``-th pixel of each axis of the template is
+    compared (with the image interpolated at the same points). ``gains`` (of the
+    template and of the image, their shapes) correct both first: ``(x - dark) * gain``.
+    """
     th, tw = template.shape
     y0, x0 = int(q[0]) - 1, int(q[1]) - 1
     if y0 < 0 or x0 < 0 or y0 + th + 2 > image.shape[0] or x0 + tw + 2 > image.shape[1]:
@@ -461,23 +544,36 @@ def _placed_correlation(
         oy, fy = 0, fy + 1
     if fx < 0:
         ox, fx = 0, fx + 1
-    a = region[oy : oy + th, ox : ox + tw]
-    b = region[oy : oy + th, ox + 1 : ox + 1 + tw]
-    c = region[oy + 1 : oy + 1 + th, ox : ox + tw]
-    d = region[oy + 1 : oy + 1 + th, ox + 1 : ox + 1 + tw]
-    # In place, two buffers: top = a + fx (b - a), bottom = c + fx (d - c), then
+    k = step
+
+    def tap(dy: int, dx: int, copy: bool) -> np.ndarray:
+        rows, cols = slice(oy + dy, oy + dy + th, k), slice(ox + dx, ox + dx + tw, k)
+        view = region[rows, cols]
+        return np.array(view, np.float32) if copy else np.asarray(view, np.float32)
+
+    # b and d are new arrays (worked in place below); a and c may be views.
+    a, b, c, d = tap(0, 0, False), tap(0, 1, True), tap(1, 0, False), tap(1, 1, True)
+    # In place: top = a + fx (b - a), bottom = c + fx (d - c), then
     # moved = top + fy (bottom - top).
-    top = np.subtract(b, a)
-    top *= fx
-    top += a
-    moved = np.subtract(d, c)
-    moved *= fx
-    moved += c
-    moved -= top
-    moved *= fy
-    moved += top
-    t = template - np.float32(template.mean())
-    n = th * tw
+    b -= a
+    b *= fx
+    b += a
+    d -= c
+    d *= fx
+    d += c
+    d -= b
+    d *= fy
+    d += b
+    moved = d
+    tmpl = np.asarray(template[::k, ::k], np.float32)
+    if gains is not None:
+        g_t, g_i = gains
+        # The gain is smooth: its value at the nearest pixel stands for the bilinear mix.
+        tmpl = (tmpl - np.float32(dark)) * g_t[::k, ::k]
+        moved -= np.float32(dark)
+        moved *= g_i[y0 + 1 : y0 + 1 + th : k, x0 + 1 : x0 + 1 + tw : k]
+    t = tmpl - np.float32(tmpl.mean())
+    n = t.size
     s1 = float(moved.sum(dtype=np.float64))
     vv = _dot(moved, moved) - s1 * s1 / n
     tt = _dot(t, t)
@@ -517,10 +613,15 @@ def measure_pair(
 
 
 def measure_crops(
-    crop_i: np.ndarray, crop_j: np.ndarray, pair: Pair, margin: int = 12
+    crop_i: np.ndarray,
+    crop_j: np.ndarray,
+    pair: Pair,
+    margin: int = 12,
+    gains: tuple[np.ndarray, np.ndarray] | None = None,
+    dark: float = 0.0,
 ) -> PairMeasurement:
     """:func:`register_overlap` on crops cut by :func:`overlap_boxes`, as a measurement."""
-    measured, ncc, edge = register_overlap(crop_i, crop_j, pair.offset, margin)
+    measured, ncc, edge = register_overlap(crop_i, crop_j, pair.offset, margin, gains, dark)
     correction = measured - np.asarray(pair.offset)
     return PairMeasurement(
         pair.i,

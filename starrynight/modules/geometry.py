@@ -7,9 +7,11 @@ overlapping neighbours on the nuclear channel (illumination-corrected when the
 functions exist) and solving all positions together (:mod:`starrynight.algorithms.stitch`).
 
 Sites are streamed in the order of their recorded position: each image is read once,
-and only the overlap boxes its pairs need (:func:`starrynight.geometry.read_boxes`);
-those crops are kept until the partner arrives, so memory holds about one row of
-overlaps, not the well.
+and only the overlap boxes its pairs need (:func:`starrynight.geometry.read_boxes`;
+memory-mapped views of local uncompressed files, so only the pages registration
+samples are read); those crops are kept until the partner arrives, so memory holds
+about one row of overlaps, not the well. For local files the pairs are registered in
+``workers`` forked processes, one band of sites each (:func:`_measure_in_processes`).
 
 Outputs (all validated before anything is written; the report is written last and
 marks the well complete):
@@ -28,9 +30,10 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import multiprocessing
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -39,12 +42,10 @@ import pyarrow.parquet as pq
 
 from starrynight import geometry as geo
 from starrynight import storage, workspace
-from starrynight.algorithms import illum as alg_illum
 from starrynight.algorithms import stitch
 from starrynight.errors import InputFileError, UserError
 from starrynight.modules.illum import (
     ImageRow,
-    LoadedFunction,
     arm_channels,
     load_functions,
     plate_rows,
@@ -321,16 +322,20 @@ def _place_group(
         if nuclei not in row.channels:
             raise InputFileError(row.uri, f"no {nuclei} frame: the file name lists {row.channels}")
         frame = row.channels.index(nuclei)
-        if function is None:
-            return geo.read_boxes(row.uri, frame, boxes, shape, np.float32)
-        crops = geo.read_boxes(row.uri, frame, boxes, shape)
-        return [
-            function_apply(function, c, box).astype(np.float32)
-            for c, box in zip(crops, boxes, strict=True)
-        ]
+        # Stored dtype, uncorrected, mapped where the file allows: registration
+        # converts and corrects only what it samples or refines on (a fraction of each
+        # crop), and only those pages are read.
+        return geo.read_boxes(row.uri, frame, boxes, shape, view=True)
 
     order = sorted(range(len(rows)), key=lambda k: (recorded_px[k][0], recorded_px[k][1]))
-    measurements = measure_streaming(order, pairs, shape, read, margin, workers)
+    gain = function.gain if function is not None else None
+    dark = function.dark if function is not None else 0.0
+    # Forked processes for local files; threads where reads go to S3 (its client's
+    # event loop and connections do not survive a fork).
+    local = not any(storage.is_s3(r.uri) for r in rows)
+    measurements = measure_streaming(
+        order, pairs, shape, read, margin, workers, gain, dark, processes=local
+    )
     status = stitch.screen_pairs(
         measurements, options.min_correlation, max_correction_px=float(margin)
     )
@@ -339,11 +344,6 @@ def _place_group(
         arm, cycle, source, rows, shape, pixel_size, recorded_um, pairs, measurements, solution,
         function is not None, isolated,
     )  # fmt: skip
-
-
-def function_apply(function: LoadedFunction, crop: np.ndarray, box: geo.Box) -> np.ndarray:
-    """Correct a crop of a field with the same crop of its illumination function."""
-    return alg_illum.apply_gain(crop, function.gain[box], function.dark, clip=function.clip)
 
 
 def retain_freed_memory(limit_bytes: int = 32 << 20) -> None:
@@ -372,6 +372,9 @@ def measure_streaming(
     read: Callable[[int, Sequence[geo.Box]], list[np.ndarray]],
     margin: int,
     workers: int = 2,
+    gain: np.ndarray | None = None,
+    dark: float = 0.0,
+    processes: bool = False,
 ) -> list[stitch.PairMeasurement]:
     """Register every pair, reading each site once in ``order``, and only its overlaps.
 
@@ -384,18 +387,28 @@ def measure_streaming(
     shape : tuple of int
         Tile shape.
     read : callable
-        ``read(site_index, boxes) -> [2-D float32 array per box]`` (called from worker
-        threads): the site's overlap crops, cut by :func:`stitch.overlap_boxes`.
+        ``read(site_index, boxes) -> [2-D array per box]`` (called from worker threads):
+        the site's overlap crops, cut by :func:`stitch.overlap_boxes`, uncorrected.
     margin : int
         Search bound of :func:`stitch.register_overlap`, pixels.
     workers : int
         Threads reading and registering.
+    gain : numpy.ndarray, optional
+        Illumination gain of the fields (their shape); registration corrects the crops
+        with it (:func:`stitch.register_overlap`).
+    dark : float
+        Dark level of the illumination function.
+    processes : bool
+        Register in ``workers`` forked processes instead of threads (see
+        :func:`_measure_in_processes`); ignored where ``fork`` is not available.
 
     Returns
     -------
     list of PairMeasurement
         In the order of ``pairs``.
     """
+    if processes and workers > 1 and len(pairs) > 1 and _can_fork():
+        return _measure_in_processes(order, pairs, shape, read, margin, workers, gain, dark)
     retain_freed_memory()
     needs: dict[int, list[tuple[int, int]]] = {}
     boxes = [stitch.overlap_boxes(p.offset, shape) for p in pairs]
@@ -410,7 +423,8 @@ def measure_streaming(
         return list(zip(wanted, read(k, [boxes[n][side] for n, side in wanted]), strict=True))
 
     def measure(n: int, a: np.ndarray, b: np.ndarray) -> None:
-        results[n] = stitch.measure_crops(a, b, pairs[n], margin)
+        gains = None if gain is None else (gain[boxes[n][0]], gain[boxes[n][1]])
+        results[n] = stitch.measure_crops(a, b, pairs[n], margin, gains, dark)
 
     # Reads run a few sites ahead; registrations queue behind them on the same threads.
     # Only crops waiting for their partner are held: about one row of overlaps.
@@ -440,6 +454,62 @@ def measure_streaming(
         for f in pending:
             f.result()
     return [m for m in results if m is not None]
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+#: What the forked registration processes work on (set only while they run).
+_FORK_JOB: tuple | None = None
+
+
+def _measure_in_processes(
+    order: Sequence[int],
+    pairs: Sequence[stitch.Pair],
+    shape: tuple[int, int],
+    read: Callable[[int, Sequence[geo.Box]], list[np.ndarray]],
+    margin: int,
+    workers: int,
+    gain: np.ndarray | None,
+    dark: float,
+) -> list[stitch.PairMeasurement]:
+    """:func:`measure_streaming` split over ``workers`` forked processes by band of sites.
+
+    Registration is many small NumPy steps: threads serialise on the interpreter lock
+    between them, processes do not. Each pair goes to the band of whichever of its two
+    sites is read later; the bands cut the reading order so that they hold equal
+    numbers of pairs. A process reads its band's sites and, of the sites just before
+    its band, only the overlaps its pairs need (about one row of sites), so the pixels
+    read grow by one row per extra process, and each process holds one row of
+    overlaps. Forked, the processes share the read function and the illumination gain
+    with this one instead of receiving copies.
+    """
+    global _FORK_JOB
+    rank = {k: r for r, k in enumerate(order)}
+    by_later = sorted(range(len(pairs)), key=lambda n: max(rank[pairs[n].i], rank[pairs[n].j]))
+    cuts = [len(by_later) * b // workers for b in range(workers + 1)]
+    bands = [by_later[cuts[b] : cuts[b + 1]] for b in range(workers)]
+    _FORK_JOB = (order, pairs, shape, read, margin, gain, dark, bands)
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            parts = list(pool.map(_measure_band, range(len(bands))))
+    finally:
+        _FORK_JOB = None
+    results: list[stitch.PairMeasurement | None] = [None] * len(pairs)
+    for band, part in zip(bands, parts, strict=True):
+        for n, measured in zip(band, part, strict=True):
+            results[n] = measured
+    return [m for m in results if m is not None]
+
+
+def _measure_band(band: int) -> list[stitch.PairMeasurement]:
+    """In a forked process: register the pairs of one band, one thread."""
+    assert _FORK_JOB is not None, "only run in a process forked by _measure_in_processes"
+    order, pairs, shape, read, margin, gain, dark, bands = _FORK_JOB
+    mine = [pairs[n] for n in bands[band]]
+    return measure_streaming(order, mine, shape, read, margin, 1, gain, dark)
 
 
 def _arm_layout(ws: str, arm: str) -> geo.Layout | None:

@@ -269,3 +269,32 @@ def test_arms_placed_by_separate_calls_share_one_report(well, tmp_path):
     assert [g["label"] for g in report["groups"]] == ["CP", "SBS_Cycle01"]
     again = geometry_well(ws, "Plate1", "A1", arms=("cp",))
     assert again.skipped and again.groups[0].label == "CP"
+
+
+def test_processes_and_threads_measure_the_same_pairs():
+    from scipy import ndimage
+
+    from starrynight.algorithms import stitch
+    from starrynight.modules.geometry import measure_streaming
+
+    rng = np.random.default_rng(11)
+    scene = ndimage.gaussian_filter(rng.normal(0, 1, (700, 700)), 2.0) * 1000 + 3000
+    origins = [(10 + r * 200 + rng.integers(-3, 4), 10 + c * 200 + rng.integers(-3, 4))
+               for r in range(3) for c in range(3)]  # fmt: skip
+    tiles = [scene[y : y + 240, x : x + 240].astype(np.uint16) for y, x in origins]
+    recorded = np.array([(r * 200.0, c * 200.0) for r in range(3) for c in range(3)])
+    pairs = stitch.neighbour_pairs(recorded, (240, 240))
+    gain = np.linspace(0.9, 1.1, 240 * 240, dtype=np.float32).reshape(240, 240)
+
+    def read(k, boxes):
+        return [tiles[k][b] for b in boxes]
+
+    order = list(range(9))
+    args = (order, pairs, (240, 240), read, 8, 2, gain, 100.0)
+    threads = measure_streaming(*args, processes=False)
+    processes = measure_streaming(*args, processes=True)
+    assert [(m.i, m.j) for m in processes] == [(p.i, p.j) for p in pairs]
+    assert processes == threads
+    true = {(p.i, p.j): np.subtract(origins[p.j], origins[p.i]) for p in pairs}
+    for m in processes:
+        np.testing.assert_allclose(m.offset, true[(m.i, m.j)], atol=0.1)

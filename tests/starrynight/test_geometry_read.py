@@ -43,6 +43,23 @@ def test_boxes_equal_the_whole_frame_cut(tmp_path, frames, options):
     as_float = geo.read_boxes(path, 0, BOXES[:1], dtype=np.float32)[0]
     assert as_float.dtype == np.float32
     np.testing.assert_array_equal(as_float, frames[0][BOXES[0]].astype(np.float32))
+    # Views where the frame is local, raw and native; copies otherwise: same pixels.
+    viewed = geo.read_boxes(path, 1, BOXES, shape=(100, 130), view=True)
+    mapped = not options
+    for box, crop in zip(BOXES, viewed, strict=True):
+        np.testing.assert_array_equal(crop, frames[1][box])
+        assert crop.dtype.isnative and crop.flags.owndata is not mapped
+        assert crop.flags.writeable is not mapped
+
+
+def test_a_truncated_raw_frame_is_an_error_when_mapped(tmp_path, frames):
+    path = tmp_path / "f.tiff"
+    tifffile.imwrite(str(path), frames, photometric="minisblack")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(data[: len(data) - 100])
+    with pytest.raises(InputFileError, match="truncated"):
+        geo.read_boxes(str(cut), 1, BOXES, view=True)
 
 
 def test_bad_frames_are_one_clear_error(tmp_path, frames):

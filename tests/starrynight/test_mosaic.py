@@ -116,6 +116,30 @@ def test_band_height_does_not_change_the_pixels(ws, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # staging folders are gone
 
 
+def test_row_ranges_drawn_in_processes_equal_one_thread(ws, tmp_path, monkeypatch):
+    geometry_well(ws, "Plate1", "A1")
+    _, tiles, channels, pixel_size, shape = mos._plan(ws, "Plate1", "A1", "cp", required=True)
+    monkeypatch.setattr(mos, "THUMBNAIL_SIDE", 96)  # several levels on a small well
+    drawn = []
+    real = mos._draw_in_processes
+    monkeypatch.setattr(mos, "_draw_in_processes", lambda *a: drawn.append(a[-1]) or real(*a))
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    levels_a, png_a = mos.write_mosaic(a, tiles, channels, pixel_size, shape, chunk=16, workers=1)
+    levels_b, png_b = mos.write_mosaic(b, tiles, channels, pixel_size, shape, chunk=16, workers=2)
+    assert len(drawn) == 1 and len(drawn[0]) == 2  # workers=2: two row ranges, forked
+    assert levels_a == levels_b >= 3 and png_a == png_b
+    za, zb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    for k in range(levels_a):
+        np.testing.assert_array_equal(za[str(k)][:], zb[str(k)][:])
+
+
+def test_segments_cut_at_top_level_chunk_rows():
+    assert mos._segments(1000, 256, 2) == [(0, 512), (512, 1000)]
+    assert mos._segments(1000, 256, 1) == [(0, 1000)]
+    assert mos._segments(200, 256, 2) == [(0, 200)]
+    assert mos._segments(26797, 16384, 2) == [(0, 16384), (16384, 26797)]
+
+
 def test_rerun_skips_and_force_redraws(ws, capsys):
     geometry_well(ws, "Plate1", "A1")
     argv = ["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1", "--arm", "cp"]
