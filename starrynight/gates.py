@@ -195,7 +195,7 @@ def require_report(ws: str, plate: str, gate: str) -> str:
     if not storage.exists(index):
         raise UserError(
             f"plate {plate!r}: no {gate} QC report yet ({index}); its upstream steps and "
-            f"'starrynight qc report --gate {gate}' must run first"
+            f"'starrynight qc report --report {gate}' must run first"
         )
     return index
 
