@@ -32,6 +32,7 @@ from pipecraft import AwsBatchBackend, Backend, LocalBackend, SlurmBackend, Snak
 from pipecraft.errors import PipecraftError
 from starrynight import storage
 from starrynight.errors import UserError
+from starrynight.modules.qc_merge import MIN_MATCH_RATE, WARN_MATCH_RATE
 from starrynight.pipelines import Runner
 from starrynight.pipelines.resources import StepResources, step_table
 
@@ -72,10 +73,12 @@ class QCThresholds(dg.Config):
         0.1, description="Largest share of sites the geometry refinement may leave unplaced."
     )
     warn_match_rate: float = Field(
-        0.8, description="Merge: warn when fewer CP cells inside the SBS area are matched."
+        WARN_MATCH_RATE,
+        description="Merge: warn when fewer CP cells inside the SBS area are matched.",
     )
     min_match_rate: float = Field(
-        0.5, description="Merge: below this share of matched CP cells the well is blocked."
+        MIN_MATCH_RATE,
+        description="Merge: below this share of matched CP cells the well is blocked.",
     )
     gates: list[str] = Field(
         default_factory=list,

@@ -47,6 +47,8 @@ from starrynight.errors import UserError
 from starrynight.inventory import normalise_root
 
 PLATE_ASSETS = [INVENTORY, INDEX, ILLUM_CP, ILLUM_SBS]
+#: Dagster's run tag of a partition (``dagster._core.storage.tags.PARTITION_NAME_TAG``).
+PARTITION_TAG = "dagster/partition"
 #: What a known plate with new data re-runs; the rest follows by automation.
 CATALOG_ASSETS = [INVENTORY, INDEX]
 
@@ -184,7 +186,15 @@ def _gate_requests(
                     partition_key=plate,
                     asset_selection=[],
                     asset_check_keys=[check],
-                    tags={"starrynight/plate": plate, "starrynight/trigger": f"{gate}_gate"},
+                    # The partition as a tag too: Dagster resolves a request's partition
+                    # from its assets, and one of only checks would take the sensor's
+                    # whole target (plate and unpartitioned assets: the daemon refuses
+                    # the tick). A resolved partition is how the daemon runs checks.
+                    tags={
+                        "starrynight/plate": plate,
+                        "starrynight/trigger": f"{gate}_gate",
+                        PARTITION_TAG: plate,
+                    },
                 )
             )
     return requests

@@ -4,11 +4,19 @@ Two gates per plate, as the reference pipelines have them: ``painting`` (after t
 illumination functions, the corrected images, the segmentation and the geometry) and
 ``barcoding`` (after SBS illumination, alignment and barcode calling). A reviewer reads
 the plate's QC report (:mod:`starrynight.modules.qc`) and approves the gate, or closes it
-again. The decision is one small JSON file per plate and gate in the workspace
-(:func:`starrynight.workspace.qc_gate_path`), written atomically; it holds the current
-state (``approved`` or ``closed``), who decided, when (UTC, ISO 8601), an optional
-comment and the history of every decision. It is the one store: the CLI and Conductor
-write it, Dagster's gate checks read it.
+again.
+
+Each decision is one small JSON object of its own in the workspace, under
+:func:`starrynight.workspace.qc_gate_dir` (``qc_reports/<plate>/gates/<gate>/``), named
+by its time and a random suffix and written with a conditional create
+(:func:`starrynight.storage.create_bytes`: S3 ``If-None-Match``), never overwritten: it
+holds the state (``approved`` or ``closed``), who decided, when (UTC, ISO 8601) and an
+optional comment. The gate's history is those objects in time order, its state the
+latest. So two decisions landing together (two reviewers, Canvas and the CLI) are both
+kept without a lock or a read-modify-write, on S3 as locally. A gate file of the older
+single-file layout (:func:`starrynight.workspace.qc_gate_path`) is read as the start of
+the history. This is the one store: the CLI and Conductor write it, Dagster's gate
+checks and sensor read it.
 
 An approval is of the pictures the reviewer saw: a report made after it (an upstream
 step re-ran) is not approved (:func:`approval_covers`).
@@ -16,12 +24,10 @@ step re-ran) is not approved (:func:`approval_covers`).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
+import hashlib
 import json
-import os
-from collections.abc import Iterator
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,77 +112,85 @@ def _decision(raw: Any, where: str) -> Decision:
                     str(raw.get("comment") or ""))  # fmt: skip
 
 
+def _decisions(ws: str, plate: str, gate: str) -> list[tuple[str, str]]:
+    """(name, URI) of the gate's decision objects, by name (= time) order."""
+    folder = workspace.qc_gate_dir(ws, plate, gate)
+    if not storage.exists(folder):
+        return []
+    names = [e.key for e in storage.list_files(folder) if "/" not in e.key]
+    return [(n, storage.join(folder, n)) for n in sorted(names) if n.endswith(".json")]
+
+
+def _read_doc(uri: str) -> Any:
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except ValueError as exc:
+        raise UserError(f"{uri}: not JSON ({exc})") from None
+
+
 def read_gate(ws: str, plate: str, gate: str) -> GateState:
-    """The gate's state as its file says (undecided when there is no file).
+    """The gate's state as its decisions say (undecided when there is none).
 
     Raises
     ------
     UserError
-        Unknown gate, or a gate file that is not what :func:`record` writes.
+        Unknown gate, or a decision that is not what :func:`record` writes.
     """
     check_gate(gate)
-    uri = workspace.qc_gate_path(ws, plate, gate)
-    if not storage.exists(uri):
-        return GateState(plate, gate, None, [])
-    try:
-        doc = json.loads(storage.read_bytes(uri))
-    except ValueError as exc:
-        raise UserError(f"{uri}: not JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{uri}: expected a JSON object")
-    history = [_decision(d, uri) for d in doc.get("history") or []]
+    history: list[Decision] = []
+    legacy = workspace.qc_gate_path(ws, plate, gate)
+    if storage.exists(legacy):
+        doc = _read_doc(legacy)
+        if not isinstance(doc, dict):
+            raise UserError(f"{legacy}: expected a JSON object")
+        history += [_decision(d, legacy) for d in doc.get("history") or []]
+    history += [_decision(_read_doc(uri), uri) for _, uri in _decisions(ws, plate, gate)]
+    # Time order (a stable sort: equal times keep the order of the names)
+    history.sort(key=lambda d: parse_time(d.at))
     return GateState(plate, gate, history[-1] if history else None, history)
 
 
 def gate_version(ws: str, plate: str, gate: str) -> str | None:
-    """A token that changes whenever the gate's decision changes (None: no file)."""
-    uri = workspace.qc_gate_path(ws, plate, gate)
-    if not storage.exists(uri):
-        return None
-    import hashlib
+    """A token that changes whenever a decision is added (None: no decision yet).
 
-    return hashlib.sha1(storage.read_bytes(uri)).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _lock(uri: str) -> Iterator[None]:
-    """Serialise read-modify-write of a local gate file between processes.
-
-    On S3 there is no lock: two reviewers deciding within the same second may lose
-    one history entry (the later write wins; the current state is still the latest).
+    From the names of the decision objects (immutable once written), so it reads no
+    decision; an older single gate file counts by its content.
     """
-    if storage.is_s3(uri):
-        yield
-        return
-    os.makedirs(os.path.dirname(uri), exist_ok=True)
-    with open(f"{uri}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    parts = [name for name, _ in _decisions(ws, plate, gate)]
+    legacy = workspace.qc_gate_path(ws, plate, gate)
+    if storage.exists(legacy):
+        parts.append(hashlib.sha1(storage.read_bytes(legacy)).hexdigest())
+    if not parts:
+        return None
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def record(ws: str, plate: str, gate: str, approved: bool, by: str, comment: str = "") -> GateState:
     """Approve (``approved``) or close a plate's gate; returns the new state.
 
-    The caller checks that the plate and its report exist (:func:`require_report`).
+    The decision is a new object (conditional create), so concurrent decisions are all
+    kept. The caller checks that the plate and its report exist (:func:`require_report`).
 
     Raises
     ------
     UserError
-        Unknown gate, an empty reviewer name, or an unreadable gate file.
+        Unknown gate, an empty reviewer name, or an unreadable gate.
     """
     check_gate(gate)
     if not by.strip():
         raise UserError("--by: the reviewer's name is empty")
-    uri = workspace.qc_gate_path(ws, plate, gate)
-    with _lock(uri):
-        before = read_gate(ws, plate, gate)
-        new = Decision("approved" if approved else "closed", by.strip(), now_iso(), comment)
-        state = GateState(plate, gate, new, [*before.history, new])
-        storage.write_bytes(uri, json.dumps(state.as_dict(), indent=2).encode())
-    return state
+    new = Decision("approved" if approved else "closed", by.strip(), now_iso(), comment)
+    body = json.dumps({"plate": plate, "gate": gate, **new.as_dict()}, indent=2).encode()
+    stamp = dt.datetime.fromisoformat(new.at).strftime("%Y%m%dT%H%M%S%fZ")
+    folder = workspace.qc_gate_dir(ws, plate, gate)
+    # A taken name (the same microsecond and random suffix) is never overwritten.
+    for _ in range(5):
+        name = f"{stamp}_{uuid.uuid4().hex[:12]}.json"
+        if storage.create_bytes(storage.join(folder, name), body):
+            break
+    else:
+        raise UserError(f"{folder}: could not find a free name for the decision")
+    return read_gate(ws, plate, gate)
 
 
 def require_report(ws: str, plate: str, gate: str) -> str:
@@ -195,7 +209,7 @@ def require_report(ws: str, plate: str, gate: str) -> str:
     if not storage.exists(index):
         raise UserError(
             f"plate {plate!r}: no {gate} QC report yet ({index}); its upstream steps and "
-            f"'starrynight qc report --gate {gate}' must run first"
+            f"'starrynight qc report --report {gate}' must run first"
         )
     return index
 

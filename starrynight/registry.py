@@ -169,7 +169,7 @@ STEPS: tuple[Step, ...] = (
         "overlays, cells per site (qc_reports/<plate>/painting/).",
         "qc", lambda ws, p, w: [wsp.qc_index_path(ws, p, "painting")],
         needs=("illum_cp", "corrected_cp", "segmentation", "geometry"), arms=("cp",),
-        site_parallel=False, site_runner=False, extra_args=("--gate", "painting"),
+        site_parallel=False, site_runner=False, extra_args=("--report", "painting"),
     ),
     Step(
         "qc_barcoding", "plate", ("qc", "report"),
@@ -177,7 +177,7 @@ STEPS: tuple[Step, ...] = (
         "read matching and quality (qc_reports/<plate>/barcoding/).",
         "qc", lambda ws, p, w: [wsp.qc_index_path(ws, p, "barcoding")],
         needs=("illum_sbs", "aligned_sbs", "barcode_calls"), arms=("sbs",),
-        site_parallel=False, site_runner=False, extra_args=("--gate", "barcoding"),
+        site_parallel=False, site_runner=False, extra_args=("--report", "barcoding"),
     ),
     Step(
         "merge", "well", ("merge",),
@@ -187,6 +187,16 @@ STEPS: tuple[Step, ...] = (
         needs=("segmentation", "barcode_calls", "geometry", "qc_barcoding"),
         arms=("cp", "sbs"),
         site_parallel=False, site_runner=False,
+    ),
+    # After the merge: a report per plate that gates nothing (no reviewer's approval is
+    # asked for after the merge). Not in group "qc": that group is the gates.
+    Step(
+        "qc_merge", "plate", ("qc", "report"),
+        "After-merge QC report of the plate: match rate per well with the merge checks' "
+        "thresholds, match distances, registration residuals (qc_reports/<plate>/merge/).",
+        "merge_qc", lambda ws, p, w: [wsp.qc_index_path(ws, p, "merge")],
+        needs=("merge",), arms=("cp", "sbs"),
+        site_parallel=False, site_runner=False, extra_args=("--report", "merge"),
     ),
     Step(
         "cell_features", "well", ("analysis", "run"),

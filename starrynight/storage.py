@@ -146,6 +146,59 @@ def write_bytes(uri: str, data: bytes) -> None:
         Path(tmp).write_bytes(data)
 
 
+#: S3 error codes of a conditional create that found the key taken.
+_CREATE_LOST = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def create_bytes(uri: str, data: bytes) -> bool:
+    """Write ``data`` to ``uri`` only if nothing is there yet: a conditional create.
+
+    Records that must never be overwritten (one per event, e.g. a gate decision) are
+    written with it, so that concurrent writers need no lock and no read-modify-write.
+    S3: ``PutObject`` with ``If-None-Match: *`` (the service refuses it with 412 when the
+    key exists). Local: the temporary file is hard-linked to ``uri``, which fails when
+    ``uri`` exists; the content appears whole or not at all.
+
+    Returns
+    -------
+    bool
+        True when written, False when ``uri`` already existed (it is left untouched).
+
+    Raises
+    ------
+    UserError
+        When the write fails for another reason.
+    """
+    if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = _split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            # 412: the key exists; 409: a concurrent create of the same key won.
+            if exc.response.get("Error", {}).get("Code") in _CREATE_LOST:
+                return False
+            raise UserError(f"{uri}: cannot write it ({_short(exc)})") from exc
+        except BotoCoreError as exc:
+            raise UserError(f"{uri}: cannot write it ({_short(exc)})") from exc
+        return True
+    target = Path(uri).expanduser()
+    _make_folder(target.parent, uri)
+    tmp = target.parent / f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.write_bytes(data)
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise write_error(uri, exc) from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return True
+
+
 @contextlib.contextmanager
 def atomic_local_path(uri: str, suffix: str = "") -> Iterator[str]:
     """Yield a local temporary path; on success its content is moved to ``uri``.

@@ -282,11 +282,20 @@ def qc_figure_path(workspace: str, plate: str, gate: str, name: str, ext: str) -
     return storage.join(qc_report_dir(workspace, plate, gate), f"{name}.{ext}")
 
 
-def qc_gate_path(workspace: str, plate: str, gate: str) -> str:
-    """A plate's gate decision and its history: ``qc_reports/<plate>/gates/<gate>.json``.
+def qc_gate_dir(workspace: str, plate: str, gate: str) -> str:
+    """A plate's gate decisions, one JSON object each: ``qc_reports/<plate>/gates/<gate>/``.
 
-    Beside the reports the reviewer decides from (``gates`` is not a gate name, so it
+    Beside the reports the reviewer decides from (``gates`` is not a report name, so it
     never collides with a report folder).
+    """
+    return storage.join(workspace, "qc_reports", plate, "gates", gate)
+
+
+def qc_gate_path(workspace: str, plate: str, gate: str) -> str:
+    """The older single gate file (state and history): ``qc_reports/<plate>/gates/<gate>.json``.
+
+    Read as the start of the gate's history; decisions are now written to
+    :func:`qc_gate_dir`.
     """
     return storage.join(workspace, "qc_reports", plate, "gates", f"{gate}.json")
 

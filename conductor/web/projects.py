@@ -20,10 +20,15 @@ from conductor.web import summary
 from conductor.web.forms import SERVICE_ERRORS, field_errors, service_error
 from conductor.web.render import PageRoute, field, read_form, render
 from conductor.web.session import Reader, Writer
+from starrynight.gates import GATES
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 Form = Annotated[dict[str, list[str]], Depends(read_form)]
-CREATE_FIELDS = ("name", "dataset_uri", "workspace_uri", "experiment_type")
+CREATE_FIELDS = ("name", "dataset_uri", "workspace_uri", "experiment_type", "qc_gates")
+#: Gates a new project holds unless the form says otherwise: the API's default.
+DEFAULT_GATES: list[str] = ProjectCreate.model_fields["qc_gates"].get_default(
+    call_default_factory=True
+)
 
 
 def _rows(session: Session) -> list[dict]:
@@ -49,8 +54,8 @@ def _rows(session: Session) -> list[dict]:
 
 def _page(request: Request, session: Session, status_code: int = 200, **ctx) -> HTMLResponse:
     ctx.setdefault("errors", {})
-    ctx.setdefault("values", {"experiment_type": "ops"})
-    return render(request, "projects.html", status_code, rows=_rows(session), **ctx)
+    ctx.setdefault("values", {"experiment_type": "ops", "qc_gates": DEFAULT_GATES})
+    return render(request, "projects.html", status_code, rows=_rows(session), gates=GATES, **ctx)
 
 
 @router.get("", include_in_schema=False)
@@ -69,7 +74,11 @@ def list_projects(request: Request, session: SessionDep, _token: Reader) -> HTML
 @router.post("/projects", response_class=HTMLResponse)
 def create_project(request: Request, session: SessionDep, form: Form, _token: Writer) -> Response:
     """Create a project from the form; problems are shown next to their fields."""
-    values = {name: field(form, name) for name in CREATE_FIELDS}
+    values: dict = {name: field(form, name) for name in CREATE_FIELDS if name != "qc_gates"}
+    # An unticked checkbox sends nothing: the form marks that it showed the gates, so
+    # "none ticked" is told from a post without the field (which gets the default).
+    shown = bool(field(form, "qc_gates_shown"))
+    values["qc_gates"] = form.get("qc_gates", []) if shown else DEFAULT_GATES
     try:
         body = ProjectCreate(**values)
     except ValidationError as exc:

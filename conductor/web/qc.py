@@ -1,5 +1,6 @@
 """QC page: the gates (per plate and gate: the report's figures, the gate's state and
-history, an approve / close form) and the gallery of per-well QC figures."""
+history, an approve / close form; then the plate's after-merge report, which gates
+nothing) and the gallery of per-well QC figures."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from conductor.web import qcdata, summary
 from conductor.web.render import PageRoute, field, render
 from conductor.web.session import Form, Reader, Writer
 from starrynight.gates import GATES
+from starrynight.modules.qc import MERGE_REPORT
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 PER_PAGE = 12
@@ -53,14 +55,18 @@ def gallery(
         settings = settings_of(request)
         chosen = [plate] if plate else plates
         total = len(chosen)
-        reports = [
-            {
-                **gates.gate_view(settings, session, project, p, g),
-                "figures": qcdata.report_figures(ws, p, g),
-            }
-            for p in chosen[start : start + PER_PAGE]
-            for g in GATES
-        ]
+        for p in chosen[start : start + PER_PAGE]:
+            reports += [
+                {
+                    **gates.gate_view(settings, session, project, p, g),
+                    "figures": qcdata.report_figures(ws, p, g),
+                }
+                for g in GATES
+            ]
+            # Beside the gates' reports, the after-merge one (it gates nothing).
+            figures_after = qcdata.report_figures(ws, p, MERGE_REPORT)
+            reports.append({"plate": p, "gate": MERGE_REPORT, "gateless": True,
+                            "report": bool(figures_after), "figures": figures_after})  # fmt: skip
         figures: list = []
     elif kind in ("alignment", "barcodes"):
         # Only the tables of the shown page are read.

@@ -1,8 +1,11 @@
-"""Per-plate QC reports and their gates: ``qc_painting`` and ``qc_barcoding``.
+"""Per-plate QC reports and their gates: ``qc_painting``, ``qc_barcoding``, ``qc_merge``.
 
-Each asset writes one gate's report of a plate (``starrynight qc report --gate G``) and
-shows it as metadata: the report's status and summary, every figure's finding and an
-inline preview of the figure that most needs a look.
+Each asset writes one report of a plate (``starrynight qc report --report R``) and shows
+it as metadata: the report's status and summary, every figure's finding and an inline
+preview of the figure that most needs a look. ``qc_merge`` (after every well's merge:
+match rates against the merge checks' thresholds, distances, residuals) gates nothing;
+it follows the merge even where a well's blocking match-rate check failed, since that
+well is what its reader must see.
 
 Each carries a *blocking* asset check, ``painting_approved`` / ``barcoding_approved``,
 partitioned by plate like its asset. It passes when the project has the gate off, or when
@@ -40,6 +43,7 @@ from dagster_defs.resources import PipecraftBackend, StarryNightProject
 from starrynight import gates, registry, storage
 from starrynight import workspace as wsp
 from starrynight.errors import UserError
+from starrynight.modules.qc import MERGE_REPORT
 from starrynight.pipelines import plate_step_pipeline
 
 #: Gate -> the asset holding its report.
@@ -138,33 +142,40 @@ def gate_result(
     )  # fmt: skip
 
 
-def _make_report_asset(gate: str) -> dg.AssetsDefinition:
-    step = registry.step(f"qc_{gate}")
+def _make_report_asset(report: str) -> dg.AssetsDefinition:
+    step = registry.step(f"qc_{report}")
+    gated = report in gates.GATES
 
     @dg.asset(
-        key=GATE_ASSETS[gate],
+        key=step.name,
         deps=step_deps(step),
         partitions_def=plate_partitions,
         description=step.description,
         group_name=step.group,
-        automation_condition=follow_upstream(),
+        automation_condition=follow_upstream(held_by_blocking_checks=gated),
     )
-    def report(
+    def report_asset(
         context: dg.AssetExecutionContext, project: StarryNightProject, backend: PipecraftBackend
     ) -> dg.MaterializeResult:
         _, ws = project.require()
         plate = context.partition_key
-        pipeline = plate_step_pipeline(step.name, ws, plate, backend.runner(run_env(context)))
+        # The merge report draws the thresholds the merge checks of this project use.
+        options = [] if gated else [
+            "--warn-match-rate", repr(project.qc.warn_match_rate),
+            "--min-match-rate", repr(project.qc.min_match_rate),
+        ]  # fmt: skip
+        runner = backend.runner(run_env(context))
+        pipeline = plate_step_pipeline(step.name, ws, plate, runner, options)
         outcome = run_pipeline(context, backend, pipeline, ws)
-        fail_if_any(outcome, f"{gate} QC report of plate {plate}")
-        md, version = report_metadata(ws, plate, gate)
+        fail_if_any(outcome, f"{report} QC report of plate {plate}")
+        md, version = report_metadata(ws, plate, report)
         return dg.MaterializeResult(
             metadata={**md, **node_metadata(outcome, list(outcome.states))},
             data_version=version,
         )
 
-    report.__doc__ = f"Write the plate's {gate} QC report."
-    return report
+    report_asset.__doc__ = f"Write the plate's {report} QC report."
+    return report_asset
 
 
 def _make_gate_check(gate: str) -> dg.AssetChecksDefinition:
@@ -186,8 +197,9 @@ def _make_gate_check(gate: str) -> dg.AssetChecksDefinition:
 
 qc_painting = _make_report_asset("painting")
 qc_barcoding = _make_report_asset("barcoding")
+qc_merge = _make_report_asset(MERGE_REPORT)
 painting_approved = _make_gate_check("painting")
 barcoding_approved = _make_gate_check("barcoding")
 
-QC_ASSETS = [qc_painting, qc_barcoding]
+QC_ASSETS = [qc_painting, qc_barcoding, qc_merge]
 QC_CHECKS = [painting_approved, barcoding_approved]

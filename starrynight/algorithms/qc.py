@@ -303,3 +303,57 @@ def sample_evenly(items: Sequence, n: int) -> list:
         return [items[0]]
     idx = np.unique(np.round(np.linspace(0, len(items) - 1, n)).astype(int))
     return [items[i] for i in idx]
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def rate_level(rate: float | None, warn: float, minimum: float) -> str:
+    """Where a match rate stands against its two thresholds.
+
+    Parameters
+    ----------
+    rate : float or None
+        Share in ``[0, 1]``; None or NaN when the well has no rate.
+    warn, minimum : float
+        Below ``warn`` warns, below ``minimum`` is an error (``minimum <= warn``).
+
+    Returns
+    -------
+    str
+        ``"ok"``, ``"warn"``, ``"error"`` or ``"none"`` (no rate).
+    """
+    if rate is None or not math.isfinite(rate):
+        return "none"
+    if rate < minimum:
+        return "error"
+    return "warn" if rate < warn else "ok"
+
+
+def box_stats(values: np.ndarray, label: str) -> dict | None:
+    """Box-plot statistics of ``values`` for matplotlib's ``Axes.bxp``.
+
+    Box: quartiles and median; whiskers: the 5th and 95th percentiles (no fliers).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Finite values are used; NaN and inf are left out.
+    label : str
+        The box's label.
+
+    Returns
+    -------
+    dict or None
+        ``med, q1, q3, whislo, whishi, mean, n, label``; None without a finite value.
+    """
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None
+    p5, q1, med, q3, p95 = np.percentile(v, [5, 25, 50, 75, 95])
+    return {
+        "med": float(med), "q1": float(q1), "q3": float(q3), "whislo": float(p5),
+        "whishi": float(p95), "mean": float(v.mean()), "n": len(v), "label": label,
+        "fliers": [],
+    }  # fmt: skip

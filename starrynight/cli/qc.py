@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from starrynight.cli.options import PLATE, WORKSPACE
+from starrynight.modules.qc_merge import MIN_MATCH_RATE, WARN_MATCH_RATE
 
 
 @click.group()
@@ -16,20 +17,43 @@ def qc() -> None:
 @WORKSPACE
 @PLATE
 @click.option(
-    "--gate", type=click.Choice(["painting", "barcoding", "all"]), default="all",
-    show_default=True, help="Which gate's report to write.",
+    "--report", "--gate", "report", type=click.Choice(["painting", "barcoding", "merge", "all"]),
+    default="all", show_default=True,
+    help="Which report to write: a gate's (painting, barcoding), the after-merge one "
+    "(merge: match rate, distances, residuals; it gates nothing) or all three. "
+    "--gate is the older spelling.",
 )  # fmt: skip
 @click.option(
     "--sample-sites", type=click.IntRange(0), default=6, show_default=True,
     help="Sites shown with segmentation outlines (painting), spread over the wells; "
     "sites with implausible counts first.",
 )  # fmt: skip
-def report_cmd(workspace: str, plate: str, gate: str, sample_sites: int) -> None:
-    """Write qc_reports/<plate>/<gate>/: PNG figures, their data as parquet, index.json."""
-    from starrynight.modules.qc import GATES, write_report
+@click.option(
+    "--warn-match-rate", type=click.FloatRange(0, 1), default=WARN_MATCH_RATE, show_default=True,
+    help="Merge report: the match rate below which the merge check warns (drawn).",
+)  # fmt: skip
+@click.option(
+    "--min-match-rate", type=click.FloatRange(0, 1), default=MIN_MATCH_RATE, show_default=True,
+    help="Merge report: the match rate below which the merge check blocks the well (drawn).",
+)  # fmt: skip
+def report_cmd(
+    workspace: str,
+    plate: str,
+    report: str,
+    sample_sites: int,
+    warn_match_rate: float,
+    min_match_rate: float,
+) -> None:
+    """Write qc_reports/<plate>/<report>/: PNG figures, their data as parquet, index.json."""
+    from starrynight.modules.qc import REPORTS, write_report
+    from starrynight.modules.qc_merge import check_rates
 
-    for g in GATES if gate == "all" else (gate,):
-        rep = write_report(workspace, plate, g, sample_sites=sample_sites)
+    check_rates(warn_match_rate, min_match_rate)
+    for g in REPORTS if report == "all" else (report,):
+        rep = write_report(
+            workspace, plate, g, sample_sites=sample_sites,
+            warn_match_rate=warn_match_rate, min_match_rate=min_match_rate,
+        )  # fmt: skip
         click.echo(f"{plate} {g}: {rep.status}, {len(rep.figures)} figure(s)")
         for f in rep.figures:
             mark = "!" if f["attention"] else " "

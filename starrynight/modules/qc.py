@@ -1,7 +1,7 @@
 """QC reports: per plate, one page of figures per gate for a reviewer to decide from.
 
-``write_report`` renders a gate's figures for a plate into
-``qc_reports/<plate>/<gate>/`` (:func:`starrynight.workspace.qc_report_dir`): per figure
+``write_report`` renders a report's figures for a plate into
+``qc_reports/<plate>/<report>/`` (:func:`starrynight.workspace.qc_report_dir`): per figure
 a PNG (matplotlib, Agg) and, beside it, the figure's data as parquet so it can be
 re-plotted in pandas; then ``index.json`` listing the figures with their title, files and
 a one-line finding, so Canvas and Dagster show a report without knowing its plots.
@@ -11,7 +11,10 @@ a one-line finding, so Canvas and Dagster show a report without knowing its plot
 - barcoding: SBS illumination functions, alignment shifts and correlations (site map,
   site x cycle, distributions with the QC thresholds), base frequencies expected from
   Barcodes.csv vs read, exact / one-mismatch matches and the mismatch position per
-  cycle, read quality, mapping rate per well, top barcodes, barcodes per cell.
+  cycle, read quality, mapping rate per well, top barcodes, barcodes per cell;
+- merge (after the merge; it gates nothing): match rate per well with the merge checks'
+  thresholds, match distances, registration residuals and inlier share
+  (:mod:`starrynight.modules.qc_merge`).
 
 A missing input (a step not run for a well, a plate without SBS, a well without cells
 or reads) is drawn as such in its figure and listed in the index, never an error: the
@@ -38,8 +41,26 @@ from starrynight import storage, workspace
 from starrynight.algorithms import qc as alg
 from starrynight.algorithms.align import AlignmentQC
 from starrynight.errors import UserError
+from starrynight.modules.qcfigures import (
+    NO_DATA_GREY,
+    Figure,
+    PlateLayout,
+    load_npy,
+    mark_empty,
+    message_figure,
+    new_figure,
+    panels,
+    pct,
+    plate_layout,
+    read_parquet,
+    say,
+)
 
 GATES = ("painting", "barcoding")
+#: The report after the merge (it gates nothing).
+MERGE_REPORT = "merge"
+#: Every report: one per gate, and the after-merge one.
+REPORTS = (*GATES, MERGE_REPORT)
 #: Side in pixels of the illumination functions kept in a report's parquet.
 ILLUM_DATA_SIDE = 64
 #: Display side of a segmentation overlay panel.
@@ -48,43 +69,14 @@ OVERLAY_SIDE = 384
 TOP_BARCODES = 20
 #: Bins of the read-quality histogram over [0, 1].
 QUALITY_BINS = 50
-NO_DATA_GREY = "#d9d9d9"
 
 
 # --------------------------------------------------------------------------- report model
 
 
 @dataclass
-class Figure:
-    """One figure of a report: a drawn matplotlib figure and the table it shows.
-
-    Attributes
-    ----------
-    name : str
-        File stem (``<name>.png``, ``<name>.parquet``).
-    title : str
-        What the figure shows.
-    finding : str
-        One line a reviewer reads first (``"3 sites with implausible counts"``).
-    data : pyarrow.Table
-        The values plotted, one row per point/bar/pixel, to re-plot in pandas.
-    figure : matplotlib.figure.Figure
-        The drawing.
-    attention : bool
-        The finding needs a reviewer's look (a threshold failed or an input is missing).
-    """
-
-    name: str
-    title: str
-    finding: str
-    data: pa.Table
-    figure: Any
-    attention: bool = False
-
-
-@dataclass
 class Report:
-    """What :func:`write_report` wrote for one plate and gate.
+    """What :func:`write_report` wrote for one plate and report (``gate``).
 
     ``status`` is ``complete`` (every input present), ``incomplete`` (some inputs
     missing, listed in ``missing``) or ``not_applicable`` (the plate has no images of
@@ -99,61 +91,19 @@ class Report:
     missing: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class PlateLayout:
-    """What the index says a plate holds (channels normalised)."""
-
-    plate: str
-    cp_wells: dict[str, list[int]]
-    sbs_wells: dict[str, list[int]]
-    cp_channels: list[str]
-    sbs_channels: list[str]
-    cycles: list[int]
-
-
-def plate_layout(ws: str, plate: str) -> PlateLayout:
-    """Wells, sites, channels and cycles of ``plate`` per arm, from the index.
-
-    Raises
-    ------
-    UserError
-        When the workspace has no index or the plate is not in it.
-    """
-    from starrynight.index import load_index, normalise_channel
-
-    table = load_index(ws).select(["plate", "arm", "cycle", "well", "site", "channels"])
-    rows = table.filter(pc.equal(table["plate"], plate))
-    if rows.num_rows == 0:
-        plates = sorted(set(table["plate"].to_pylist()))
-        raise UserError(
-            f"--plate {plate!r}: not in the index {workspace.index_path(ws)} "
-            f"(plates there: {', '.join(plates) or 'none'})"
-        )
-    wells: dict[str, dict[str, set[int]]] = {"cp": {}, "sbs": {}}
-    channels: dict[str, dict[str, None]] = {"cp": {}, "sbs": {}}
-    cycles: set[int] = set()
-    for r in rows.to_pylist():
-        arm = r["arm"]
-        wells[arm].setdefault(r["well"], set()).add(int(r["site"]))
-        for ch in r["channels"]:
-            channels[arm].setdefault(normalise_channel(ch), None)
-        if arm == "sbs":
-            cycles.add(int(r["cycle"]))
-    return PlateLayout(
-        plate,
-        {w: sorted(s) for w, s in sorted(wells["cp"].items())},
-        {w: sorted(s) for w, s in sorted(wells["sbs"].items())},
-        list(channels["cp"]),
-        list(channels["sbs"]),
-        sorted(cycles),
-    )
-
-
 # --------------------------------------------------------------------------- writing
 
 
-def write_report(ws: str, plate: str, gate: str, *, sample_sites: int = 6) -> Report:
-    """Render one gate's QC report of a plate into ``qc_reports/<plate>/<gate>/``.
+def write_report(
+    ws: str,
+    plate: str,
+    gate: str,
+    *,
+    sample_sites: int = 6,
+    warn_match_rate: float | None = None,
+    min_match_rate: float | None = None,
+) -> Report:
+    """Render one QC report of a plate into ``qc_reports/<plate>/<gate>/``.
 
     Parameters
     ----------
@@ -161,10 +111,14 @@ def write_report(ws: str, plate: str, gate: str, *, sample_sites: int = 6) -> Re
         Workspace (local folder or ``s3://`` prefix) holding the index.
     plate : str
         Plate name as in the index.
-    gate : {"painting", "barcoding"}
+    gate : {"painting", "barcoding", "merge"}
+        A gate's report, or the after-merge report (see :data:`REPORTS`).
     sample_sites : int
         Sites shown with segmentation overlays (painting), spread over the wells;
         sites with implausible counts come first.
+    warn_match_rate, min_match_rate : float, optional
+        Match-rate thresholds the merge report draws (default: those of
+        :mod:`starrynight.modules.qc_merge`).
 
     Returns
     -------
@@ -173,18 +127,24 @@ def write_report(ws: str, plate: str, gate: str, *, sample_sites: int = 6) -> Re
     Raises
     ------
     UserError
-        Unknown gate, no index, or a plate not in the index.
+        Unknown report, no index, or a plate not in the index.
     """
-    if gate not in GATES:
-        raise UserError(f"--gate {gate!r}: expected one of {', '.join(GATES)} or all")
+    if gate not in REPORTS:
+        raise UserError(f"--report {gate!r}: expected one of {', '.join(REPORTS)} or all")
     if sample_sites < 0:
         raise UserError(f"--sample-sites {sample_sites}: expected 0 or more sites")
     layout = plate_layout(ws, plate)
     missing: list[str] = []
     if gate == "painting":
         figures, status = painting_figures(ws, layout, missing, sample_sites), None
-    else:
+    elif gate == "barcoding":
         figures, status = barcoding_figures(ws, layout, missing)
+    else:
+        from starrynight.modules import qc_merge
+
+        rates = {"warn_rate": warn_match_rate, "min_rate": min_match_rate}
+        rates = {k: v for k, v in rates.items() if v is not None}
+        figures, status = qc_merge.merge_figures(ws, layout, missing, **rates)
     status = status or ("incomplete" if missing else "complete")
     entries = [_write_figure(ws, plate, gate, f) for f in figures]
     index_uri = workspace.qc_index_path(ws, plate, gate)
@@ -209,7 +169,7 @@ def write_report(ws: str, plate: str, gate: str, *, sample_sites: int = 6) -> Re
 
 def _summary(status: str, n: int, attention: list[str], missing: list[str]) -> str:
     if status == "not_applicable":
-        return "nothing to review for this gate"
+        return "nothing to review for this report"
     parts = [f"{n} figure(s)", f"{len(attention)} need attention"]
     if missing:
         parts.append(f"{len(missing)} input(s) missing")
@@ -247,72 +207,6 @@ def _write_figure(ws: str, plate: str, gate: str, fig: Figure) -> dict[str, Any]
     }
 
 
-# --------------------------------------------------------------------------- drawing helpers
-
-
-def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure as MplFigure
-
-    # A Figure without pyplot: no global state, no GUI backend, safe in threads.
-    return MplFigure(figsize=(min(width, 24.0), min(height, 40.0)), layout="constrained")
-
-
-def _panels(fig: Any, n: int, cols: int) -> list[Any]:
-    cols = max(1, min(cols, n))
-    rows = max(1, math.ceil(n / cols))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[n:]:
-        ax.set_axis_off()
-    return axes[:n]
-
-
-def _say(ax: Any, message: str, *, colour: str = "black") -> None:
-    """Write a message in the middle of an empty panel."""
-    ax.set_axis_off()
-    ax.text(
-        0.5,
-        0.5,
-        message,
-        ha="center",
-        va="center",
-        wrap=True,
-        fontsize=11,
-        color=colour,
-        transform=ax.transAxes,
-    )
-
-
-def _message_figure(name: str, title: str, message: str, data: pa.Table) -> Figure:
-    fig = _new_figure(7, 2.5)
-    ax = fig.subplots()
-    ax.set_title(title)
-    _say(ax, message, colour="firebrick")
-    return Figure(name, title, message, data, fig, attention=True)
-
-
-def _read_parquet(uri: str, columns: Sequence[str] | None = None) -> pa.Table | None:
-    """A parquet table, or None when the file does not exist."""
-    if not storage.exists(uri):
-        return None
-    try:
-        return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
-    except (pa.ArrowInvalid, KeyError) as exc:
-        raise UserError(f"{uri}: not a readable table with columns {columns} ({exc})") from exc
-
-
-def _load_npy(uri: str) -> np.ndarray | None:
-    if not storage.exists(uri):
-        return None
-    try:
-        return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
-    except ValueError as exc:
-        raise UserError(f"{uri}: not a readable .npy array ({exc})") from exc
-
-
-def _pct(x: float) -> str:
-    return "n/a" if not np.isfinite(x) else f"{100 * x:.0f}%"
-
-
 # --------------------------------------------------------------------------- site maps
 
 
@@ -322,7 +216,7 @@ def site_map(ws: str, plate: str, well: str, sites: Sequence[int], arm: str) -> 
     SBS uses cycle 1's positions (every cycle is aligned to it).
     """
     uri = workspace.positions_path(ws, plate, well, arm, 1 if arm == "sbs" else None)
-    table = _read_parquet(uri)
+    table = read_parquet(uri)
     if (
         table is None
         or table.num_rows == 0
@@ -434,7 +328,7 @@ def _illum_figure(
     absent = []
     for channel, cycle in groups:
         uri = workspace.illum_path(ws, plate, channel, cycle)
-        function = _load_npy(uri)
+        function = load_npy(uri)
         if function is None:
             absent.append(channel if cycle is None else f"cycle {cycle} {channel}")
             missing.append(uri)
@@ -444,8 +338,8 @@ def _illum_figure(
     lo = min((float(r.min()) for r in relative.values()), default=0.0)
     hi = max((float(r.max()) for r in relative.values()), default=1.0)
     norm = Normalize(min(lo, 1.0), max(hi, 1.0 + 1e-6))
-    fig = _new_figure(2.8 * min(len(groups), 5) + 1, 2.6 * math.ceil(len(groups) / 5))
-    axes = _panels(fig, len(groups), 5)
+    fig = new_figure(2.8 * min(len(groups), 5) + 1, 2.6 * math.ceil(len(groups) / 5))
+    axes = panels(fig, len(groups), 5)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "x", "value", "relative")}
     labels: list[tuple[str, int | None, int, int]] = []
     worst: tuple[float, str] = (math.nan, "")
@@ -454,7 +348,7 @@ def _illum_figure(
         label = channel if cycle is None else f"cycle {cycle} {channel}"
         function = loaded.get((channel, cycle))
         if function is None:
-            _say(ax, f"{label}\nno illumination function\n(run starrynight illum calc)",
+            say(ax, f"{label}\nno illumination function\n(run starrynight illum calc)",
                  colour="firebrick")  # fmt: skip
             continue
         ratio = alg.flatness(function)
@@ -469,7 +363,7 @@ def _illum_figure(
         labels.append((channel, cycle, block, small.size))
         shown = relative.get((channel, cycle))
         if shown is None:
-            _say(ax, f"{label}\nmean is not positive", colour="firebrick")
+            say(ax, f"{label}\nmean is not positive", colour="firebrick")
             continue
         shown, _ = alg.downsample(shown, 128)
         image = ax.imshow(shown, cmap="viridis", norm=norm,
@@ -519,7 +413,7 @@ def painting_figures(
     if not layout.cp_wells:
         message = f"plate {plate} has no Cell Painting images in the index: nothing to review"
         return [
-            _message_figure(
+            message_figure(
                 "cp_missing",
                 "Cell Painting images",
                 message,
@@ -529,7 +423,7 @@ def painting_figures(
     wells = []
     for well, sites in layout.cp_wells.items():
         uri = workspace.segmentation_counts_path(ws, plate, well)
-        counts = _read_parquet(uri)
+        counts = read_parquet(uri)
         if counts is None:
             missing.append(uri)
         wells.append(_WellCounts(well, sites, counts))
@@ -587,13 +481,13 @@ def _segmentation_overlays(
             if all(w.counts is None for w in wells)
             else "no segmented site to show"
         )
-        return _message_figure("segmentation_overlays", title, why, schema.empty_table())
+        return message_figure("segmentation_overlays", title, why, schema.empty_table())
     try:
         nuc_ch, cell_ch = cp_channel_roles(ws, set(layout.cp_channels), None, None)
     except UserError as exc:
-        return _message_figure("segmentation_overlays", title, str(exc), schema.empty_table())
-    fig = _new_figure(8, 3.6 * len(chosen))
-    axes = _panels(fig, len(chosen), 1)
+        return message_figure("segmentation_overlays", title, str(exc), schema.empty_table())
+    fig = new_figure(8, 3.6 * len(chosen))
+    axes = panels(fig, len(chosen), 1)
     rows = []
     for ax, (well, r) in zip(axes, chosen, strict=True):
         site = int(r["site"])
@@ -617,7 +511,7 @@ def _segmentation_overlays(
                 problem = str(exc)
         if panel is None:
             ax.set_title(label, fontsize=9)
-            _say(ax, problem.rsplit("/", 1)[-1], colour="firebrick")
+            say(ax, problem.rsplit("/", 1)[-1], colour="firebrick")
         else:
             step = max(1, math.ceil(max(panel.shape[:2]) / (2 * OVERLAY_SIDE)))
             ax.imshow(panel[::step, ::step], interpolation="nearest")
@@ -683,8 +577,8 @@ def _cells_per_site(ws: str, plate: str, wells: list[_WellCounts]) -> Figure:
     counts = {w.well: {int(r["site"]): r for r in _count_rows(w)} for w in wells}
     top = max([r["n_cells"] for c in counts.values() for r in c.values()], default=0)
     norm = Normalize(0, max(1, top))
-    fig = _new_figure(4.2 * min(len(wells), 3), 3.8 * math.ceil(len(wells) / 3))
-    axes = _panels(fig, len(wells), 3)
+    fig = new_figure(4.2 * min(len(wells), 3), 3.8 * math.ceil(len(wells) / 3))
+    axes = panels(fig, len(wells), 3)
     table: dict[str, list] = {}
     notes = []
     for ax, w in zip(axes, wells, strict=True):
@@ -701,7 +595,7 @@ def _cells_per_site(ws: str, plate: str, wells: list[_WellCounts]) -> Figure:
             table.setdefault(k, []).extend(v)
         if w.counts is None:
             notes.append(f"{w.well} not segmented")
-            _say(
+            say(
                 ax,
                 f"well {w.well}: not segmented yet\n(run starrynight segment)",
                 colour="firebrick",
@@ -776,14 +670,14 @@ def _implausible_counts(plate: str, wells: list[_WellCounts]) -> Figure:
     )
     table = pa.Table.from_pylist(rows, schema) if rows else schema.empty_table()
     if not rows:
-        return _message_figure(
+        return message_figure(
             "implausible_counts",
             title,
             "no segmentation counts yet (run starrynight segment)",
             table,
         )
     bad = [r for r in rows if r["flagged"]]
-    fig = _new_figure(min(max(6, 0.25 * len(rows)), 16), 5 if bad else 3.5)
+    fig = new_figure(min(max(6, 0.25 * len(rows)), 16), 5 if bad else 3.5)
     ax, note = (
         fig.subplots(2, 1, height_ratios=(3, 1 + 0.2 * min(len(bad), 12)))
         if bad
@@ -805,7 +699,7 @@ def _implausible_counts(plate: str, wells: list[_WellCounts]) -> Figure:
         lines = [f"{r['well']} site {r['site']}: {r['reason']}" for r in bad[:12]]
         if len(bad) > 12:
             lines.append(f"... and {len(bad) - 12} more (see the parquet)")
-        _say(note, "\n".join(lines), colour="firebrick")
+        say(note, "\n".join(lines), colour="firebrick")
     finding = (
         f"{len(bad)} site(s) with implausible counts of {len(rows)}"
         if bad
@@ -828,11 +722,11 @@ def barcoding_figures(
             "(a Cell Painting-only plate, or its SBS folders were not found)"
         )
         data = pa.table({"plate": [plate], "problem": [message]})
-        return [_message_figure("sbs_missing", "SBS images", message, data)], "not_applicable"
+        return [message_figure("sbs_missing", "SBS images", message, data)], "not_applicable"
     alignment = {}
     for well in layout.sbs_wells:
         uri = workspace.alignment_table_path(ws, plate, well)
-        alignment[well] = _read_parquet(uri)
+        alignment[well] = read_parquet(uri)
         if alignment[well] is None:
             missing.append(uri)
     reads = _read_summaries(ws, layout, missing)
@@ -875,7 +769,7 @@ def _alignment_map(
     qc = AlignmentQC()
     title = "Alignment per site: largest shift and lowest correlation over cycles"
     wells = list(layout.sbs_wells)
-    fig = _new_figure(9, 3.8 * len(wells))
+    fig = new_figure(9, 3.8 * len(wells))
     axes = fig.subplots(len(wells), 2, squeeze=False)
     rows = _alignment_rows(alignment)
     top_shift = max([r["max_abs_shift"] for r in rows], default=0.0)
@@ -906,7 +800,7 @@ def _alignment_map(
             table.setdefault(k, []).extend(v)
         if alignment[well] is None:
             for ax in (ax_s, ax_c):
-                _say(
+                say(
                     ax, f"well {well}: not aligned yet\n(run starrynight align)", colour="firebrick"
                 )
             continue
@@ -974,7 +868,7 @@ def _alignment_cycles(plate: str, alignment: dict[str, pa.Table | None]) -> Figu
     )
     table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema)
     if not rows:
-        return _message_figure(
+        return message_figure(
             "alignment_cycles", title, "no alignment table yet (run starrynight align)", table
         )
     units = sorted({(r["well"], r["site"]) for r in rows})
@@ -986,7 +880,7 @@ def _alignment_cycles(plate: str, alignment: dict[str, pa.Table | None]) -> Figu
     for r in rows:
         i, j = row_of[r["well"], r["site"]], col_of[r["cycle"]]
         shift[i, j], corr[i, j] = r["max_abs_shift"], r["correlation"]
-    fig = _new_figure(8, 1.5 + 0.22 * min(len(units), 150))
+    fig = new_figure(8, 1.5 + 0.22 * min(len(units), 150))
     ax_s, ax_c = fig.subplots(1, 2)
     for ax, values, cmap, norm, label in (
         (ax_s, shift, "magma", Normalize(0, max(qc.max_shift, np.nanmax(shift))), "shift px"),
@@ -1027,7 +921,7 @@ def _alignment_distributions(plate: str, alignment: dict[str, pa.Table | None]) 
     )
     table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema)
     if not rows:
-        return _message_figure(
+        return message_figure(
             "alignment_distributions",
             title,
             "no alignment table yet (run starrynight align)",
@@ -1038,7 +932,7 @@ def _alignment_distributions(plate: str, alignment: dict[str, pa.Table | None]) 
     moved = [r for r in rows if r["cycle"] != reference] or rows
     shifts = np.array([r["max_abs_shift"] for r in moved])
     corrs = np.array([r["correlation"] for r in moved], float)
-    fig = _new_figure(10, 3.8)
+    fig = new_figure(10, 3.8)
     ax_s, ax_c = fig.subplots(1, 2)
     ax_s.hist(
         shifts,
@@ -1104,8 +998,8 @@ def _read_summaries(ws: str, layout: PlateLayout, missing: list[str]) -> list[_W
     for well in layout.sbs_wells:
         spots_uri = workspace.spots_path(ws, layout.plate, well)
         cells_uri = workspace.cell_barcodes_path(ws, layout.plate, well)
-        spots = _read_parquet(spots_uri, ["read", "quality", "barcode", "distance", "match"])
-        cells = _read_parquet(
+        spots = read_parquet(spots_uri, ["read", "quality", "barcode", "distance", "match"])
+        cells = read_parquet(
             cells_uri, ["barcode", "sgRNA", "gene_symbol", "n_matched", "second_count", "status"]
         )
         if spots is None or cells is None:
@@ -1175,14 +1069,6 @@ def _well_note(w: _WellReads) -> str:
     return "" if w.called and w.n_reads else ("no reads" if w.called else "not called")
 
 
-def _mark_empty(ax: Any, notes: Sequence[str]) -> None:
-    """Write a well's note (``no reads``...) where its bars would stand (share axes)."""
-    for i, note in enumerate(notes):
-        if note:
-            ax.text(i, 0.5, note, rotation=90, ha="center", va="center", color="firebrick",
-                    fontsize=10)  # fmt: skip
-
-
 def _nucleotide_frequency(
     plate: str,
     layout: PlateLayout,
@@ -1214,8 +1100,8 @@ def _nucleotide_frequency(
     table = pa.table(records, schema=schema)
     empty = _no_reads(reads)
     if empty and expected is None:
-        return _message_figure("nucleotide_frequency", title, f"{empty}; {problem}", table)
-    fig = _new_figure(max(6, 1.2 * length + 2), 4)
+        return message_figure("nucleotide_frequency", title, f"{empty}; {problem}", table)
+    fig = new_figure(max(6, 1.2 * length + 2), 4)
     ax = fig.subplots()
     colours = {"A": "tab:green", "C": "tab:blue", "G": "black", "T": "tab:red"}
     x = np.arange(length)
@@ -1250,7 +1136,7 @@ def _nucleotide_frequency(
         k, j = np.unravel_index(np.nanargmax(dev), dev.shape)
         finding = (
             f"largest deviation: cycle {layout.cycles[k]} {alg.BASES[j]} read "
-            f"{_pct(observed[k, j])} vs expected {_pct(expected[k, j])}"
+            f"{pct(observed[k, j])} vs expected {pct(expected[k, j])}"
         )
         attention = bool(dev[k, j] > 0.15)
     else:
@@ -1289,8 +1175,8 @@ def _match_and_bad_cycle(plate: str, reads: list[_WellReads]) -> Figure:
     table = pa.Table.from_pylist(rows, schema)
     empty = _no_reads(reads)
     if empty:
-        return _message_figure("match_and_bad_cycle", title, empty, table)
-    fig = _new_figure(11, 4)
+        return message_figure("match_and_bad_cycle", title, empty, table)
+    fig = new_figure(11, 4)
     ax_m, ax_c = fig.subplots(1, 2)
     x = np.arange(len(reads))
     exact = [w.shares.exact if w.n_reads else 0 for w in reads]
@@ -1300,7 +1186,7 @@ def _match_and_bad_cycle(plate: str, reads: list[_WellReads]) -> Figure:
     ax_m.set_xticks(x, [f"{w.well}\n{_well_note(w)}" for w in reads], fontsize=8)
     ax_m.set_ylim(0, 1)
     ax_m.set_ylabel("share of reads")
-    _mark_empty(ax_m, [_well_note(w) for w in reads])
+    mark_empty(ax_m, [_well_note(w) for w in reads])
     ax_m.legend(fontsize=8)
     ax_m.set_title("reads matching a barcode")
     at = np.sum([w.mismatch_at for w in reads if w.mismatch_at is not None and w.n_reads], axis=0)
@@ -1319,9 +1205,9 @@ def _match_and_bad_cycle(plate: str, reads: list[_WellReads]) -> Figure:
         )
         ax_c.set_xticks(np.arange(1, len(at) + 1))
         ax_c.legend(fontsize=8)
-        finding_cycle = f"; mismatches most often at cycle {worst + 1} ({_pct(share[worst])})"
+        finding_cycle = f"; mismatches most often at cycle {worst + 1} ({pct(share[worst])})"
     else:
-        _say(ax_c, "no read with exactly one mismatch")
+        say(ax_c, "no read with exactly one mismatch")
     ax_c.set_xlabel("cycle")
     ax_c.set_ylabel("share of 1-mismatch reads")
     ax_c.set_title(f"mismatch position (bad cycle), {n_one} reads")
@@ -1329,7 +1215,7 @@ def _match_and_bad_cycle(plate: str, reads: list[_WellReads]) -> Figure:
     n = sum(w.n_reads for w in reads)
     ex = sum(w.shares.exact * w.n_reads for w in reads if w.n_reads) / n
     wi = sum(w.shares.within_one * w.n_reads for w in reads if w.n_reads) / n
-    finding = f"{_pct(ex)} of {n} reads match exactly, {_pct(wi)} within one mismatch"
+    finding = f"{pct(ex)} of {n} reads match exactly, {pct(wi)} within one mismatch"
     finding += finding_cycle
     return Figure("match_and_bad_cycle", title, finding, table, fig, bool(wi < 0.5))
 
@@ -1362,10 +1248,10 @@ def _read_quality(plate: str, reads: list[_WellReads]) -> Figure:
     table = pa.table(records, schema=schema)
     empty = _no_reads(reads)
     if empty:
-        return _message_figure("read_quality", title, empty, table)
+        return message_figure("read_quality", title, empty, table)
     matched = np.sum([w.quality_matched for w in reads], axis=0)
     other = np.sum([w.quality_other for w in reads], axis=0)
-    fig = _new_figure(7, 4)
+    fig = new_figure(7, 4)
     ax = fig.subplots()
     centres = (QUALITY_EDGES[:-1] + QUALITY_EDGES[1:]) / 2
     width = QUALITY_EDGES[1] - QUALITY_EDGES[0]
@@ -1415,8 +1301,8 @@ def _mapping_rate(plate: str, reads: list[_WellReads]) -> Figure:
     table = pa.Table.from_pylist(rows, schema)
     empty = _no_reads(reads)
     if empty:
-        return _message_figure("mapping_rate", title, empty, table)
-    fig = _new_figure(max(6, 1.0 * len(rows) + 3), 4)
+        return message_figure("mapping_rate", title, empty, table)
+    fig = new_figure(max(6, 1.0 * len(rows) + 3), 4)
     ax = fig.subplots()
     x = np.arange(len(rows))
     ax.bar(
@@ -1436,12 +1322,12 @@ def _mapping_rate(plate: str, reads: list[_WellReads]) -> Figure:
     ax.set_xticks(x, [f"{w.well}\n{_well_note(w)}" for w in reads], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share")
-    _mark_empty(ax, [_well_note(w) for w in reads])
+    mark_empty(ax, [_well_note(w) for w in reads])
     ax.legend(fontsize=8)
     ax.set_title(f"{plate}: {title}")
     rated = [r for r in rows if r["read_mapping_rate"] is not None]
     low = min(rated, key=lambda r: r["read_mapping_rate"])
-    finding = f"lowest read mapping rate: {low['well']} {_pct(low['read_mapping_rate'])}"
+    finding = f"lowest read mapping rate: {low['well']} {pct(low['read_mapping_rate'])}"
     blank = [w.well for w in reads if _well_note(w)]
     if blank:
         finding += f"; no reads or not called: {', '.join(blank)}"
@@ -1477,8 +1363,8 @@ def _top_barcodes(plate: str, reads: list[_WellReads], library: Any) -> Figure:
     table = pa.Table.from_pylist(rows, schema)
     if not rows:
         message = _no_reads(reads) or "no cell was assigned a barcode"
-        return _message_figure("top_barcodes", title, message, table)
-    fig = _new_figure(7, 1.5 + 0.3 * len(rows))
+        return message_figure("top_barcodes", title, message, table)
+    fig = new_figure(7, 1.5 + 0.3 * len(rows))
     ax = fig.subplots()
     y = np.arange(len(rows))
     ax.barh(y, [r["cells"] for r in rows], color="steelblue")
@@ -1490,7 +1376,7 @@ def _top_barcodes(plate: str, reads: list[_WellReads], library: Any) -> Figure:
     total = len(assigned)
     finding = (
         f"{seen} distinct barcode(s){of} in {total} cells; top {rows[0]['barcode']} "
-        f"({rows[0]['gene_symbol']}) in {_pct(rows[0]['cells'] / total)} of cells"
+        f"({rows[0]['gene_symbol']}) in {pct(rows[0]['cells'] / total)} of cells"
     )
     return Figure("top_barcodes", title, finding, table, fig, False)
 
@@ -1508,8 +1394,8 @@ def _barcodes_per_cell(plate: str, reads: list[_WellReads]) -> Figure:
         message = _no_reads(reads) or "no SBS cell in any well"
         if all(w.called for w in reads):
             message = "no SBS cell in any well (no nuclei found in cycle 1)"
-        return _message_figure("barcodes_per_cell", title, message, table)
-    fig = _new_figure(max(6, 1.0 * len(reads) + 3), 4)
+        return message_figure("barcodes_per_cell", title, message, table)
+    fig = new_figure(max(6, 1.0 * len(reads) + 3), 4)
     ax = fig.subplots()
     x = np.arange(len(reads))
     bottom = np.zeros(len(reads))
@@ -1521,14 +1407,14 @@ def _barcodes_per_cell(plate: str, reads: list[_WellReads]) -> Figure:
     ax.set_xticks(x, [f"{w.well}\n{n}" for w, n in zip(reads, notes, strict=True)], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of SBS cells")
-    _mark_empty(ax, notes)
+    mark_empty(ax, notes)
     ax.legend(fontsize=8)
     ax.set_title(f"{plate}: {title}")
     total = np.sum([w.per_cell for w in reads], axis=0)
     n = int(total.sum())
     finding = (
-        f"of {n} cells: {_pct(total[0] / n)} with no barcode, {_pct(total[1] / n)} one, "
-        f"{_pct(total[2] / n)} two or more"
+        f"of {n} cells: {pct(total[0] / n)} with no barcode, {pct(total[1] / n)} one, "
+        f"{pct(total[2] / n)} two or more"
     )
     blank = [f"{w.well} ({note})" for w, note in zip(reads, notes, strict=True) if note]
     if blank:
@@ -1537,7 +1423,7 @@ def _barcodes_per_cell(plate: str, reads: list[_WellReads]) -> Figure:
     return Figure("barcodes_per_cell", title, finding, table, fig, attention)
 
 
-#: The figures each gate writes, for documentation and tests.
+#: The figures each report writes, for documentation and tests.
 FIGURES: dict[str, tuple[str, ...]] = {
     "painting": ("illumination", "segmentation_overlays", "cells_per_site", "implausible_counts"),
     "barcoding": (
@@ -1551,5 +1437,11 @@ FIGURES: dict[str, tuple[str, ...]] = {
         "mapping_rate",
         "top_barcodes",
         "barcodes_per_cell",
+    ),
+    "merge": (
+        "match_rate",
+        "match_distance",
+        "registration_residual",
+        "residual_distribution",
     ),
 }

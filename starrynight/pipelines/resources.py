@@ -101,6 +101,8 @@ DEFAULTS: Mapping[str, StepResources] = {
     # (not measured yet: sized like the gene summary, which also reads every well's table)
     "qc_painting": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
     "qc_barcoding": StepResources(cpus=1, memory_mb=4096, time_min=60, max_memory_mb=16384),
+    # per plate: every well's merge report and two columns of its cell table
+    "qc_merge": StepResources(cpus=1, memory_mb=2048, time_min=30, max_memory_mb=8192),
     DEFAULT_STEP: StepResources(cpus=1, memory_mb=2048, time_min=None, max_memory_mb=8192),
 }
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.canvas.conftest import csrf_of, post_form
+from tests.canvas.conftest import RW, csrf_of, post_form
 from tests.conductor.runhelpers import API, TERMINAL
 
 PNG = bytes.fromhex(
@@ -53,6 +53,38 @@ def test_create_shows_errors_next_to_fields(ui: TestClient, tmp_path: Path) -> N
                                        "experiment_type": "ops"})  # fmt: skip
     assert r.status_code == 422
     assert "no such folder" in _error_for(r.text, "dataset_uri")
+
+
+def test_create_form_holds_the_qc_gates_ticked_by_default(ui: TestClient, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    form = ui.get("/ui/projects").text
+    boxes = re.findall(r'<input type="checkbox" name="qc_gates" value="(\w+)" (checked)?', form)
+    assert boxes == [("painting", "checked"), ("barcoding", "checked")]  # as the API's default
+
+    def gates_of(name: str, **fields) -> list[str]:
+        body = {"name": name, "dataset_uri": str(tmp_path / "data"),
+                "workspace_uri": str(tmp_path / name), "experiment_type": "ops"}  # fmt: skip
+        body.update(fields)
+        r = post_form(ui, "/ui/projects", body)
+        assert r.status_code == 303, r.text
+        pid = int(r.headers["location"].rsplit("/", 1)[1])
+        got = ui.get(f"{API}/projects/{pid}", headers={"Authorization": f"Bearer {RW}"})
+        return got.json()["qc_gates"]
+
+    assert gates_of("one", qc_gates_shown="1", qc_gates=["painting"]) == ["painting"]
+    # none ticked: the project runs straight through (as make demo's)
+    assert gates_of("none", qc_gates_shown="1") == []
+    # a post without the field (another client) gets the default, both gates
+    assert gates_of("default") == ["painting", "barcoding"]
+    bad = post_form(ui, "/ui/projects", {
+        "name": "bad", "dataset_uri": str(tmp_path / "data"), "workspace_uri": str(tmp_path / "b"),
+        "experiment_type": "ops", "qc_gates_shown": "1", "qc_gates": ["painting", "merge"],
+    })  # fmt: skip
+    assert bad.status_code == 422
+    assert "painting" in _error_for(bad.text, "qc_gates")
+    # what was ticked is kept on the form shown again
+    assert re.findall(r'name="qc_gates" value="(\w+)" (checked)?', bad.text) == [
+        ("painting", "checked"), ("barcoding", "")]  # fmt: skip
 
 
 def test_create_list_duplicate_and_delete(ui: TestClient, tmp_path: Path) -> None:
@@ -237,6 +269,30 @@ def test_qc_gallery_shows_images_with_their_numbers(
     outside = ui.get(f"/ui/projects/{pid}/files/preview", params={"path": "../../etc/passwd"})
     assert outside.status_code == 422
     assert "not allowed" in outside.text
+
+
+def test_qc_page_shows_the_after_merge_report_beside_the_gates(
+    ui: TestClient, small_sample, tmp_path: Path
+) -> None:
+    pid = _configured(ui, small_sample, tmp_path)
+    folder = tmp_path / "ws/qc_reports/Plate1/merge"
+    _write(folder / "match_rate.png", PNG)
+    figure = {"name": "match_rate", "title": "Match rate per well", "png": "match_rate.png",
+              "parquet": "match_rate.parquet", "finding": "lowest match rate: A1 72%",
+              "attention": True}  # fmt: skip
+    _write(folder / "index.json", {"plate": "Plate1", "gate": "merge", "figures": [figure]})
+    page = ui.get(f"/ui/projects/{pid}/qc", params={"kind": "gates", "plate": "Plate1"}).text
+    assert "Plate Plate1: painting gate" in page and "Plate Plate1: barcoding gate" in page
+    after = page[page.index("Plate Plate1: after the merge") :]
+    assert "lowest match rate: A1 72%" in after and "needs a look" in after
+    assert "qc_reports/Plate1/merge/match_rate.parquet" in after
+    assert "Approve Plate1 merge" not in page  # it gates nothing
+    img = re.search(r'<img src="([^"]+)" alt="merge report', after).group(1).replace("&amp;", "&")
+    assert ui.get(img).content == PNG
+    # before the merge it says so
+    (folder / "index.json").unlink()
+    before = ui.get(f"/ui/projects/{pid}/qc", params={"kind": "gates", "plate": "Plate1"}).text
+    assert "No after-merge report for this plate yet" in before
 
 
 @pytest.mark.parametrize("asset", ["nope", "corrected_cp"])

@@ -103,6 +103,29 @@ def test_known_plate_never_catalogued_is_requested_once(tmp_path: Path, instance
     assert tick(defs, instance, first.cursor).run_requests == []
 
 
+def test_gate_decision_requests_a_check_run_the_daemon_resolves(tmp_path: Path, instance) -> None:
+    from starrynight import gates
+
+    root = make_sample(tmp_path / "out", ("Plate1",), wells=("A1",), size=80, sites=1, cycles=3)
+    age(root)
+    instance.add_dynamic_partitions("plate", ["Plate1"])
+    ws = tmp_path / "ws"
+    defs = build_defs(settings(root, ws))
+    first = tick(defs, instance)
+    gates.record(str(ws), "Plate1", "barcoding", True, "ada")
+    ctx = dg.build_sensor_context(
+        instance=instance, cursor=first.cursor, definitions=defs, resources=defs.resources
+    )
+    # evaluate_tick resolves each request's partition against the sensor's target as the
+    # daemon does (a check-only request resolved from its assets took the whole target,
+    # plate and unpartitioned assets, and the daemon refused every tick)
+    data = new_plate_sensor.evaluate_tick(ctx)
+    [req] = data.run_requests
+    assert req.asset_selection == [] and req.partition_key == "Plate1"
+    assert [k.to_user_string() for k in req.asset_check_keys] == ["qc_barcoding:barcoding_approved"]
+    assert req.tags["dagster/partition"] == "Plate1"
+
+
 def _materialisations(instance: dg.DagsterInstance, asset: str, partition: str) -> list:
     return instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]),

@@ -130,6 +130,30 @@ def test_cli_reports_skips_and_recomputes(well, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_merge_qc_report_shows_the_wells_numbers(well):
+    from starrynight.modules import qc
+
+    ws, _ = well
+    rep = qc.write_report(ws, P, "merge")
+    assert rep.status == "complete" and rep.missing == []
+    merged = json.loads(Path(workspace.merge_report_path(ws, P, W)).read_text())
+    data = {
+        f["name"]: pq.read_table(workspace.qc_figure_path(ws, P, "merge", f["name"], "parquet"))
+        for f in rep.figures
+    }
+    rate = data["match_rate"].to_pylist()[0]
+    assert rate["match_rate"] == pytest.approx(merged["match"]["match_rate"])
+    assert rate["level"] == "ok" and rate["merge_status"] == "registered"
+    # every matched cell is in the distance histogram, within the reach
+    cells = pq.read_table(workspace.merge_cells_path(ws, P, W), columns=["status"])
+    n_matched = pc.sum(pc.equal(cells["status"], "matched")).as_py()
+    assert pc.sum(data["match_distance"]["cells"]).as_py() == n_matched == rate["matched"]
+    residual = data["registration_residual"].to_pylist()[0]
+    assert residual["rms_um"] == pytest.approx(merged["registration"]["residual_um"]["rms"])
+    counts = merged["registration"]["residual_um"]["histogram"]["counts"]
+    assert data["residual_distribution"]["pairs"].to_pylist() == counts
+
+
 def test_analysis_uses_the_merge_table(well):
     ws, _truth = well
     # the join is under test, not the measurements: two cheap families keep it quick

@@ -246,9 +246,11 @@ def test_rerun_replaces_the_report_and_removes_stale_figures(screen: dict, tmp_p
     ("args", "message"),
     [
         (["--plate", "Nope"], "--plate 'Nope': not in the index"),
-        (["--plate", PLATE, "--gate", "merge"], "Invalid value for '--gate'"),
+        (["--plate", PLATE, "--report", "approval"], "Invalid value for '--report'"),
+        (["--plate", PLATE, "--report", "merge", "--warn-match-rate", "0.4"],
+         "--min-match-rate 0.5 / --warn-match-rate 0.4: expected 0 <= minimum <= warning"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_is_one_line(screen: dict, capsys, args: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["qc", "report", "-w", screen["ws"], *args])
@@ -334,3 +336,174 @@ def test_gate_cli_approves_closes_lists_and_refuses(screen: dict, capsys, tmp_pa
     assert "closed" in mine and "yes" in mine and "bob" in mine
     other = next(line for line in listing if line.startswith(NO_SBS) and "barcoding" in line)
     assert "undecided" in other and " no " in other
+
+
+# --------------------------------------------------------------------------- after the merge
+
+
+def _merge_outputs(
+    ws: str,
+    well: str,
+    status: str = "registered",
+    distances: tuple[float, ...] = (),
+    inside: int = 0,
+    outside: int = 0,
+    rms: float = 0.3,
+    flags: tuple[str, ...] = (),
+) -> None:
+    """A well's merge outputs as ``starrynight merge`` writes them (the fields read)."""
+    matched = len(distances)
+    status_of = (["matched"] * matched + ["no SBS cell within reach"] * (inside - matched)
+                 + ["outside the SBS area"] * outside)  # fmt: skip
+    if status != "registered":
+        status_of = ["not registered"] * (inside + outside)
+    folder = Path(workspace.merge_dir(ws, PLATE, well))
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = [*distances, *[None] * (len(status_of) - matched)]
+    pq.write_table(
+        pa.table({"status": pa.array(status_of, pa.string()),
+                  "sbs_distance_um": pa.array(dist, pa.float64())}),
+        workspace.merge_cells_path(ws, PLATE, well),
+    )  # fmt: skip
+    registered = status == "registered"
+    counts = {s: status_of.count(s) for s in set(status_of)}
+    report = {
+        "plate": PLATE, "well": well, "status": status, "flags": list(flags),
+        "reason": "" if registered else "12 CP and 9 SBS nuclei: fewer than 20",
+        "cp": {"cells": len(status_of)},
+        "transform": {"scale_px": 1.99, "rotation_deg": 0.1} if registered else None,
+        "registration": {
+            "pairs": 50, "inliers": 45 if registered else 0,
+            "inlier_share": 0.9 if registered else None,
+            "residual_um": {
+                "rms": rms if registered else None, "median": rms * 0.8 if registered else None,
+                "p95": rms * 2 if registered else None, "max": rms * 3 if registered else None,
+                "histogram": {"edges": np.linspace(0, 2.5, 11).tolist(),
+                              "counts": [5, 20, 10, 5, 3, 1, 1, 0, 0, 0]},
+            },
+        },
+        "match": {
+            "inside_sbs_area": inside if registered else 0, "matched": matched,
+            "match_rate": matched / inside if registered and inside else None,
+            "with_barcode": matched, "statuses": counts, "reach_um": 5.0,
+        },
+        "params": {"reach_um": 5.0,
+                   "register": {"max_residual_um": 1.5, "min_inlier_share": 0.5}},
+    }  # fmt: skip
+    Path(workspace.merge_report_path(ws, PLATE, well)).write_text(json.dumps(report))
+
+
+def _different_grids(ws: str, well: str) -> None:
+    """CP and SBS positions on different site grids (so a failed registration matters)."""
+    for arm, cycle, sites, px in (("cp", None, [0, 1], 0.65), ("sbs", 1, [0], 1.3)):
+        uri = workspace.positions_path(ws, PLATE, well, arm, cycle)
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"site": sites, "pixel_size_x_um": [px] * len(sites)}), uri)
+
+
+def _texts(figure: qc.Figure) -> str:
+    """Every text drawn in a figure (titles, labels, notes), to assert what it says."""
+    from matplotlib.text import Text
+
+    return "\n".join(t.get_text() for t in figure.figure.findobj(Text))
+
+
+def test_merge_report_before_the_merge_says_so(screen: dict) -> None:
+    ws = screen["ws"]
+    rep = qc.write_report(ws, PLATE, "merge")
+    doc = _index(ws, PLATE, "merge")
+    assert rep.status == doc["status"] == "incomplete"
+    assert [f["name"] for f in doc["figures"]] == list(qc.FIGURES["merge"])
+    assert {workspace.merge_report_path(ws, PLATE, w) for w in SPEC.wells} <= set(doc["missing"])
+    figures = {f["name"]: f for f in doc["figures"]}
+    assert "A1 (not merged yet)" in figures["match_rate"]["finding"]
+    assert figures["match_rate"]["attention"]
+    assert "no matched cell in any well" in figures["match_distance"]["finding"]
+    _check_files(ws, PLATE, "merge", doc)
+    # a plate without SBS has nothing to merge: it says so
+    no_sbs = qc.write_report(ws, NO_SBS, "merge")
+    assert no_sbs.status == "not_applicable"
+    assert [f["name"] for f in no_sbs.figures] == ["merge_not_applicable"]
+    assert "no SBS images" in no_sbs.figures[0]["finding"]
+
+
+def test_merge_report_rates_distances_and_residuals(screen: dict, tmp_path: Path) -> None:
+    from starrynight.modules.qc_merge import merge_figures
+
+    ws = str(tmp_path / "ws")
+    shutil.copytree(screen["ws"], ws)
+    distances = tuple(np.linspace(0.2, 2.0, 70))
+    _merge_outputs(ws, "A1", distances=distances, inside=100, outside=30, rms=0.4)
+    _merge_outputs(ws, "B02", inside=0, outside=0)  # a well without cells
+    out = _invoke("qc", "report", "-w", ws, "--plate", PLATE, "--report", "merge",
+                  "--warn-match-rate", "0.9", "--min-match-rate", "0.6")  # fmt: skip
+    assert f"{PLATE} merge: complete, 4 figure(s)" in out
+    doc = _index(ws, PLATE, "merge")
+    _check_files(ws, PLATE, "merge", doc)
+    figures = {f["name"]: f for f in doc["figures"]}
+    rate = _data(ws, PLATE, "merge", "match_rate").to_pandas().set_index("well")
+    assert rate.loc["A1", "match_rate"] == pytest.approx(0.7)
+    assert rate.loc["A1", ["inside_sbs_area", "matched", "outside_sbs_area"]].tolist() == [
+        100,
+        70,
+        30,
+    ]
+    assert rate.loc["A1", "level"] == "warn" and rate.loc["A1", "warn_rate"] == 0.9
+    assert rate.loc["A1", "median_distance_um"] == pytest.approx(np.median(distances))
+    assert rate.loc["B02", "level"] == "none" and rate.loc["B02", "cells"] == 0
+    assert (
+        "lowest match rate: A1 70% (70 of 100); 1 well(s) below 90%, 0 below 60%"
+        in (figures["match_rate"]["finding"])
+    )
+    assert "B02 (no cells)" in figures["match_rate"]["finding"]
+    assert figures["match_rate"]["attention"]
+    hist = _data(ws, PLATE, "merge", "match_distance").to_pandas()
+    assert hist.groupby("well")["cells"].sum().to_dict() == {"A1": 70, "B02": 0}
+    assert hist.bin_high_um.max() == 5.0  # up to the reach
+    residual = _data(ws, PLATE, "merge", "registration_residual").to_pandas().set_index("well")
+    assert residual.loc["A1", "rms_um"] == 0.4 and residual.loc["A1", "max_residual_um"] == 1.5
+    assert (
+        "largest RMS residual: A1 0.40 um (flagged above 1.5 um)"
+        in (figures["registration_residual"]["finding"])
+    )
+    pairs = _data(ws, PLATE, "merge", "residual_distribution").to_pandas()
+    assert pairs.groupby("well")["pairs"].sum().to_dict() == {"A1": 45, "B02": 45}
+    # the pictures say it: thresholds drawn, the empty well named where its bar would be
+    layout = qc.plate_layout(ws, PLATE)
+    drawn = {f.name: _texts(f) for f in merge_figures(ws, layout, [], 0.9, 0.6)[0]}
+    assert "warning below 90%" in drawn["match_rate"] and "error below 60%" in drawn["match_rate"]
+    assert "no cells" in drawn["match_rate"] and "reach 5 um" in drawn["match_distance"]
+    assert "flagged above" in drawn["registration_residual"]
+
+
+def test_merge_report_not_registered_and_below_minimum(screen: dict, tmp_path: Path) -> None:
+    from starrynight.modules.qc_merge import merge_figures
+
+    ws = str(tmp_path / "ws")
+    shutil.copytree(screen["ws"], ws)
+    _merge_outputs(ws, "A1", distances=(0.5,) * 40, inside=100, rms=1.8, flags=("residual_high",))
+    _merge_outputs(ws, "B02", status="not registered", inside=20)
+    _different_grids(ws, "B02")
+    qc.write_report(ws, PLATE, "merge")
+    figures = {f["name"]: f for f in _index(ws, PLATE, "merge")["figures"]}
+    rate = _data(ws, PLATE, "merge", "match_rate").to_pandas().set_index("well")
+    assert rate.loc["A1", "level"] == "error" and rate.loc["A1", "min_rate"] == 0.5
+    assert (
+        rate.loc["B02", "merge_status"] == "not registered" and not rate.loc["B02", "shared_grid"]
+    )
+    assert "fewer than 20" in rate.loc["B02", "reason"]
+    assert "0 well(s) below 80%, 1 below 50%" in figures["match_rate"]["finding"]
+    assert "flagged: A1 (residual_high)" in figures["registration_residual"]["finding"]
+    assert figures["registration_residual"]["attention"]
+    assert "not registered or not merged: B02" in figures["residual_distribution"]["finding"]
+    drawn = {f.name: _texts(f) for f in merge_figures(ws, qc.plate_layout(ws, PLATE), [])[0]}
+    assert "not registered" in drawn["match_rate"]
+    assert "not registered" in drawn["registration_residual"]
+    # arms sharing one site grid: not registered is how the per-cell table pairs sites
+    # by number, not a failure to look at (the merge checks do not apply either)
+    shutil.rmtree(workspace.geometry_dir(ws, PLATE, "B02"))
+    _merge_outputs(ws, "A1", distances=(0.5,) * 95, inside=100)
+    qc.write_report(ws, PLATE, "merge")
+    figures = {f["name"]: f for f in _index(ws, PLATE, "merge")["figures"]}
+    assert "B02 (one site grid: paired by site)" in figures["match_rate"]["finding"]
+    assert not figures["match_rate"]["attention"]
