@@ -305,7 +305,9 @@ def register_overlap(
     # sub-pixel shift), on every PLACED_STEP-th pixel of each axis when it is wide
     # enough (an unbiased estimate from a fraction of the pixels).
     if factor > 1:
-        placed_gains = None if gains is None else (_interior(ga, m), gb)
+        placed_gains = None
+        if ga is not None and gb is not None:
+            placed_gains = (_interior(ga, m), gb)
         placed = _placed_correlation(_interior(a, m), b, q, sub, PLACED_STEP, placed_gains, dark)
     else:
         placed = _placed_correlation(scorer.template, b, q, sub)
