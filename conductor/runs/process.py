@@ -36,6 +36,10 @@ def launch(
         "dynamic_partitions": dynamic_partitions_needed(graph, run.plan),
     }
     (folder / "plan.json").write_text(json.dumps(plan, indent=2))
+    # The instance's storage is created here, under the opening lock, before the
+    # launcher starts: a new project's first launcher and this server opening it at
+    # once both created its SQLite schemas ("table instance_info already exists").
+    instance(settings, project.id)
     with open(folder / "launcher.log", "ab") as log:
         proc = subprocess.Popen(
             [settings.python or sys.executable, "-m", "conductor.launcher", "plan.json"],

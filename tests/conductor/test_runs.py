@@ -19,11 +19,13 @@ def test_stale_partitions_and_all_stale(client: TestClient, small_sample, tmp_pa
         (["inventory", "illum_cp"], "Plate1"),
         (["corrected_cp"], "Plate1|A1"),
     ]
-    assert wait_for(client, first["id"], DONE)["status"] == "SUCCESS"
+    done = wait_for(client, first["id"], DONE)
+    assert done["status"] == "SUCCESS", done
     redo = client.post(
         f"{API}/projects/{pid}/runs", json={"assets": ["illum_cp"], "plates": ["Plate1"]}
     ).json()
-    assert wait_for(client, redo["id"], DONE)["status"] == "SUCCESS"
+    done = wait_for(client, redo["id"], DONE)
+    assert done["status"] == "SUCCESS", done
     status = client.get(f"{API}/projects/{pid}/partitions").json()["assets"]
     assert status == {
         "inventory": {"Plate1": "done"},
