@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipecraft import AwsBatchBackend, Backend, LocalBackend, SlurmBackend, SnakemakeBackend
 from pipecraft.errors import PipecraftError
@@ -95,6 +95,16 @@ class QCThresholds(dg.Config):
         if unknown:
             raise ValueError(f"unknown gate(s) {unknown}: expected some of {list(GATES)}")
         return value
+
+    @model_validator(mode="after")
+    def _match_rates_in_order(self) -> QCThresholds:
+        if self.min_match_rate > self.warn_match_rate:
+            raise ValueError(
+                f"min_match_rate {self.min_match_rate:g} is above warn_match_rate "
+                f"{self.warn_match_rate:g}: a well is blocked below the first and warned "
+                "below the second"
+            )
+        return self
 
 
 class ResultsSettings(dg.Config):
@@ -343,8 +353,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             QCThresholds(**qc)
         except ValidationError as exc:
             err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"qc.{where}: {err['msg']}") from None
+            where = ".".join(["qc", *(str(p) for p in err["loc"])])
+            message = str(err["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"{where}: {message}") from None
     return settings
 
 

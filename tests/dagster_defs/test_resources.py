@@ -55,6 +55,10 @@ def test_defaults_are_local(tmp_path: Path) -> None:
         ('{"backend": "pbs"}', "backend 'pbs' is unknown"),
         ('{"resources": {"segmentaton": {}}}', "resources.segmentaton: unknown step"),
         ('{"backend_options": {"queue": "q"}}', "backend_options: unknown field(s) ['queue']"),
+        (
+            '{"dataset_uri": "/d", "workspace_uri": "/w", "qc": {"min_match_rate": 0.9}}',
+            "qc: min_match_rate 0.9 is above warn_match_rate 0.8",
+        ),
     ],
 )
 def test_bad_project_file_is_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
