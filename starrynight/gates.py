@@ -196,15 +196,10 @@ def record(ws: str, plate: str, gate: str, approved: bool, by: str, comment: str
 def require_report(ws: str, plate: str, gate: str) -> str:
     """The URI of the plate's report for ``gate``; a :class:`UserError` when the plate is
     not in the index or its report was not made yet (nothing to approve)."""
-    from starrynight.index import load_index
+    from starrynight.index import load_index, rows_of_plate
 
     check_gate(gate)
-    plates = set(load_index(ws).column("plate").to_pylist())
-    if plate not in plates:
-        raise UserError(
-            f"plate {plate!r}: not in the index {workspace.index_path(ws)} "
-            f"(plates there: {', '.join(sorted(plates)) or 'none'})"
-        )
+    rows_of_plate(ws, load_index(ws).select(["plate"]), plate)
     index = workspace.qc_index_path(ws, plate, gate)
     if not storage.exists(index):
         raise UserError(

@@ -232,6 +232,25 @@ def load_index(ws: str) -> pa.Table:
     return table
 
 
+def rows_of_plate(ws: str, table: pa.Table, plate: str, flag: str = "plate") -> pa.Table:
+    """The rows of ``table`` (the workspace's index, or columns of it) of ``plate``.
+
+    Raises
+    ------
+    UserError
+        Naming ``flag`` (e.g. ``--plate``), the index and the plates it holds, when
+        ``plate`` has no row.
+    """
+    rows = table.filter(pc.equal(table["plate"], plate))
+    if rows.num_rows == 0:
+        plates = sorted(set(table["plate"].to_pylist()))
+        raise UserError(
+            f"{flag} {plate!r}: not in the index {workspace.index_path(ws)} "
+            f"(plates there: {', '.join(plates) or 'none'})"
+        )
+    return rows
+
+
 def well_channels(ws: str, plate: str, well: str, arm: str) -> list[str] | None:
     """Normalised channel names of one arm of a plate x well in the index, in frame order.
 

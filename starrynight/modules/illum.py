@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyarrow.compute as pc
 
 from starrynight import storage, workspace
 from starrynight.algorithms import illum as alg
@@ -54,17 +53,11 @@ def plate_rows(ws: str, plate: str) -> list[ImageRow]:
     UserError
         When the index is missing or holds no image of ``plate``.
     """
-    from starrynight.index import dataset_root, image_uri, load_index
+    from starrynight.index import dataset_root, image_uri, load_index, rows_of_plate
 
     table = load_index(ws)
     root = dataset_root(ws)
-    selected = table.filter(pc.equal(table["plate"], plate))
-    if selected.num_rows == 0:
-        plates = sorted(set(table["plate"].to_pylist()))
-        raise UserError(
-            f"plate {plate!r}: not in the index {workspace.index_path(ws)} "
-            f"(plates there: {', '.join(plates) or 'none'})"
-        )
+    selected = rows_of_plate(ws, table, plate)
     rows = [
         ImageRow(
             uri=image_uri(root, r["key"]),

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from starrynight import storage, workspace
+from starrynight import storage
 from starrynight.errors import UserError
 
 #: Colour of a panel or site without a value.
@@ -75,16 +74,10 @@ def plate_layout(ws: str, plate: str) -> PlateLayout:
     UserError
         When the workspace has no index or the plate is not in it.
     """
-    from starrynight.index import load_index, normalise_channel
+    from starrynight.index import load_index, normalise_channel, rows_of_plate
 
     table = load_index(ws).select(["plate", "arm", "cycle", "well", "site", "channels"])
-    rows = table.filter(pc.equal(table["plate"], plate))
-    if rows.num_rows == 0:
-        plates = sorted(set(table["plate"].to_pylist()))
-        raise UserError(
-            f"--plate {plate!r}: not in the index {workspace.index_path(ws)} "
-            f"(plates there: {', '.join(plates) or 'none'})"
-        )
+    rows = rows_of_plate(ws, table, plate, "--plate")
     wells: dict[str, dict[str, set[int]]] = {"cp": {}, "sbs": {}}
     channels: dict[str, dict[str, None]] = {"cp": {}, "sbs": {}}
     cycles: set[int] = set()
