@@ -11,10 +11,10 @@ import tifffile
 
 from starrynight import index, inventory, workspace
 from starrynight.algorithms.align import AlignmentQC
-from starrynight.cli.main import main
 from starrynight.modules.align import align_well
 from starrynight.modules.illum import calc_illum
 from starrynight.sample import SampleSpec, generate
+from tests.starrynight.cli_helpers import run_cli
 
 
 def make_workspace(out: Path, spec: SampleSpec) -> tuple[str, str]:
@@ -30,16 +30,6 @@ def plate(tmp_path_factory):
     # 2 wells x 4 sites x 3 moved cycles = 24 shifts of up to +-30 px at the default noise.
     spec = SampleSpec(wells=("A1", "A2"), sites=4, cycles=4, size=256, workers=2)
     return make_workspace(tmp_path_factory.mktemp("align"), spec)
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_recovered_shifts_match_ground_truth(plate):
@@ -84,7 +74,9 @@ def test_aligned_images_overlay_cycle_one(plate):
 def test_uses_sbs_illumination_functions_when_present(plate, capsys):
     ws, _ = plate
     calc_illum(ws, "Plate1", arm="sbs")
-    code, out, _ = _run(["align", "-w", ws, "--plate", "Plate1", "--well", "A2", "--force"], capsys)
+    code, out, _ = run_cli(
+        ["align", "-w", ws, "--plate", "Plate1", "--well", "A2", "--force"], capsys
+    )
     assert code == 0 and "illumination-corrected" in out and "0 flagged" in out
     table = pq.read_table(workspace.alignment_table_path(ws, "Plate1", "A2")).to_pylist()
     assert all(r["illum_corrected"] for r in table)
@@ -95,7 +87,7 @@ def test_qc_flags_are_reported_not_hidden(plate, capsys):
     result = align_well(ws, "Plate1", "A1", qc=AlignmentQC(max_shift=2.0), force=True)
     assert len(result.flagged) >= 1 and "exceeds 2 px" in result.flagged[0][2]
     assert result.sites_written == 4  # images are still written
-    code, out, _ = _run(
+    code, out, _ = run_cli(
         ["align", "-w", ws, "--plate", "Plate1", "--well", "A1", "--force",
          "--min-correlation", "0.9999", "--warn-correlation", "0.99999"],
         capsys,
@@ -108,7 +100,7 @@ def test_bad_inputs(tmp_path, capsys):
         tmp_path / "cp_only",
         SampleSpec(wells=("A1",), sites=1, cycles=0, size=64, nucleus_radius=5, workers=1),
     )
-    code, _, err = _run(["align", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
+    code, _, err = run_cli(["align", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
     assert code == 2 and "no SBS cycles" in err
     ws, _ = make_workspace(
         tmp_path / "sbs",
@@ -118,13 +110,13 @@ def test_bad_inputs(tmp_path, capsys):
     root = Path(index.dataset_root(ws))
     bad = sorted(root.glob("*/*/images/Plate1/10X_c2_*/*_0001_*.tiff"))[0]
     bad.write_bytes(bad.read_bytes()[:500])
-    code, _, err = _run(["align", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
+    code, _, err = run_cli(["align", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
     assert code == 2 and str(bad) in err and len(err.strip().splitlines()) == 1
     assert not list(Path(ws).glob("images_aligned/**/*.tiff"))
     assert not list(Path(ws).glob("alignment/**/*.parquet"))
-    code, out, err = _run(
+    code, out, err = run_cli(
         ["align", "-w", ws, "--plate", "Plate1", "--well", "A1", "--skip-bad"], capsys
     )
     assert code == 0 and "aligned 1 site(s)" in out and str(bad) in err
-    code, _, err = _run(["align", "-w", ws, "--plate", "Plate1", "--well", "B7"], capsys)
+    code, _, err = run_cli(["align", "-w", ws, "--plate", "Plate1", "--well", "B7"], capsys)
     assert code == 2 and "'B7'" in err

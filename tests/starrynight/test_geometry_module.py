@@ -12,10 +12,10 @@ import pytest
 import tifffile
 
 from starrynight import index, inventory, workspace
-from starrynight.cli.main import main
 from starrynight.modules.geometry import geometry_well
 from starrynight.modules.illum import calc_illum
 from starrynight.sample import SampleSpec, generate
+from tests.starrynight.cli_helpers import run_cli
 
 SPEC = SampleSpec(
     geometry="real", wells=("A1",), cycles=2, size=320, cp_grid=(3, 3), sbs_grid=(2, 2),
@@ -120,20 +120,10 @@ def test_a_blank_site_keeps_its_recorded_position_and_says_so(well, tmp_path):
     assert rows[0]["status"] == "refined"
 
 
-def _run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_prints_the_report(well, capsys):
     ws, _, _ = well
-    code, out, err = _run(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1", "--force",
-                           "--arm", "sbs", "--cycle", "2"], capsys)  # fmt: skip
+    code, out, err = run_cli(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1", "--force",
+                             "--arm", "sbs", "--cycle", "2"], capsys)  # fmt: skip
     assert code == 0, err
     assert "SBS_Cycle02: 4 site(s) from metadata, 4/4 pairs used" in out
 
@@ -159,7 +149,7 @@ def _no_outputs(ws: str) -> bool:
 def test_files_with_and_without_positions_are_one_clear_error(well, tmp_path, capsys):
     ws = _copy_ws(well[0], tmp_path / "ws")
     _strip_positions(ws, keep_first=True)
-    code, _, err = _run(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
+    code, _, err = run_cli(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
     assert code == 2
     assert "no Plane PositionX/Y in its OME-XML, but" in err and err.count("\n") == 1
     assert "Traceback" not in err and _no_outputs(ws)
@@ -203,8 +193,8 @@ def test_bad_layouts_are_one_clear_error(well, tmp_path, capsys, layout, fragmen
         assert fragment in str(info.value)
         return
     _write_experiment(ws, layout)
-    code, _, err = _run(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1",
-                         "--arm", "cp"], capsys)  # fmt: skip
+    code, _, err = run_cli(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1",
+                           "--arm", "cp"], capsys)  # fmt: skip
     assert code == 2 and fragment in err and "Traceback" not in err
     assert _no_outputs(ws)
 
@@ -218,7 +208,7 @@ def test_disagreeing_pixel_sizes_are_one_clear_error(well, tmp_path, capsys):
         xml = tif.ome_metadata.replace('PhysicalSizeX="0.65"', 'PhysicalSizeX="0.5"')
         data = tif.asarray()
     tifffile.imwrite(row.uri, data, description=xml.encode(), photometric="minisblack")
-    code, _, err = _run(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
+    code, _, err = run_cli(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
     assert code == 2 and "PhysicalSizeX/Y" in err and "disagrees with" in err
     assert Path(row.uri).name in err and _no_outputs(ws)
 
@@ -236,9 +226,9 @@ def test_a_site_with_no_neighbour_is_an_error_unless_allowed(well, tmp_path, cap
     xml = re.sub(r'PositionX="[0-9.]+"', 'PositionX="90000"', xml)
     tifffile.imwrite(row.uri, data, description=xml.encode(), photometric="minisblack")
     argv = ["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1", "--arm", "cp"]
-    code, _, err = _run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2 and "site 8 (CP) overlaps no other site" in err and _no_outputs(ws)
-    code, out, err = _run([*argv, "--allow-isolated"], capsys)
+    code, out, err = run_cli([*argv, "--allow-isolated"], capsys)
     assert code == 0, err
     assert "site 8: kept recorded position: no overlapping neighbour" in out
 

@@ -12,9 +12,9 @@ import tifffile
 from scipy import ndimage
 
 from starrynight import index, inventory, workspace
-from starrynight.cli.main import main
 from starrynight.modules.illum import apply_illum, calc_illum
 from starrynight.sample import SampleSpec, generate
+from tests.starrynight.cli_helpers import run_cli
 
 CP = ("PhalloAF750", "ZO1-AF488", "DAPI")
 SBS = ("C", "A", "T", "G", "DAPI")
@@ -119,16 +119,6 @@ def test_apply_corrects_vignetting_of_a_well(plate):
     assert apply_illum(ws, "Plate1", "A1").sites_skipped == 8
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _cp_files(ws: str) -> list[Path]:
     root = Path(index.dataset_root(ws))
     return sorted(root.glob("*/*/images/Plate1/20X_CP_*/*.tiff"))
@@ -136,11 +126,13 @@ def _cp_files(ws: str) -> list[Path]:
 
 def test_cli_calc_and_apply(tiny, capsys):
     ws, _ = tiny
-    code, out, _ = _run(["illum", "calc", "-w", ws, "--plate", "Plate1"], capsys)
+    code, out, _ = run_cli(["illum", "calc", "-w", ws, "--plate", "Plate1"], capsys)
     assert code == 0 and "cp: 3 function(s) from 3 images" in out and "sbs cycle 1" in out
-    code, out, _ = _run(["illum", "apply", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
+    code, out, _ = run_cli(
+        ["illum", "apply", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys
+    )
     assert code == 0 and "corrected 3 site(s) (9 files)" in out
-    code, out, _ = _run(["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp"], capsys)
+    code, out, _ = run_cli(["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp"], capsys)
     assert code == 0 and "complete, skipped" in out
 
 
@@ -149,19 +141,21 @@ def test_truncated_tiff_is_one_line_error_and_no_output(tiny, capsys):
     bad = _cp_files(ws)[1]
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 3])
-    code, _, err = _run(["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp"], capsys)
+    code, _, err = run_cli(["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp"], capsys)
     assert code == 2 and err.startswith("error: ") and str(bad) in err
     assert len(err.strip().splitlines()) == 1
     assert not Path(workspace.illum_dir(ws, "Plate1")).exists()
-    code, out, err = _run(
+    code, out, err = run_cli(
         ["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp", "--skip-bad"], capsys
     )
     assert code == 0 and "from 2 images" in out and f"skipped bad image: {bad}" in err
     # apply stops at the bad site and removes what it wrote in that run
-    code, _, err = _run(["illum", "apply", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
+    code, _, err = run_cli(
+        ["illum", "apply", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys
+    )
     assert code == 2 and str(bad) in err
     assert not list(Path(ws).glob("images_corrected/**/*.tiff"))
-    code, out, err = _run(
+    code, out, err = run_cli(
         ["illum", "apply", "-w", ws, "--plate", "Plate1", "--well", "A1", "--skip-bad"], capsys
     )
     assert code == 0 and "corrected 2 site(s)" in out and str(bad) in err
@@ -171,20 +165,22 @@ def test_shape_mismatch_and_missing_channel_name_the_file(tiny, capsys):
     ws, _ = tiny
     files = _cp_files(ws)
     tifffile.imwrite(files[2], np.zeros((3, 32, 32), np.uint16))
-    code, _, err = _run(["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp"], capsys)
+    code, _, err = run_cli(["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp"], capsys)
     assert code == 2 and str(files[2]) in err and "32x32" in err and "64x64" in err
     tifffile.imwrite(files[2], np.zeros((2, 64, 64), np.uint16))  # a channel frame missing
-    code, _, err = _run(["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp"], capsys)
+    code, _, err = run_cli(["illum", "calc", "-w", ws, "--plate", "Plate1", "--arm", "cp"], capsys)
     assert code == 2 and str(files[2]) in err and "expected 3 channel frames" in err
     assert not Path(workspace.illum_dir(ws, "Plate1")).exists()
 
 
 def test_apply_without_functions_names_the_missing_file(tiny, capsys):
     ws, _ = tiny
-    code, _, err = _run(["illum", "apply", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys)
+    code, _, err = run_cli(
+        ["illum", "apply", "-w", ws, "--plate", "Plate1", "--well", "A1"], capsys
+    )
     assert code == 2 and "Plate1_IllumPhalloAF750.npy" in err and "illum calc" in err
-    code, _, err = _run(["illum", "calc", "-w", ws, "--plate", "Nope"], capsys)
+    code, _, err = run_cli(["illum", "calc", "-w", ws, "--plate", "Nope"], capsys)
     assert code == 2 and "'Nope'" in err
     shutil.rmtree(Path(ws) / "index")
-    code, _, err = _run(["illum", "calc", "-w", ws, "--plate", "Plate1"], capsys)
+    code, _, err = run_cli(["illum", "calc", "-w", ws, "--plate", "Plate1"], capsys)
     assert code == 2 and "index" in err

@@ -15,12 +15,12 @@ import zarr
 from PIL import Image
 
 from starrynight import index, inventory, workspace
-from starrynight.cli.main import main
 from starrynight.modules import mosaic as mos
 from starrynight.modules.align import align_well
 from starrynight.modules.geometry import geometry_well
 from starrynight.modules.illum import apply_illum, calc_illum
 from starrynight.sample import SampleSpec, generate
+from tests.starrynight.cli_helpers import run_cli
 
 SPEC = SampleSpec(
     geometry="real", wells=("A1",), cycles=2, size=256, cp_grid=(3, 3), sbs_grid=(2, 2),
@@ -41,19 +41,9 @@ def ws(tmp_path_factory):
     return ws
 
 
-def _run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_missing_positions_name_the_command(ws, capsys):
-    code, _, err = _run(["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1", "--arm", "cp"],
-                        capsys)  # fmt: skip
+    code, _, err = run_cli(["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1", "--arm", "cp"],
+                           capsys)  # fmt: skip
     assert code == 2 and "no cp site positions (run 'starrynight geometry" in err
     assert not Path(workspace.mosaic_path(ws, "Plate1", "A1", "cp")).exists()
 
@@ -61,8 +51,8 @@ def test_missing_positions_name_the_command(ws, capsys):
 def test_mosaic_is_an_ngff_pyramid_of_the_placed_tiles(ws, capsys, monkeypatch):
     geometry_well(ws, "Plate1", "A1")
     monkeypatch.setattr(mos, "THUMBNAIL_SIDE", 200)
-    code, out, err = _run(["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1",
-                           "--chunk", "128"], capsys)  # fmt: skip
+    code, out, err = run_cli(["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1",
+                             "--chunk", "128"], capsys)  # fmt: skip
     assert code == 0, err
     assert "Plate1 A1 cp: 9 site(s) -> 3 channel(s)" in out
     assert "Plate1 A1 sbs: 4 site(s) -> 10 channel(s)" in out
@@ -143,10 +133,10 @@ def test_segments_cut_at_top_level_chunk_rows():
 def test_rerun_skips_and_force_redraws(ws, capsys):
     geometry_well(ws, "Plate1", "A1")
     argv = ["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1", "--arm", "cp"]
-    assert _run(argv, capsys)[0] == 0
-    code, out, _ = _run(argv, capsys)
+    assert run_cli(argv, capsys)[0] == 0
+    code, out, _ = run_cli(argv, capsys)
     assert code == 0 and "(already done)" in out
-    code, out, _ = _run([*argv, "--force"], capsys)
+    code, out, _ = run_cli([*argv, "--force"], capsys)
     assert code == 0 and "(already done)" not in out
     attrs = json.loads(Path(workspace.mosaic_path(ws, "Plate1", "A1", "cp"), ".zattrs").read_text())
     assert attrs["multiscales"][0]["name"] == "cp"
