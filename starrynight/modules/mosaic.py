@@ -587,6 +587,13 @@ def _staging(target: str) -> Iterator[str]:
         return
     final = Path(target).expanduser()
     final.parent.mkdir(parents=True, exist_ok=True)
+    # What a killed drawing left (a staging folder of up to the mosaic's size, or the
+    # previous mosaic moved aside): one node draws a well's arm at a time, so any such
+    # folder is stale.
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in final.parent.glob(f".{final.name}.*.old"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         yield str(tmp)

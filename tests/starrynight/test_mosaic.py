@@ -142,6 +142,19 @@ def test_rerun_skips_and_force_redraws(ws, capsys):
     assert attrs["multiscales"][0]["name"] == "cp"
 
 
+def test_a_killed_drawing_leaves_nothing_behind_the_next_one(ws, capsys):
+    # kill -9 mid-drawing leaves the staging folder (no mosaic: it is renamed in last)
+    geometry_well(ws, "Plate1", "A1")
+    final = Path(workspace.mosaic_path(ws, "Plate1", "A1", "cp"))
+    stale = final.parent / f".{final.name}.0123abcd.tmp"
+    (stale / "0").mkdir(parents=True)
+    (stale / "0" / "chunk").write_bytes(b"partial")
+    argv = ["mosaic", "-w", ws, "--plate", "Plate1", "--well", "A1", "--arm", "cp", "--force"]
+    assert run_cli(argv, capsys)[0] == 0
+    assert not stale.exists() and (final / ".zattrs").exists()
+    assert not list(final.parent.glob(f".{final.name}.*"))
+
+
 def test_an_ngff_reader_finds_every_level(ws):
     """What an NGFF 0.4 reader (ome-zarr, napari) follows: multiscales -> datasets ->
     arrays of halving size with the declared axes and channels. (ome-zarr itself is not
