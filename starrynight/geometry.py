@@ -31,7 +31,7 @@ import os
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Literal
 
 import numpy as np
@@ -167,6 +167,21 @@ class OmeHeader:
     width: int
     pixel_size_um: tuple[float, float] | None
     position_um: tuple[float, float] | None
+    #: Where the pixels of the frame asked for lie (see :func:`read_ome_header`).
+    frame: FrameLayout | None = None
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where an uncompressed, contiguous frame's pixels lie in a local file.
+
+    With it :func:`read_boxes` maps the pixels without parsing the file again.
+    """
+
+    index: int
+    offset: int
+    dtype: str
+    shape: tuple[int, int]
 
 
 @contextlib.contextmanager
@@ -191,28 +206,59 @@ def open_ranged(uri: str) -> Iterator[IO[bytes]]:
         yield handle
 
 
-def read_ome_header(uri: str) -> OmeHeader:
+def read_ome_header(uri: str, frame: int | None = None) -> OmeHeader:
     """Read the size, pixel size and stage position of a TIFF from its header only.
+
+    Parameters
+    ----------
+    uri : str
+        Local path or ``s3://`` URI.
+    frame : int, optional
+        Also locate this frame's pixels (:attr:`OmeHeader.frame`), for a local file
+        whose frame is uncompressed and contiguous (else ``frame`` stays None): the
+        file is then parsed once for both its geometry and the reads that follow.
 
     Raises
     ------
     InputFileError
-        When the file is not a readable TIFF, or its OME-XML is malformed or has a
-        pixel size or position in a unit that is not a length.
+        When the file is not a readable TIFF, has no frame ``frame``, or its OME-XML is
+        malformed or has a pixel size or position in a unit that is not a length.
     """
+    layout = None
     with open_ranged(uri) as fh:
         try:
             with tifffile.TiffFile(fh) as tif:
                 page = tif.pages.first
                 height, width = int(page.shape[-2]), int(page.shape[-1])
                 xml = tif.ome_metadata if tif.is_ome else None
+                if frame is not None and not storage.is_s3(uri):
+                    layout = _frame_layout(uri, tif, frame)
         except InputFileError:
             raise
         except Exception as exc:
             raise InputFileError(uri, f"not a readable TIFF ({_first_line(exc)})") from exc
     if not xml:
-        return OmeHeader(uri, height, width, None, None)
-    return parse_ome_geometry(uri, xml, height, width)
+        return OmeHeader(uri, height, width, None, None, layout)
+    return replace(parse_ome_geometry(uri, xml, height, width), frame=layout)
+
+
+def _frame_layout(uri: str, tif: tifffile.TiffFile, index: int) -> FrameLayout | None:
+    try:
+        page = tif.pages[index]
+    except IndexError:
+        raise InputFileError(
+            uri, f"expected at least {index + 1} frames, found {len(tif.pages)}"
+        ) from None
+    if (
+        not isinstance(page, tifffile.TiffPage)
+        or page.ndim != 2
+        or page.samplesperpixel != 1
+        or page.compression != 1
+        or not page.is_contiguous
+    ):
+        return None
+    stored = np.dtype(page.dtype).newbyteorder(tif.byteorder)
+    return FrameLayout(index, int(page.dataoffsets[0]), stored.str, tuple(page.shape))
 
 
 def parse_ome_geometry(uri: str, xml: str, height: int, width: int) -> OmeHeader:
@@ -401,6 +447,7 @@ def read_boxes(
     shape: tuple[int, int] | None = None,
     dtype: np.typing.DTypeLike = None,
     view: bool = False,
+    layout: FrameLayout | None = None,
 ) -> list[np.ndarray]:
     """Read rectangles of one frame of a TIFF, decoding no more of it than they need.
 
@@ -427,6 +474,9 @@ def read_boxes(
         read-only views into a memory map of the file instead of copies: nothing is
         read until the boxes are used, then only the pages they touch (the map lives
         as long as a view does). Other frames are read as usual.
+    layout : FrameLayout, optional
+        Frame ``index``'s layout from :func:`read_ome_header`: with ``view``, the
+        frame is mapped from it without parsing the file again.
 
     Returns
     -------
@@ -439,6 +489,10 @@ def read_boxes(
         When the file is unreadable, truncated, has no frame ``index`` or one of
         another shape.
     """
+    if layout is not None and view and dtype is None and layout.index == index:
+        mapped = _mapped_layout(uri, layout, boxes, shape)
+        if mapped is not None:
+            return mapped
     with open_ranged(uri) as fh:
         try:
             with tifffile.TiffFile(fh, is_ome=False) as tif:
@@ -502,16 +556,39 @@ def _mapped_boxes(
     uri: str, fh: IO[bytes], page: tifffile.TiffPage, boxes: Sequence[Box]
 ) -> list[np.ndarray]:
     """Boxes of a local uncompressed contiguous frame as views into a memory map."""
-    h, w = page.shape
     stored = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
-    start = int(page.dataoffsets[0])
-    size = os.fstat(fh.fileno()).st_size
-    if start + h * w * stored.itemsize > size:
+    layout = FrameLayout(page.index, int(page.dataoffsets[0]), stored.str, tuple(page.shape))
+    return _map_frame(uri, fh, layout, boxes)
+
+
+def _mapped_layout(
+    uri: str, layout: FrameLayout, boxes: Sequence[Box], shape: tuple[int, int] | None
+) -> list[np.ndarray] | None:
+    """:func:`_mapped_boxes` at a known layout, opening no TIFF; None where that cannot serve."""
+    if storage.is_s3(uri) or not np.dtype(layout.dtype).isnative:
+        return None
+    if shape is not None and layout.shape != tuple(shape):
+        raise InputFileError(
+            uri, f"frame {layout.index} is {layout.shape}, expected {tuple(shape)}"
+        )
+    try:
+        with open(storage.filesystem(uri)[1], "rb") as fh:
+            return _map_frame(uri, fh, layout, boxes)
+    except FileNotFoundError as exc:
+        raise InputFileError(uri, "file not found") from exc
+
+
+def _map_frame(
+    uri: str, fh: IO[bytes], layout: FrameLayout, boxes: Sequence[Box]
+) -> list[np.ndarray]:
+    h, w = layout.shape
+    stored = np.dtype(layout.dtype)
+    if layout.offset + h * w * stored.itemsize > os.fstat(fh.fileno()).st_size:
         raise InputFileError(uri, "truncated image data")
     # The map keeps its own descriptor: it outlives the file handle, and is unmapped
     # when the last view of it is freed.
     mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    frame = np.frombuffer(mapped, stored, h * w, start).reshape(h, w)
+    frame = np.frombuffer(mapped, stored, h * w, layout.offset).reshape(h, w)
     return [frame[b] for b in boxes]
 
 

@@ -74,3 +74,41 @@ def test_bad_frames_are_one_clear_error(tmp_path, frames):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputFileError):
         geo.read_boxes(str(cut), 1, BOXES)
+
+
+@pytest.mark.parametrize(
+    ("options", "located"),
+    [({}, True), ({"byteorder": ">"}, True), ({"compression": "zlib"}, False)],
+    ids=["raw", "big-endian", "zlib"],
+)
+def test_a_header_locates_a_frame_for_reads_that_parse_nothing(tmp_path, frames, options, located):
+    path = str(tmp_path / "f.tiff")
+    tifffile.imwrite(path, frames, photometric="minisblack", **options)
+    layout = geo.read_ome_header(path, 1).frame
+    assert (layout is not None) is located
+    assert geo.read_ome_header(path).frame is None
+    got = geo.read_boxes(path, 1, BOXES, (100, 130), view=True, layout=layout)
+    for box, crop in zip(BOXES, got, strict=True):
+        np.testing.assert_array_equal(crop, frames[1][box])
+    if layout is not None:
+        # A layout of another frame is not used for this one.
+        other = geo.read_boxes(path, 0, BOXES[:1], (100, 130), view=True, layout=layout)
+        np.testing.assert_array_equal(other[0], frames[0][BOXES[0]])
+
+
+def test_a_located_frame_still_meets_bad_files_with_one_clear_error(tmp_path, frames):
+    path = tmp_path / "f.tiff"
+    tifffile.imwrite(str(path), frames, photometric="minisblack")
+    with pytest.raises(InputFileError, match="expected at least 3 frames, found 2"):
+        geo.read_ome_header(str(path), 2)
+    layout = geo.read_ome_header(str(path), 1).frame
+    with pytest.raises(InputFileError, match=r"is \(100, 130\), expected \(50, 50\)"):
+        geo.read_boxes(str(path), 1, BOXES[:1], (50, 50), view=True, layout=layout)
+    assert layout is not None
+    # Truncated inside the frame after its header was read.
+    path.write_bytes(path.read_bytes()[: layout.offset + 100])
+    with pytest.raises(InputFileError, match="truncated image data"):
+        geo.read_boxes(str(path), 1, BOXES[:1], (100, 130), view=True, layout=layout)
+    path.unlink()
+    with pytest.raises(InputFileError, match="file not found"):
+        geo.read_boxes(str(path), 1, BOXES[:1], (100, 130), view=True, layout=layout)
