@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from starrynight import geometry as geo
 from starrynight import storage, workspace
-from starrynight.algorithms import stitch
+from starrynight.algorithms import ncc, stitch
 from starrynight.errors import InputFileError, UserError
 from starrynight.modules.illum import (
     ImageRow,
@@ -285,8 +285,18 @@ def _place_group(
     rows = sorted(rows, key=lambda r: r.site)
     label = workspace.arm_label(arm, cycle)
     channels, roles = arm_channels(ws, arm, rows)
+    nuclei = roles.get("nuclei")
+    if nuclei is None:
+        raise UserError(
+            f"plate {plate!r} {label}: no nuclear channel among {', '.join(channels)} "
+            "(set the nuclei role in the experiment)"
+        )
+    for row in rows:
+        if nuclei not in row.channels:
+            raise InputFileError(row.uri, f"no {nuclei} frame: the file name lists {row.channels}")
+    frames = [row.channels.index(nuclei) for row in rows]
     layout = _arm_layout(ws, arm)
-    headers = _read_headers(rows, workers)
+    headers = _read_headers(rows, frames, workers)
     shape, pixel_size = _field(headers, layout, f"{plate} {well} {label}")
     source, recorded_um = _recorded_positions(rows, headers, layout, shape, pixel_size, ws, arm)
     ps = np.array(pixel_size)
@@ -301,12 +311,6 @@ def _place_group(
             f"recorded position ({recorded_um[k][1]:.1f}, {recorded_um[k][0]:.1f}) um; check the "
             "layout or stage positions (--allow-isolated keeps such sites where recorded)"
         )
-    nuclei = roles.get("nuclei")
-    if nuclei is None:
-        raise UserError(
-            f"plate {plate!r} {label}: no nuclear channel among {', '.join(channels)} "
-            "(set the nuclei role in the experiment)"
-        )
     function = None
     if options.illum:
         loaded = load_functions(ws, plate, [nuclei], cycle, required=False)
@@ -318,14 +322,12 @@ def _place_group(
         )
 
     def read(k: int, boxes: Sequence[geo.Box]) -> list[np.ndarray]:
-        row = rows[k]
-        if nuclei not in row.channels:
-            raise InputFileError(row.uri, f"no {nuclei} frame: the file name lists {row.channels}")
-        frame = row.channels.index(nuclei)
-        # Stored dtype, uncorrected, mapped where the file allows: registration
-        # converts and corrects only what it samples or refines on (a fraction of each
-        # crop), and only those pages are read.
-        return geo.read_boxes(row.uri, frame, boxes, shape, view=True)
+        # Stored dtype, uncorrected, mapped where the file allows (from the layout its
+        # header gave, without parsing it again): registration converts and corrects
+        # only what it samples (a fraction of each crop), and only those pages are read.
+        return geo.read_boxes(
+            rows[k].uri, frames[k], boxes, shape, view=True, layout=headers[k].frame
+        )
 
     order = sorted(range(len(rows)), key=lambda k: (recorded_px[k][0], recorded_px[k][1]))
     gain = function.gain if function is not None else None
@@ -429,7 +431,9 @@ def measure_streaming(
     # Reads run a few sites ahead; registrations queue behind them on the same threads.
     # Only crops waiting for their partner are held: about one row of overlaps.
     ahead = max(2, 2 * workers)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    # One worker runs inline: handing each read and registration to a thread and
+    # back costs more than either.
+    with _Inline() if workers <= 1 else ThreadPoolExecutor(max_workers=workers) as pool:
         reads: deque[Future] = deque()
         pending: deque[Future] = deque()
         todo = iter([k for k in order if k in needs])
@@ -454,6 +458,24 @@ def measure_streaming(
         for f in pending:
             f.result()
     return [m for m in results if m is not None]
+
+
+class _Inline:
+    """An executor that runs what is submitted at once, in the calling thread."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., object], *args: object) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # handed to the caller by result(), as a pool does
+            done.set_exception(exc)
+        return done
 
 
 def _can_fork() -> bool:
@@ -491,6 +513,9 @@ def _measure_in_processes(
     cuts = [len(by_later) * b // workers for b in range(workers + 1)]
     bands = [by_later[cuts[b] : cuts[b + 1]] for b in range(workers)]
     _FORK_JOB = (order, pairs, shape, read, margin, gain, dark, bands)
+    # Loaded here, the compiled kernels are inherited by every worker (each would
+    # otherwise start the compiler and load them itself, about a second).
+    ncc.load()
     try:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -522,9 +547,15 @@ def _arm_layout(ws: str, arm: str) -> geo.Layout | None:
     return part.layout if part is not None else None
 
 
-def _read_headers(rows: list[ImageRow], workers: int) -> list[geo.OmeHeader]:
-    with ThreadPoolExecutor(max_workers=max(1, workers) * 2) as pool:
-        return list(pool.map(lambda r: geo.read_ome_header(r.uri), rows))
+def _read_headers(rows: list[ImageRow], frames: list[int], workers: int) -> list[geo.OmeHeader]:
+    """Each file's header, and where its nuclear frame lies (``frames``: its index)."""
+    if not any(storage.is_s3(r.uri) for r in rows):
+        # Parsing a header is Python work (about 0.3 ms): threads only contend for
+        # the interpreter lock, measured 2.5x slower than one after another.
+        return [geo.read_ome_header(r.uri, f) for r, f in zip(rows, frames, strict=True)]
+    # On S3 each header is a round trip: overlap them.
+    with ThreadPoolExecutor(max_workers=max(1, workers) * 4) as pool:
+        return list(pool.map(geo.read_ome_header, [r.uri for r in rows], frames))
 
 
 def _field(
