@@ -151,16 +151,15 @@ def neighbour_pairs(
     # Sort by y so each tile is compared only with tiles less than one height below.
     order = np.argsort(pos[:, 0], kind="stable")
     ys = pos[order, 0]
+    stops = np.searchsorted(ys, ys + h, side="left")
     for a, i in enumerate(order):
-        stop = int(np.searchsorted(ys, pos[i, 0] + h, side="left"))
-        for j in order[a + 1 : stop]:
-            d = pos[j] - pos[i]
-            oy, ox = h - abs(d[0]), w - abs(d[1])
-            if oy < min_overlap_px or ox < min_overlap_px:
-                continue
-            if oy * ox < min_overlap_fraction * h * w:
-                continue
-            lo, hi = (int(i), int(j)) if i < j else (int(j), int(i))
+        later = order[a + 1 : stops[a]]
+        d = np.abs(pos[later] - pos[i])
+        oy, ox = h - d[:, 0], w - d[:, 1]
+        keep = (oy >= min_overlap_px) & (ox >= min_overlap_px)
+        keep &= oy * ox >= min_overlap_fraction * h * w
+        for j in later[keep].tolist():
+            lo, hi = (int(i), j) if i < j else (j, int(i))
             off = pos[hi] - pos[lo]
             pairs.append(Pair(lo, hi, (float(off[0]), float(off[1]))))
     return sorted(pairs, key=lambda p: (p.i, p.j))

@@ -572,7 +572,10 @@ def _field(
     if sized:
         ref = sized[0]
         for h in sized[1:]:
-            if not np.allclose(h.pixel_size_um, ref.pixel_size_um, rtol=1e-3):
+            if not all(
+                math.isclose(a, b, rel_tol=1e-3)
+                for a, b in zip(h.pixel_size_um, ref.pixel_size_um, strict=True)
+            ):
                 raise UserError(
                     f"{h.uri}: PhysicalSizeX/Y {h.pixel_size_um[1]:g}/{h.pixel_size_um[0]:g} um "
                     f"disagrees with {ref.uri} ({ref.pixel_size_um[1]:g}/"
