@@ -13,4 +13,11 @@ COPY conductor ./conductor
 
 RUN python -m pip install --upgrade pip && python -m pip install .
 
+# The geometry step's compiled kernels, built into the image: each Batch container then
+# loads them (about a second) instead of compiling them (about 20 s). numba keys its
+# cache by CPU model, so a host of another kind compiles once more, into its own copy.
+ENV NUMBA_CACHE_DIR=/opt/starrynight/numba-cache
+RUN python -c "from starrynight.algorithms import ncc; ncc.load()" \
+    && chmod -R a+rwX /opt/starrynight/numba-cache
+
 CMD ["starrynight", "--help"]

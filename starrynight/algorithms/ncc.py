@@ -14,7 +14,7 @@ rows in float64; window sums and variances in float64 on mean-centred values.
 Each entry point is compiled for a fixed set of signatures (read-only arrays of any
 layout; uint16 or float32 pixels; gains or none) on first use, or by :func:`load`, and
 cached on disk (``NUMBA_CACHE_DIR``, else the package's ``__pycache__`` or the user's
-cache): only the first run on a machine compiles (about 10 s). Every process still
+cache): only the first run on a machine compiles (about 20 s). Every process still
 pays about a second once, to import numba and start its compiler; a forked worker
 inherits the kernels from a parent that loaded them.
 """
