@@ -85,6 +85,22 @@ def read_all(ws: str, workers: int) -> tuple[float, float]:
 RUN_CPU: dict[str, float] = {}
 
 
+# A child started by subprocess inherits its parent's ru_maxrss across exec (Linux keeps
+# the larger of the two), so a child's own peak is read as VmHWM, the high-water mark of
+# its own address space. Prepended to the code a child runs; defines peak_rss_mb().
+PEAK_RSS_CODE = (
+    "def peak_rss_mb():\n"
+    "    try:\n"
+    "        for line in open('/proc/self/status'):\n"
+    "            if line.startswith('VmHWM:'):\n"
+    "                return int(line.split()[1]) / 1024\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    import resource\n"
+    "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+)
+
+
 def cpu_seconds() -> float:
     """User + system CPU of this process and of its finished children (forked workers)."""
     me, kids = (
@@ -148,16 +164,14 @@ def run_m2stitch(ws: str, grid: int, path: str) -> dict:
 
 
 def peak_memory_mb(ws: str, workers: int) -> tuple[float, float]:
-    code = (
+    code = PEAK_RSS_CODE + (
         "import resource\n"
         "from starrynight.modules.geometry import geometry_well\n"
         f"geometry_well({ws!r}, 'Plate1', 'A1', arms=('cp',), force=True, workers={workers})\n"
-        "me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "kid = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "print(me, kid)\n"
+        "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    me, kid = (int(x) / 1024 for x in out.stdout.strip().splitlines()[-1].split())
+    me, kid = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
     return me, kid
 
 

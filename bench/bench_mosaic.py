@@ -36,7 +36,7 @@ from starrynight.modules.geometry import geometry_well
 from starrynight.modules.illum import apply_illum, calc_illum
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_geometry import cpu_seconds, prepare
+from bench_geometry import PEAK_RSS_CODE, cpu_seconds, prepare
 
 
 def ready(root: Path, grid: int, size: int, workers: int) -> str:
@@ -104,16 +104,14 @@ def ours(ws: str, chunk: int, workers: int) -> tuple[float, float, mos.MosaicRep
 
 def peak_memory_mb(ws: str, workers: int) -> tuple[float, float]:
     """Peak RSS (MB) of a fresh process drawing the mosaic, and of its largest worker."""
-    code = (
+    code = PEAK_RSS_CODE + (
         "import resource\n"
         "from starrynight.modules.mosaic import mosaic_well\n"
         f"mosaic_well({ws!r}, 'Plate1', 'A1', arms=('cp',), force=True, workers={workers})\n"
-        "me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "kid = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "print(me, kid)\n"
+        "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    me, kid = (int(x) / 1024 for x in out.stdout.strip().splitlines()[-1].split())
+    me, kid = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
     return me, kid
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_geometry import PEAK_RSS_CODE
 
 from starrynight.imageio import write_tiff
 
@@ -24,13 +25,12 @@ SIZE = 1024
 
 def _generate(out: Path, sites: int) -> tuple[float, float]:
     """Generate in a child process; return (seconds, peak RSS of any process in MB)."""
-    code = (
+    code = PEAK_RSS_CODE + (
         "import resource, sys\n"
         "from starrynight.sample import SampleSpec, generate\n"
         f"r = generate(SampleSpec(size={SIZE}, sites={sites}), sys.argv[1])\n"
-        "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "print(r.n_files, max(own, kids) / 1024)\n"
+        "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(r.n_files, max(peak_rss_mb(), kids))\n"
     )
     start = time.perf_counter()
     out_text = subprocess.run(
