@@ -284,6 +284,18 @@ def well_sites(ws: str, plate: str, well: str, arm: str) -> list[int] | None:
     return sorted({int(s) for s in t.filter(mask).column("site").to_pylist()})
 
 
+def plate_wells(ws: str, plate: str, arm: str) -> list[str] | None:
+    """The wells of one arm of a plate in the workspace's index, sorted.
+
+    None when the workspace has no index (see :func:`well_sites`).
+    """
+    if not storage.exists(workspace.index_path(ws)):
+        return None
+    t = load_index(ws).select(["plate", "well", "arm"])
+    mask = pc.and_(pc.equal(t["plate"], plate), pc.equal(t["arm"], arm))
+    return sorted(set(t.filter(mask).column("well").to_pylist()))
+
+
 def load_rejects(ws: str) -> pa.Table:
     """Read ``WORKSPACE/index/rejects.parquet`` (empty table when absent)."""
     path = workspace.rejects_path(ws)

@@ -58,7 +58,18 @@ def run(**kw: Any) -> None:
 @WORKSPACE
 @PLATE
 def summary(**kw: Any) -> None:
-    """Per-gene table of a plate: cell counts and median features."""
-    uri, n = summarise_plate(kw["workspace"], kw["plate"])
-    click.echo(f"{kw['plate']}: {n} gene(s)")
-    click.echo(uri)
+    """Per-gene table of a plate: cell counts and median features.
+
+    Wells of the plate that are not analysed yet are left out and named (on stderr and
+    in the table's metadata).
+    """
+    res = summarise_plate(kw["workspace"], kw["plate"])
+    click.echo(f"{kw['plate']}: {res.genes} gene(s) from {len(res.wells)} well(s)")
+    if res.missing:
+        click.echo(
+            f"warning: {kw['plate']}: {len(res.missing)} well(s) of the index not analysed, "
+            f"left out of this summary: {', '.join(res.missing)} "
+            "(run `starrynight analysis run` for them, then summarise again)",
+            err=True,
+        )
+    click.echo(res.uri)

@@ -438,30 +438,52 @@ def _valid(column: pa.ChunkedArray) -> int:
     return int(pc.sum(pc.is_valid(column)).as_py() or 0)
 
 
-def summarise_plate(ws: str, plate: str) -> tuple[str, int]:
+@dataclass(frozen=True)
+class PlateSummary:
+    """What ``summarise_plate`` wrote.
+
+    ``wells``: the analysed wells it summarises; ``missing``: the plate's CP wells in the
+    index that have no analysis yet, left out of the summary (also recorded in the
+    table's metadata, keys ``wells`` and ``missing_wells``).
+    """
+
+    uri: str
+    genes: int
+    wells: list[str]
+    missing: list[str]
+
+
+def summarise_plate(ws: str, plate: str) -> PlateSummary:
     """Per-gene summary of every analysed well of a plate.
 
     One row per gene (cells without a barcode are left out): ``gene_symbol``,
     ``n_cells``, ``n_wells``, ``n_barcodes`` and the median of every numeric feature.
+    The wells summarised, and the plate's wells left out because they are not analysed,
+    are written into the table's metadata: a partial summary says that it is one.
 
     Returns
     -------
-    tuple of (str, int)
-        Output URI and number of genes.
+    PlateSummary
+        Output URI, number of genes, wells summarised and wells missing.
     """
+    from starrynight.index import plate_wells
+
     root = storage.join(ws, "features")
     prefix = f"{plate}-"
-    uris = []
+    found: dict[str, str] = {}
     if storage.exists(root):
         for entry in storage.list_files(root):
             folder, _, name = entry.key.partition("/")
             if folder.startswith(prefix) and name == "cells.parquet":
-                uris.append(storage.join(root, folder, name))
-    if not uris:
+                found[folder[len(prefix) :]] = storage.join(root, folder, name)
+    if not found:
         raise UserError(
             f"plate {plate!r}: no analysed wells under {root} (run `starrynight analysis run`)"
         )
-    table = pa.concat_tables([read_table(u) for u in sorted(uris)], promote_options="default")
+    expected = plate_wells(ws, plate, "cp") or []
+    missing = [w for w in expected if w not in found]
+    tables = [read_table(found[w]) for w in sorted(found)]
+    table = pa.concat_tables(tables, promote_options="default")
     table = table.filter(pc.is_valid(table["gene_symbol"]))
     features = [
         name for name in table.column_names
@@ -487,6 +509,10 @@ def summarise_plate(ws: str, plate: str) -> tuple[str, int]:
             for g in order
         ]  # fmt: skip
     uri = workspace.gene_summary_path(ws, plate)
-    schema = pa.schema(SUMMARY_FIELDS + [(f"{n}_median", pa.float64()) for n in features])
+    wells = sorted(found)
+    schema = pa.schema(
+        SUMMARY_FIELDS + [(f"{n}_median", pa.float64()) for n in features],
+        metadata={"wells": json.dumps(wells), "missing_wells": json.dumps(missing)},
+    )
     write_table(uri, out, schema)
-    return uri, len(order)
+    return PlateSummary(uri, len(order), wells, missing)

@@ -170,7 +170,8 @@ def test_features_and_gene_summary(sample: tuple[Path, Path], done: dict) -> Non
                 "Nuclei_Intensity_UpperQuartileIntensity_ZO1AF488",
                 "Cells_Texture_Contrast_PhalloAF750_3_00_256", "field_edge"):  # fmt: skip
         assert col in t.column_names, col
-    uri, n_genes = summarise_plate(str(ws), PLATE)
+    res = summarise_plate(str(ws), PLATE)
+    uri, n_genes = res.uri, res.genes
     summary = pq.read_table(uri)
     assert summary.num_rows == n_genes >= 10
     assert sum(summary["n_cells"].to_pylist()) == sum(1 for g in t["gene_symbol"].to_pylist() if g)

@@ -13,6 +13,8 @@ SBS cycle imaged, so the 2% limit on wrong barcodes allows a few errors, not zer
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +226,27 @@ def test_gene_summary_counts_every_cell_with_a_gene(chain: dict) -> None:
     assert sum(r["n_cells"] for r in summary) == with_gene
     genes = {r["gene_symbol"] for r in summary}
     assert len(genes) == len(summary) >= 10
+    meta = pq.read_schema(workspace.gene_summary_path(chain["ws"], PLATE)).metadata
+    assert json.loads(meta[b"wells"]) == list(SPEC.wells)
+    assert json.loads(meta[b"missing_wells"]) == []
+    log = chain["logs"]["analysis", "summary", "-w", chain["ws"], "--plate", PLATE]
+    assert f"from {len(SPEC.wells)} well(s)" in log
+
+
+def test_a_summary_of_part_of_a_plate_names_the_wells_it_left_out(
+    chain: dict, tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(Path(workspace.index_path(chain["ws"])).parent, ws / "index")
+    first = Path(workspace.cell_features_path(chain["ws"], PLATE, SPEC.wells[0]))
+    shutil.copytree(first.parent, ws / first.parent.relative_to(chain["ws"]))
+    result = CliRunner().invoke(cli, ["analysis", "summary", "-w", str(ws), "--plate", PLATE])
+    assert result.exit_code == 0, result.output
+    assert "from 1 well(s)" in result.stdout
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("warning:")]
+    assert "1 well(s) of the index not analysed" in line and line.endswith(
+        f"{SPEC.wells[1]} (run `starrynight analysis run` for them, then summarise again)"
+    )
+    meta = pq.read_schema(workspace.gene_summary_path(str(ws), PLATE)).metadata
+    assert json.loads(meta[b"wells"]) == [SPEC.wells[0]]
+    assert json.loads(meta[b"missing_wells"]) == [SPEC.wells[1]]

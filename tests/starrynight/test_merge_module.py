@@ -166,7 +166,7 @@ def test_analysis_uses_the_merge_table(well):
         assert col in t.column_names
     by_key = {(r["site"], r["cell"]): r["gene_symbol"] for r in merged.to_pylist()}
     assert all(by_key[(r["site"], r["cell"])] == r["gene_symbol"] for r in t.to_pylist())
-    _, n = summarise_plate(ws, P)
+    n = summarise_plate(ws, P).genes
     summary = pq.read_table(workspace.gene_summary_path(ws, P))
     with_gene = sum(g is not None for g in merged["gene_symbol"].to_pylist())
     assert n > 0 and sum(summary["n_cells"].to_pylist()) == with_gene  # each cell once
