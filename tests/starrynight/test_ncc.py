@@ -122,6 +122,9 @@ def test_stored_and_other_dtypes_agree(scene):
     b = ncc.placed_ncc(t.astype(np.int32), u16.astype(np.int32), *args)
     c = ncc.placed_ncc(t.astype(np.float32), u16.astype(np.float32), *args)
     assert a == pytest.approx(b, abs=1e-9) and a == pytest.approx(c, abs=1e-9)
+    # Big-endian files are mapped as stored ('>u2'): the kernels take native order only.
+    be = u16.astype(">u2")
+    assert ncc.placed_ncc(be[20:50, 30:100], be, *args) == pytest.approx(a, abs=1e-9)
 
 
 @pytest.fixture(scope="module")
