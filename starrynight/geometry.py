@@ -5,7 +5,8 @@ micrometres, x to the right and y down as in the images, and names the **top-lef
 corner** of the field (the outer corner of pixel (0, 0)). Positions come, in this order:
 
 1. the files' own OME-XML: ``Pixels/@PhysicalSizeX/Y`` and each ``Plane/@PositionX/Y``
-   (only the header is read; on S3 a ranged read of the first kilobytes). OME does
+   of the image stored in the file (only the header is read; on S3 a ranged read of the
+   first kilobytes; a ``BinaryOnly`` header is followed to its metadata file). OME does
    not say which point of the field a stage position names; microscopes (NIS-Elements,
    Harmony, MetaMorph) record the field's **centre**, so the corner is the position
    minus half the field. All fields of an arm share one size, so a wrong guess moves
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import math
 import mmap
@@ -242,6 +244,75 @@ def read_ome_header(uri: str, frame: int | None = None) -> OmeHeader:
     return replace(parse_ome_geometry(uri, xml, height, width), frame=layout)
 
 
+def _companion(uri: str, root: ET.Element) -> ET.Element:
+    """The metadata file that a ``BinaryOnly`` OME-XML header points to, parsed.
+
+    Multi-file OME-TIFF datasets may keep the full metadata in one file (a
+    ``.companion.ome`` or one of the TIFFs) and write in the others only
+    ``<BinaryOnly MetadataFile="..."/>``; the name is relative to the file's folder.
+    """
+    binary = next((e for e in root if _local(e.tag) == "BinaryOnly"), None)
+    name = "" if binary is None else binary.get("MetadataFile", "")
+    if not name:
+        raise InputFileError(uri, "OME-XML BinaryOnly names no MetadataFile")
+    folder = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    try:
+        return _parsed_companion(storage.join(folder, name))
+    except UserError as exc:
+        raise InputFileError(uri, f"OME-XML BinaryOnly MetadataFile={name!r}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_companion(uri: str) -> ET.Element:
+    # Cached: every file of a multi-file dataset points to the same metadata file.
+    data = storage.read_bytes(uri)
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise UserError(f"not well-formed OME-XML ({exc})") from exc
+    if next((e for e in root if _local(e.tag) == "BinaryOnly"), None) is not None:
+        raise UserError("it is itself BinaryOnly")
+    return root
+
+
+def _image_pixels(
+    uri: str, root: ET.Element, own_uuid: str | None, in_file: bool
+) -> ET.Element | None:
+    """The ``Pixels`` of the image whose planes this file stores.
+
+    An OME document may describe several images (every file of a multi-file dataset
+    can carry the whole dataset's metadata); each image's ``TiffData`` says which file
+    holds its planes: a ``UUID`` child names that file (``FileName``, or the UUID the file
+    declares at its root, which survives renaming), and no ``UUID`` means the file
+    holding the document (``in_file``: this one). Without any ``TiffData``, images fill
+    the file's frames in order, so the first one starts it.
+    """
+    pixels = [e for e in root.iter() if _local(e.tag) == "Pixels"]
+    if len(pixels) <= 1:
+        return pixels[0] if pixels else None
+    name = uri.rsplit("/", 1)[-1]
+    placed = False
+    for px in pixels:
+        for tiff in (e for e in px if _local(e.tag) == "TiffData"):
+            placed = True
+            ident = next((e for e in tiff if _local(e.tag) == "UUID"), None)
+            if ident is None:
+                if in_file:
+                    return px
+                continue
+            if ident.get("FileName", "").rsplit("/", 1)[-1] == name or (
+                own_uuid and (ident.text or "").strip() == own_uuid
+            ):
+                return px
+    if not placed:
+        return pixels[0]
+    raise InputFileError(
+        uri,
+        f"OME-XML describes {len(pixels)} images and none is stored in this file "
+        f"(no TiffData UUID with FileName={name!r})",
+    )
+
+
 def _frame_layout(uri: str, tif: tifffile.TiffFile, index: int) -> FrameLayout | None:
     try:
         page = tif.pages[index]
@@ -262,12 +333,22 @@ def _frame_layout(uri: str, tif: tifffile.TiffFile, index: int) -> FrameLayout |
 
 
 def parse_ome_geometry(uri: str, xml: str, height: int, width: int) -> OmeHeader:
-    """The geometry of the first image of an OME-XML document (see :class:`OmeHeader`)."""
+    """The geometry the OME-XML header of file ``uri`` records (see :class:`OmeHeader`).
+
+    When the document describes several images, the one stored in this file is used;
+    a ``BinaryOnly`` header is followed to the metadata file it names.
+    """
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise InputFileError(uri, f"OME-XML is not well-formed ({exc})") from exc
-    pixels = next((e for e in root.iter() if _local(e.tag) == "Pixels"), None)
+    own_uuid = root.get("UUID")
+    if next((e for e in root if _local(e.tag) == "BinaryOnly"), None) is not None:
+        pixels = _image_pixels(uri, _companion(uri, root), own_uuid, in_file=False)
+        if pixels is None:
+            raise InputFileError(uri, "OME metadata file named by BinaryOnly has no image")
+    else:
+        pixels = _image_pixels(uri, root, own_uuid, in_file=True)
     if pixels is None:
         return OmeHeader(uri, height, width, None, None)
     sx = _length(uri, pixels, "PhysicalSizeX")

@@ -96,6 +96,64 @@ def test_plain_tiff_has_no_geometry_and_bad_units_are_named(tmp_path):
         geo.read_ome_header(str(tmp_path / "x.tiff"))
 
 
+_NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+
+
+def _dataset_xml(files: dict[str, float], root_uuid: str = "", body: str = "") -> str:
+    """A multi-file OME document: one image per file, PositionX as given (um)."""
+    images = "".join(
+        f'<Image ID="Image:{i}"><Pixels ID="Pixels:{i}" DimensionOrder="XYCZT" Type="uint16" '
+        f'SizeX="8" SizeY="8" SizeC="1" SizeZ="1" SizeT="1" PhysicalSizeX="0.5" '
+        f'PhysicalSizeY="0.5"><TiffData IFD="0" PlaneCount="1">'
+        f'<UUID FileName="{name}">urn:uuid:{name}</UUID></TiffData>'
+        f'<Plane TheC="0" TheZ="0" TheT="0" PositionX="{x}" PositionY="7"/></Pixels></Image>'
+        for i, (name, x) in enumerate(files.items())
+    )
+    uuid = f' UUID="{root_uuid}"' if root_uuid else ""
+    return f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{_NS}"{uuid}>{body or images}</OME>'
+
+
+def _tiff(path, xml: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint16), description=xml, metadata=None)
+    return str(path)
+
+
+def test_multi_file_ome_gives_each_file_its_own_image(tmp_path):
+    # Every file of the dataset carries the metadata of all: the image is the one whose
+    # TiffData names the file, by FileName or (after renaming) by the file's UUID.
+    files = {"s0.ome.tiff": 100.0, "s1.ome.tiff": 900.0}
+    for name, x in files.items():
+        path = _tiff(tmp_path / name, _dataset_xml(files, f"urn:uuid:{name}"))
+        assert geo.read_ome_header(path).position_um == (7.0, x)
+    renamed = _tiff(tmp_path / "renamed.ome.tiff", _dataset_xml(files, "urn:uuid:s1.ome.tiff"))
+    assert geo.read_ome_header(renamed).position_um == (7.0, 900.0)
+    stray = _tiff(tmp_path / "other.ome.tiff", _dataset_xml(files))
+    with pytest.raises(InputFileError, match=r"other.ome.tiff: OME-XML describes 2 images and "
+                       r"none is stored in this file"):  # fmt: skip
+        geo.read_ome_header(stray)
+
+
+def test_binary_only_headers_are_read_from_their_metadata_file(tmp_path):
+    files = {"s0.ome.tiff": 100.0, "s1.ome.tiff": 900.0}
+    (tmp_path / "set.companion.ome").write_text(_dataset_xml(files))
+    binary = '<BinaryOnly MetadataFile="set.companion.ome" UUID="urn:uuid:set"/>'
+    for name, x in files.items():
+        path = _tiff(tmp_path / name, _dataset_xml({}, f"urn:uuid:{name}", binary))
+        h = geo.read_ome_header(path)
+        assert h.position_um == (7.0, x) and h.pixel_size_um == (0.5, 0.5)
+    lost = _tiff(tmp_path / "sub" / "s0.ome.tiff", _dataset_xml({}, "", binary))
+    with pytest.raises(InputFileError, match=r"s0.ome.tiff: OME-XML BinaryOnly "
+                       r"MetadataFile='set.companion.ome': .*file not found"):  # fmt: skip
+        geo.read_ome_header(lost)
+    (tmp_path / "bad.ome").write_text("<OME><Image>")
+    broken = _tiff(
+        tmp_path / "b.ome.tiff", _dataset_xml({}, "", binary.replace("set.companion", "bad"))
+    )
+    with pytest.raises(InputFileError, match=r"MetadataFile='bad\.ome': not well-formed OME-XML"):
+        geo.read_ome_header(broken)
+
+
 def test_positions_csv(tmp_path):
     good = tmp_path / "p.csv"
     good.write_text("site,x_um,y_um\n0,1.5,2.5\n1,10,2.5\n")
