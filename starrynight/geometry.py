@@ -67,6 +67,16 @@ ROUND_LAYOUTS: dict[str, tuple[int, ...]] = {
 }  # fmt: skip
 
 Order = Literal["snake_rows", "rows", "snake_columns", "columns"]
+
+#: How a stage's axes can lie on the image's axes (the square's 8 symmetries), named by
+#: what turns recorded positions into image-oriented ones: the x and y values swapped
+#: first (a camera turned 90 degrees), then mirrored along x and/or y (a stage axis
+#: counting the other way than the image's, as on many microscopes).
+StageAxes = Literal[
+    "as_recorded", "flip_x", "flip_y", "flip_xy",
+    "swap_xy", "swap_xy_flip_x", "swap_xy_flip_y", "swap_xy_flip_xy",
+]  # fmt: skip
+STAGE_AXES: tuple[str, ...] = StageAxes.__args__  # type: ignore[attr-defined]
 _UNITS_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
@@ -95,6 +105,10 @@ class Layout(BaseModel):
     source : {"auto", "metadata", "layout", "csv"}
         Where positions come from; ``auto`` takes the files' metadata when every file
         has it, else the declared grid or round layout, else the CSV.
+    stage_axes : {"auto"} or one of :data:`STAGE_AXES`
+        How the recorded (metadata or CSV) positions' axes lie on the image's;
+        ``auto`` keeps them as recorded unless registration shows another way fits
+        (``starrynight.modules.geometry``). A declared layout is in image axes already.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -109,6 +123,7 @@ class Layout(BaseModel):
     pixel_size_um: float | None = Field(default=None, gt=0)
     positions_csv: str | None = None
     source: Literal["auto", "metadata", "layout", "csv"] = "auto"
+    stage_axes: Literal["auto"] | StageAxes = "auto"
 
     @model_validator(mode="after")
     def _one_shape(self) -> Layout:
@@ -415,6 +430,34 @@ def layout_cells(layout: Layout) -> list[tuple[int, int]]:
     if layout.order in ("snake_columns", "columns"):
         cells = [(c, r) for r, c in cells]
     return cells
+
+
+def orient_positions(positions: np.ndarray, axes: str) -> np.ndarray:
+    """Recorded ``(y, x)`` positions turned into image axes by ``axes`` (:data:`STAGE_AXES`).
+
+    Mirrors are taken about the middle of the positions' range, so the result covers
+    the range the recorded positions did (positions are defined up to one translation
+    anyway, and mirroring corners or centres gives the same layout).
+
+    Raises
+    ------
+    ValueError
+        For a name not in :data:`STAGE_AXES`.
+    """
+    if axes not in STAGE_AXES:
+        raise ValueError(f"stage axes {axes!r}: expected one of {', '.join(STAGE_AXES)}")
+    out = np.array(positions, np.float64, copy=True)
+    if axes.startswith("swap_xy"):
+        out = out[:, ::-1].copy()
+    flips = axes.removeprefix("swap_xy").removeprefix("_")
+    if not len(out):
+        return out
+    middle = (out.min(axis=0) + out.max(axis=0)) / 2
+    if flips in ("flip_y", "flip_xy"):
+        out[:, 0] = 2 * middle[0] - out[:, 0]
+    if flips in ("flip_x", "flip_xy"):
+        out[:, 1] = 2 * middle[1] - out[:, 1]
+    return out
 
 
 def layout_positions(

@@ -143,6 +143,9 @@ def _geometry_md(ws: str, plate: str, well: str) -> tuple[dict[str, object], lis
         md[f"{g['label']} pairs used"] = f"{g['pairs_used']}/{g['pairs']}"
         md[f"{g['label']} residual_rms_px"] = round(rms, 3) if rms is not None else "n/a"
         md[f"{g['label']} kept recorded"] = len(g["kept_recorded"])
+        axes = g.get("stage_axes", "as_recorded")
+        if axes != "as_recorded" or g.get("stage_axes_scores"):
+            md[f"{g['label']} stage axes"] = f"{axes} ({g.get('stage_axes_decided', '')})"
     return md, [path]
 
 

@@ -68,6 +68,12 @@ def geometry(
             f"  {g.label}: {g.sites} site(s) from {g.source}, {g.pairs_used}/{g.pairs} pairs "
             f"used, residual {residual}, {len(g.kept_recorded)} kept at recorded position"
         )
+        if g.stage_axes != "as_recorded" or g.stage_axes_scores:
+            tried = ", ".join(f"{a} {v:.2f}" for a, v in g.stage_axes_scores.items())
+            click.echo(
+                f"  {g.label}: stage axes {g.stage_axes} ({g.stage_axes_decided})"
+                + (f"; mean correlation of probe pairs: {tried}" if tried else "")
+            )
         for k in g.kept_recorded:
             click.echo(f"  {g.label} site {k['site']}: kept recorded position: {k['reason']}")
     click.echo(f"report: {r.report}")

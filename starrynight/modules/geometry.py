@@ -143,6 +143,13 @@ class GroupReport:
     unplaced_fraction: float
     positions: str
     pairs_table: str
+    #: How recorded positions were turned into image axes (:data:`geo.STAGE_AXES`), and
+    #: why: "declared", "detected", "recorded", "layout" (image axes already).
+    stage_axes: str = "as_recorded"
+    stage_axes_decided: str = "recorded"
+    #: Mean correlation of the probe pairs per orientation, when orientations were
+    #: compared (only when most pairs failed as recorded).
+    stage_axes_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -270,6 +277,9 @@ class _Placed:
     solution: stitch.Solution
     illum_corrected: bool
     isolated: set[int]
+    stage_axes: str
+    stage_axes_decided: str
+    stage_axes_scores: dict[str, float]
 
 
 def _place_group(
@@ -298,12 +308,13 @@ def _place_group(
     layout = _arm_layout(ws, arm)
     headers = _read_headers(rows, frames, workers)
     shape, pixel_size = _field(headers, layout, f"{plate} {well} {label}")
-    source, recorded_um = _recorded_positions(rows, headers, layout, shape, pixel_size, ws, arm)
+    source, stage_um = _recorded_positions(rows, headers, layout, shape, pixel_size, ws, arm)
+    declared = layout.stage_axes if layout is not None else "auto"
+    axes = "as_recorded" if source == "layout" or declared == "auto" else declared
+    decided = "layout" if source == "layout" else "declared" if declared != "auto" else "recorded"
     ps = np.array(pixel_size)
-    recorded_px = recorded_um / ps
-    pairs = stitch.neighbour_pairs(recorded_px, shape, options.min_overlap_px)
-    linked = {p.i for p in pairs} | {p.j for p in pairs}
-    isolated = {k for k in range(len(rows)) if k not in linked} if len(rows) > 1 else set()
+    recorded_um = geo.orient_positions(stage_um, axes)
+    pairs, isolated = _neighbours(recorded_um / ps, shape, options)
     if isolated and not options.allow_isolated:
         k = min(isolated)
         raise UserError(
@@ -329,23 +340,89 @@ def _place_group(
             rows[k].uri, frames[k], boxes, shape, view=True, layout=headers[k].frame
         )
 
-    order = sorted(range(len(rows)), key=lambda k: (recorded_px[k][0], recorded_px[k][1]))
     gain = function.gain if function is not None else None
     dark = function.dark if function is not None else 0.0
     # Forked processes for local files; threads where reads go to S3 (its client's
     # event loop and connections do not survive a fork).
     local = not any(storage.is_s3(r.uri) for r in rows)
-    measurements = measure_streaming(
-        order, pairs, shape, read, margin, workers, gain, dark, processes=local
+
+    def measure(
+        positions_px: np.ndarray, chosen: Sequence[stitch.Pair], n_workers: int
+    ) -> tuple[list[stitch.PairMeasurement], list[str]]:
+        order = sorted(range(len(rows)), key=lambda k: (positions_px[k][0], positions_px[k][1]))
+        measured = measure_streaming(
+            order, chosen, shape, read, margin, n_workers, gain, dark, processes=local
+        )
+        verdict = stitch.screen_pairs(measured, options.min_correlation, float(margin))
+        return measured, verdict
+
+    measurements, status = measure(recorded_um / ps, pairs, workers)
+    scores: dict[str, float] = {}
+    if decided == "recorded" and _used_share(status) < AXES_PROBE_BELOW:
+        # Most pairs failed: the stage's axes may not be the image's (a mirrored or
+        # swapped stage is the common cause); see which orientation fits best.
+        passing: dict[str, float] = {}
+        for a in geo.STAGE_AXES:
+            oriented_px = geo.orient_positions(stage_um, a) / ps
+            probe = _probe_pairs(_neighbours(oriented_px, shape, options)[0])
+            measured, verdict = measure(oriented_px, probe, 1)
+            scores[a] = _mean_correlation(measured)
+            passing[a] = _used_share(verdict)
+        best = max(geo.STAGE_AXES, key=lambda a: scores[a])  # ties keep the recorded axes
+        if passing[best] >= AXES_MIN_SHARE and scores[best] - scores[axes] >= AXES_MARGIN:
+            axes, decided = best, "detected"
+            recorded_um = geo.orient_positions(stage_um, axes)
+            pairs, isolated = _neighbours(recorded_um / ps, shape, options)
+            measurements, status = measure(recorded_um / ps, pairs, workers)
+        else:
+            decided = "recorded (no orientation fitted clearly better)"
+    solution = stitch.solve_positions(
+        recorded_um / ps, measurements, status, options.max_residual_px
     )
-    status = stitch.screen_pairs(
-        measurements, options.min_correlation, max_correction_px=float(margin)
-    )
-    solution = stitch.solve_positions(recorded_px, measurements, status, options.max_residual_px)
     return _Placed(
         arm, cycle, source, rows, shape, pixel_size, recorded_um, pairs, measurements, solution,
-        function is not None, isolated,
+        function is not None, isolated, axes, decided, scores,
     )  # fmt: skip
+
+
+#: Below this share of pairs passing registration, other stage orientations are tried.
+AXES_PROBE_BELOW = 0.9
+#: Pairs per orientation registered to compare orientations.
+AXES_PROBE_PAIRS = 24
+#: An orientation replaces the recorded one when at least this share of its probe pairs
+#: pass registration...
+AXES_MIN_SHARE = 0.5
+#: ... and its probe pairs' mean correlation beats the recorded axes' by this much
+#: (unrelated overlaps still reach 0.3-0.7 at their best shift; true ones 0.8-1).
+AXES_MARGIN = 0.1
+
+
+def _neighbours(
+    positions_px: np.ndarray, shape: tuple[int, int], options: RefineOptions
+) -> tuple[list[stitch.Pair], set[int]]:
+    """Overlapping neighbour pairs at these positions, and the sites in none."""
+    pairs = stitch.neighbour_pairs(positions_px, shape, options.min_overlap_px)
+    linked = {p.i for p in pairs} | {p.j for p in pairs}
+    n = len(positions_px)
+    return pairs, ({k for k in range(n) if k not in linked} if n > 1 else set())
+
+
+def _probe_pairs(pairs: Sequence[stitch.Pair]) -> list[stitch.Pair]:
+    """Up to :data:`AXES_PROBE_PAIRS` pairs spread evenly over ``pairs``."""
+    if len(pairs) <= AXES_PROBE_PAIRS:
+        return list(pairs)
+    picks = np.linspace(0, len(pairs) - 1, AXES_PROBE_PAIRS).round().astype(int)
+    return [pairs[n] for n in sorted(set(picks.tolist()))]
+
+
+def _mean_correlation(measured: Sequence[stitch.PairMeasurement]) -> float:
+    """Mean correlation of registered pairs, a flat (nan) or anti-correlated one as 0."""
+    values = [max(m.correlation, 0.0) if np.isfinite(m.correlation) else 0.0 for m in measured]
+    return float(np.mean(values)) if values else 0.0
+
+
+def _used_share(status: Sequence[str]) -> float:
+    return sum(s == stitch.PAIR_USED for s in status) / len(status) if status else 0.0
 
 
 def retain_freed_memory(limit_bytes: int = 32 << 20) -> None:
@@ -716,6 +793,9 @@ def _write_group(ws: str, plate: str, well: str, p: _Placed) -> GroupReport:
         unplaced_fraction=float(1 - refined.mean()) if len(p.rows) > 1 else 0.0,
         positions=pos_uri,
         pairs_table=pairs_uri,
+        stage_axes=p.stage_axes,
+        stage_axes_decided=p.stage_axes_decided,
+        stage_axes_scores=p.stage_axes_scores,
     )
 
 

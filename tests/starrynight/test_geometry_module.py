@@ -83,6 +83,10 @@ def test_refined_positions_match_the_truth(well):
         assert min(p["correlation"] for p in pairs) >= 0.9, g.label
         assert g.kept_recorded == [] and g.unplaced_fraction == 0.0
         assert g.illum_corrected
+        # Nearly every pair passed: the recorded axes were kept without comparing others.
+        assert (g.stage_axes, g.stage_axes_decided, g.stage_axes_scores) == (
+            "as_recorded", "recorded", {},
+        )  # fmt: skip
     report = json.loads(Path(result.report).read_text())
     assert report["stage_point"] == "centre"
     assert [g["label"] for g in report["groups"]] == labels
@@ -113,6 +117,9 @@ def test_a_blank_site_keeps_its_recorded_position_and_says_so(well, tmp_path):
     result = geometry_well(ws, "Plate1", "A1", arms=("cp",), force=True)
     cp = result.groups[0]
     assert [k["site"] for k in cp.kept_recorded] == [4]
+    # 4 of 12 pairs failed, so other stage orientations were tried; none fits better.
+    assert cp.stage_axes == "as_recorded" and len(cp.stage_axes_scores) == 8
+    assert cp.stage_axes_decided == "recorded (no orientation fitted clearly better)"
     assert "no neighbour pair passed registration" in cp.kept_recorded[0]["reason"]
     rows = {r["site"]: r for r in pq.read_table(cp.positions).to_pylist()}
     assert rows[4]["status"] == "kept_recorded"
@@ -231,6 +238,76 @@ def test_a_site_with_no_neighbour_is_an_error_unless_allowed(well, tmp_path, cap
     code, out, err = run_cli([*argv, "--allow-isolated"], capsys)
     assert code == 0, err
     assert "site 8: kept recorded position: no overlapping neighbour" in out
+
+
+def _turn_stage(ws: str, axes: str) -> None:
+    """Rewrite the CP files' stage positions as a stage whose axes lie ``axes`` would."""
+    import re
+
+    from starrynight.modules.illum import plate_rows
+
+    for row in (r for r in plate_rows(ws, "Plate1") if r.arm == "cp"):
+        with tifffile.TiffFile(row.uri) as tif:
+            xml = tif.ome_metadata
+            data = tif.asarray()
+
+        def turn(m: re.Match) -> str:
+            x, y = float(m["x"]), float(m["y"])
+            if axes.startswith("swap_xy"):
+                x, y = y, x
+            x = -x if "flip_x" in axes else x
+            y = -y if axes.endswith(("flip_y", "flip_xy")) else y
+            return f'{m["a"]}PositionX="{x}"{m["b"]}PositionY="{y}"'
+
+        xml, n = re.subn(r'(?P<a>\s)PositionX="(?P<x>[^"]+)"(?P<b>.*?\s)PositionY="(?P<y>[^"]+)"',
+                         turn, xml)  # fmt: skip
+        assert n >= 1
+        tifffile.imwrite(row.uri, data, description=xml.encode(), photometric="minisblack")
+
+
+@pytest.mark.parametrize("axes", ["flip_y", "flip_xy", "swap_xy"])
+def test_a_stage_whose_axes_are_not_the_images_is_detected(well, tmp_path, axes):
+    ws = _copy_ws(well[0], tmp_path / "ws")
+    _turn_stage(ws, axes)
+    cp = geometry_well(ws, "Plate1", "A1", arms=("cp",)).groups[0]
+    assert (cp.stage_axes, cp.stage_axes_decided) == (axes, "detected")
+    scores = cp.stage_axes_scores
+    assert scores[axes] == max(scores.values()) >= scores["as_recorded"] + 0.2
+    assert cp.pairs_used == cp.pairs == 12 and cp.kept_recorded == []
+    refined, recorded, _ = _errors_px(ws, well[1], "cp", None)
+    assert np.sqrt(np.mean(refined**2)) <= 0.5 and refined.max() <= 1.0
+    assert np.sqrt(np.mean(recorded**2)) < 5  # turned back: only the stage error is left
+    report = json.loads(Path(workspace.geometry_report_path(ws, "Plate1", "A1")).read_text())
+    assert report["groups"][0]["stage_axes"] == axes
+
+
+def test_cli_names_detected_stage_axes(well, tmp_path, capsys):
+    ws = _copy_ws(well[0], tmp_path / "ws")
+    _turn_stage(ws, "flip_x")
+    code, out, err = run_cli(["geometry", "-w", ws, "--plate", "Plate1", "--well", "A1",
+                             "--arm", "cp"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "CP: 9 site(s) from metadata, 12/12 pairs used" in out
+    assert (
+        "CP: stage axes flip_x (detected); mean correlation of probe pairs: as_recorded 0." in out
+    )
+    assert "flip_x 1.00, flip_y" in out
+
+
+def test_declared_stage_axes_are_used_without_comparing(well, tmp_path):
+    ws = _copy_ws(well[0], tmp_path / "ws")
+    _turn_stage(ws, "flip_y")
+    _write_experiment(ws, {"stage_axes": "flip_y"})
+    cp = geometry_well(ws, "Plate1", "A1", arms=("cp",)).groups[0]
+    assert (cp.stage_axes, cp.stage_axes_decided, cp.stage_axes_scores) == (
+        "flip_y", "declared", {},
+    )  # fmt: skip
+    assert cp.pairs_used == cp.pairs == 12
+    # Declared wrongly (the files are as the image): kept as declared, and it shows.
+    ws2 = _copy_ws(well[0], tmp_path / "b" / "ws")
+    _write_experiment(ws2, {"stage_axes": "flip_x"})
+    cp = geometry_well(ws2, "Plate1", "A1", arms=("cp",)).groups[0]
+    assert cp.stage_axes_decided == "declared" and cp.pairs_used < cp.pairs
 
 
 def test_positions_csv_is_used_when_declared(well, tmp_path):
