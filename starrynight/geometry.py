@@ -259,15 +259,14 @@ def read_ome_header(uri: str, frame: int | None = None) -> OmeHeader:
     return replace(parse_ome_geometry(uri, xml, height, width), frame=layout)
 
 
-def _companion(uri: str, root: ET.Element) -> ET.Element:
-    """The metadata file that a ``BinaryOnly`` OME-XML header points to, parsed.
+def _companion(uri: str, binary: ET.Element) -> ET.Element:
+    """The metadata file that a ``BinaryOnly`` OME-XML element points to, parsed.
 
     Multi-file OME-TIFF datasets may keep the full metadata in one file (a
     ``.companion.ome`` or one of the TIFFs) and write in the others only
     ``<BinaryOnly MetadataFile="..."/>``; the name is relative to the file's folder.
     """
-    binary = next((e for e in root if _local(e.tag) == "BinaryOnly"), None)
-    name = "" if binary is None else binary.get("MetadataFile", "")
+    name = binary.get("MetadataFile", "")
     if not name:
         raise InputFileError(uri, "OME-XML BinaryOnly names no MetadataFile")
     folder = uri.rsplit("/", 1)[0] if "/" in uri else "."
@@ -285,9 +284,13 @@ def _parsed_companion(uri: str) -> ET.Element:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
         raise UserError(f"not well-formed OME-XML ({exc})") from exc
-    if next((e for e in root if _local(e.tag) == "BinaryOnly"), None) is not None:
+    if _binary_only(root) is not None:
         raise UserError("it is itself BinaryOnly")
     return root
+
+
+def _binary_only(root: ET.Element) -> ET.Element | None:
+    return next((e for e in root if _local(e.tag) == "BinaryOnly"), None)
 
 
 def _image_pixels(
@@ -358,8 +361,9 @@ def parse_ome_geometry(uri: str, xml: str, height: int, width: int) -> OmeHeader
     except ET.ParseError as exc:
         raise InputFileError(uri, f"OME-XML is not well-formed ({exc})") from exc
     own_uuid = root.get("UUID")
-    if next((e for e in root if _local(e.tag) == "BinaryOnly"), None) is not None:
-        pixels = _image_pixels(uri, _companion(uri, root), own_uuid, in_file=False)
+    binary = _binary_only(root)
+    if binary is not None:
+        pixels = _image_pixels(uri, _companion(uri, binary), own_uuid, in_file=False)
         if pixels is None:
             raise InputFileError(uri, "OME metadata file named by BinaryOnly has no image")
     else:

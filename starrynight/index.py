@@ -251,19 +251,27 @@ def rows_of_plate(ws: str, table: pa.Table, plate: str, flag: str = "plate") -> 
     return rows
 
 
+def _arm_column(ws: str, column: str, plate: str, arm: str, well: str | None = None) -> list | None:
+    """``column`` of the index rows of one arm of a plate (and well), None without index."""
+    if not storage.exists(workspace.index_path(ws)):
+        return None
+    t = load_index(ws).select(list(dict.fromkeys(["plate", "well", "arm", column])))
+    mask = pc.and_(pc.equal(t["plate"], plate), pc.equal(t["arm"], arm))
+    if well is not None:
+        mask = pc.and_(mask, pc.equal(t["well"], well))
+    return t.filter(mask).column(column).to_pylist()
+
+
 def well_channels(ws: str, plate: str, well: str, arm: str) -> list[str] | None:
     """Normalised channel names of one arm of a plate x well in the index, in frame order.
 
     None when the workspace has no index (see :func:`well_sites`).
     """
-    if not storage.exists(workspace.index_path(ws)):
+    rows = _arm_column(ws, "channels", plate, arm, well)
+    if rows is None:
         return None
-    t = load_index(ws).select(["plate", "well", "arm", "channels"])
-    mask = pc.and_(
-        pc.and_(pc.equal(t["plate"], plate), pc.equal(t["well"], well)), pc.equal(t["arm"], arm)
-    )
     seen: dict[str, None] = {}
-    for channels in t.filter(mask).column("channels").to_pylist():
+    for channels in rows:
         for ch in channels:
             seen.setdefault(normalise_channel(ch), None)
     return list(seen)
@@ -275,13 +283,8 @@ def well_sites(ws: str, plate: str, well: str, arm: str) -> list[int] | None:
     These are the sites a per-well step must produce. None when the workspace has no
     index (inputs made by hand): the steps then take the sites their inputs have.
     """
-    if not storage.exists(workspace.index_path(ws)):
-        return None
-    t = load_index(ws).select(["plate", "well", "arm", "site"])
-    mask = pc.and_(
-        pc.and_(pc.equal(t["plate"], plate), pc.equal(t["well"], well)), pc.equal(t["arm"], arm)
-    )
-    return sorted({int(s) for s in t.filter(mask).column("site").to_pylist()})
+    sites = _arm_column(ws, "site", plate, arm, well)
+    return None if sites is None else sorted({int(s) for s in sites})
 
 
 def plate_wells(ws: str, plate: str, arm: str) -> list[str] | None:
@@ -289,11 +292,8 @@ def plate_wells(ws: str, plate: str, arm: str) -> list[str] | None:
 
     None when the workspace has no index (see :func:`well_sites`).
     """
-    if not storage.exists(workspace.index_path(ws)):
-        return None
-    t = load_index(ws).select(["plate", "well", "arm"])
-    mask = pc.and_(pc.equal(t["plate"], plate), pc.equal(t["arm"], arm))
-    return sorted(set(t.filter(mask).column("well").to_pylist()))
+    wells = _arm_column(ws, "well", plate, arm)
+    return None if wells is None else sorted(set(wells))
 
 
 def load_rejects(ws: str) -> pa.Table:

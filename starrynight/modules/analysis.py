@@ -482,8 +482,8 @@ def summarise_plate(ws: str, plate: str) -> PlateSummary:
         )
     expected = plate_wells(ws, plate, "cp") or []
     missing = [w for w in expected if w not in found]
-    tables = [read_table(found[w]) for w in sorted(found)]
-    table = pa.concat_tables(tables, promote_options="default")
+    analysed = sorted(found)
+    table = pa.concat_tables([read_table(found[w]) for w in analysed], promote_options="default")
     table = table.filter(pc.is_valid(table["gene_symbol"]))
     features = [
         name for name in table.column_names
@@ -509,10 +509,9 @@ def summarise_plate(ws: str, plate: str) -> PlateSummary:
             for g in order
         ]  # fmt: skip
     uri = workspace.gene_summary_path(ws, plate)
-    wells = sorted(found)
     schema = pa.schema(
         SUMMARY_FIELDS + [(f"{n}_median", pa.float64()) for n in features],
-        metadata={"wells": json.dumps(wells), "missing_wells": json.dumps(missing)},
+        metadata={"wells": json.dumps(analysed), "missing_wells": json.dumps(missing)},
     )
     write_table(uri, out, schema)
-    return PlateSummary(uri, len(order), wells, missing)
+    return PlateSummary(uri, len(order), analysed, missing)

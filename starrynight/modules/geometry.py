@@ -144,7 +144,8 @@ class GroupReport:
     positions: str
     pairs_table: str
     #: How recorded positions were turned into image axes (:data:`geo.STAGE_AXES`), and
-    #: why: "declared", "detected", "recorded", "layout" (image axes already).
+    #: why: "declared", "detected", "recorded" (or "recorded (no orientation fitted clearly
+    #: better)" after comparing), "layout" (image axes already).
     stage_axes: str = "as_recorded"
     stage_axes_decided: str = "recorded"
     #: Mean correlation of the probe pairs per orientation, when orientations were
@@ -363,9 +364,15 @@ def _place_group(
         # swapped stage is the common cause); see which orientation fits best.
         passing: dict[str, float] = {}
         for a in geo.STAGE_AXES:
-            oriented_px = geo.orient_positions(stage_um, a) / ps
-            probe = _probe_pairs(_neighbours(oriented_px, shape, options)[0])
-            measured, verdict = measure(oriented_px, probe, 1)
+            if a == axes:  # already registered: its probe pairs' results are at hand
+                picks = _probe_picks(len(pairs))
+                measured = [measurements[n] for n in picks]
+                verdict = [status[n] for n in picks]
+            else:
+                oriented_px = geo.orient_positions(stage_um, a) / ps
+                chosen = _neighbours(oriented_px, shape, options)[0]
+                probe = [chosen[n] for n in _probe_picks(len(chosen))]
+                measured, verdict = measure(oriented_px, probe, 1)
             scores[a] = _mean_correlation(measured)
             passing[a] = _used_share(verdict)
         best = max(geo.STAGE_AXES, key=lambda a: scores[a])  # ties keep the recorded axes
@@ -407,12 +414,12 @@ def _neighbours(
     return pairs, ({k for k in range(n) if k not in linked} if n > 1 else set())
 
 
-def _probe_pairs(pairs: Sequence[stitch.Pair]) -> list[stitch.Pair]:
-    """Up to :data:`AXES_PROBE_PAIRS` pairs spread evenly over ``pairs``."""
-    if len(pairs) <= AXES_PROBE_PAIRS:
-        return list(pairs)
-    picks = np.linspace(0, len(pairs) - 1, AXES_PROBE_PAIRS).round().astype(int)
-    return [pairs[n] for n in sorted(set(picks.tolist()))]
+def _probe_picks(n_pairs: int) -> list[int]:
+    """Indices of up to :data:`AXES_PROBE_PAIRS` pairs spread evenly over ``n_pairs``."""
+    if n_pairs <= AXES_PROBE_PAIRS:
+        return list(range(n_pairs))
+    picks = np.linspace(0, n_pairs - 1, AXES_PROBE_PAIRS).round().astype(int)
+    return sorted(set(picks.tolist()))
 
 
 def _mean_correlation(measured: Sequence[stitch.PairMeasurement]) -> float:
